@@ -1,0 +1,58 @@
+"""The pipeline's shared vocabulary. Images are numpy uint8 BGR (OpenCV/InsightFace convention) unless named otherwise."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Literal, get_args
+
+import numpy as np
+from numpy.typing import NDArray
+
+Frame = NDArray[np.uint8]
+"""(H, W, 3) uint8 BGR image."""
+BBox = NDArray[np.float32]
+"""(4,) float32 x1, y1, x2, y2 in frame pixels."""
+Landmarks5 = NDArray[np.float32]
+"""(5, 2) float32: left eye, right eye, nose tip, left mouth corner, right mouth corner (image left/right)."""
+Affine = NDArray[np.float64]
+"""(2, 3) float64 forward transform, frame pixels -> crop pixels."""
+Mask = NDArray[np.float32]
+"""(H, W) float32 in [0, 1]."""
+
+Backend = Literal["torch", "onnx"]
+BACKENDS: tuple[Backend, ...] = get_args(Backend)
+BlendMode = Literal["seamless", "feather"]
+BLEND_MODES: tuple[BlendMode, ...] = get_args(BlendMode)
+FaceSelection = Literal["all", "largest"]
+FACE_SELECTIONS: tuple[FaceSelection, ...] = get_args(FaceSelection)
+
+
+@dataclass(frozen=True)
+class Face:
+    """One detected face in one frame."""
+
+    bbox: BBox
+    landmarks: Landmarks5
+    score: float
+    track_id: int = -1
+
+
+@dataclass(frozen=True)
+class VideoFrame:
+    """A decoded frame with its timing. pts is in the stream's time_base; time is seconds."""
+
+    index: int
+    image: Frame
+    pts: int | None
+    time_base: Fraction
+    time: float
+
+
+@dataclass(frozen=True)
+class AlignedCrop:
+    """A face warped to the generator's square crop; affine maps frame pixels to crop pixels."""
+
+    image: Frame
+    affine: Affine
+    face: Face

@@ -1,0 +1,70 @@
+"""The seven expressions: one canonical list, the paper's folder codes and common aliases."""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+import numpy as np
+
+Expression = Literal["angry", "disgusted", "fearful", "happy", "neutral", "sad", "surprised"]
+EXPRESSIONS: tuple[Expression, ...] = get_args(Expression)
+
+# The paper's data-set folder codes (RaFD-style), in canonical order.
+PAPER_CODES: dict[str, Expression] = {
+    "ANS": "angry",
+    "DIS": "disgusted",
+    "AFS": "fearful",
+    "HAS": "happy",
+    "NES": "neutral",
+    "SAS": "sad",
+    "SUS": "surprised",
+}
+
+_ALIASES: dict[str, Expression] = {
+    "anger": "angry",
+    "mad": "angry",
+    "disgust": "disgusted",
+    "disgusting": "disgusted",
+    "fear": "fearful",
+    "afraid": "fearful",
+    "scared": "fearful",
+    "happiness": "happy",
+    "joy": "happy",
+    "smile": "happy",
+    "calm": "neutral",
+    "sadness": "sad",
+    "unhappy": "sad",
+    "surprise": "surprised",
+}
+
+
+class UnknownExpressionError(ValueError):
+    """Raised for a name that is neither canonical, a paper code nor an alias."""
+
+
+def parse_expression(name: str) -> Expression:
+    """Return the canonical expression for a canonical name, paper code or alias (case-insensitive)."""
+    key = name.strip()
+    if key.upper() in PAPER_CODES:
+        return PAPER_CODES[key.upper()]
+    key = key.lower()
+    if key in EXPRESSIONS:
+        return key  # type: ignore[return-value]
+    if key in _ALIASES:
+        return _ALIASES[key]
+    raise UnknownExpressionError(
+        f"unknown expression {name!r}; valid: {', '.join(EXPRESSIONS)} "
+        f"(or the paper's codes {', '.join(PAPER_CODES)})"
+    )
+
+
+def expression_index(name: str) -> int:
+    """Return the position of an expression (any accepted spelling) in EXPRESSIONS."""
+    return EXPRESSIONS.index(parse_expression(name))
+
+
+def one_hot(name: str) -> np.ndarray:
+    """Return the (7,) float32 one-hot vector for an expression."""
+    vector = np.zeros(len(EXPRESSIONS), dtype=np.float32)
+    vector[expression_index(name)] = 1.0
+    return vector
