@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from usgan.errors import UserError
+
 import dataclasses
 import json
 import os
@@ -24,7 +26,7 @@ NORMALIZATION = "RGB, float in [-1, 1] = pixel / 127.5 - 1"
 DEFAULT_LICENSE = "research use only (trained on TFEID; see MODEL_CARD.md)"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A weights file that is missing, corrupt, truncated or not ours; the message names the file."""
 
 

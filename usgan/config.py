@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from usgan.errors import UserError
+
 import dataclasses
 import typing
 from pathlib import Path
@@ -12,7 +14,7 @@ import yaml
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config file or mapping that does not fit its dataclass."""
 
 

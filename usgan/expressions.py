@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from usgan.errors import UserError
+
 from typing import Literal, get_args
 
 import numpy as np
@@ -38,7 +40,7 @@ _ALIASES: dict[str, Expression] = {
 }
 
 
-class UnknownExpressionError(ValueError):
+class UnknownExpressionError(UserError):
     """Raised for a name that is neither canonical, a paper code nor an alias."""
 
 
