@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import click
 
@@ -44,6 +45,133 @@ def cli(verbose: int) -> None:
 
 
 # --- commands below: each one parses options into a typed config and calls one function ---
+
+
+# --- prepare-data (face stage) ---
+
+
+@cli.command("prepare-data")
+@click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--size", "sizes", type=click.IntRange(32, 1024), multiple=True, default=(128,), show_default=True,
+              help="Crop size in pixels; repeat for several sizes (one OUT/<size>/ each).")
+@click.option("--pad", type=click.FloatRange(0.0, 2.0), default=0.5, show_default=True,
+              help="Pad each side by this fraction before detection (finds faces in tight crops).")
+@click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True, help="Worker processes.")
+@click.option("--det-pack", default=None, metavar="NAME",
+              help="Use the detector of an InsightFace model pack already on disk (e.g. buffalo_l); never downloaded.")
+@click.option("--det-root", default="~/.insightface", show_default=True, help="Root holding models/<NAME>/.")
+@click.option("--det-threshold", type=click.FloatRange(0.05, 0.99), default=0.5, show_default=True)
+def prepare_data_command(src: Path, out: Path, sizes: tuple[int, ...], pad: float, jobs: int,
+                         det_pack: str | None, det_root: str, det_threshold: float) -> None:
+    """Detect, align and index a training set: OUT/<size>/<expression>/<stem>.png plus index.csv.
+
+    SRC holds TFEID photos (PPTVxNN.jpg) or one folder per expression. Re-running skips existing crops.
+
+    \b
+    Examples:
+      python cli.py prepare-data ../shared/data/tfeid/faces_256x256 ~/.cache/usgan/data/tfeid --size 128 --size 256
+      python cli.py prepare-data my_faces/ data/mine --jobs 2 --det-pack buffalo_l
+    """
+    from pipeline.faces import DetectorConfig
+    from pipeline.prepare import PrepareConfig, format_summary, prepare_data
+
+    detector = DetectorConfig(model_pack=det_pack, model_root=det_root, threshold=det_threshold, pad=pad)
+    config = PrepareConfig(sizes=tuple(sorted(set(sizes))), jobs=jobs, detector=detector)
+    click.echo(format_summary(prepare_data(src, out, config), out))
+
+
+# --- import-official / export (usgan/checkpoint.py, usgan/export.py) ---
+
+
+@cli.command("import-official")
+@click.argument("official", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--image-size", type=click.IntRange(16, 1024), default=128, show_default=True,
+              help="Face crop size the weights were trained at (stored in the header; multiple of 4).")
+def import_official_command(official: Path, out: Path, image_size: int) -> None:
+    """Convert the official US-GAN generator checkpoint (a torch state_dict) into our safetensors format.
+
+    The file is read with torch.load(weights_only=True): no pickled code is ever run.
+
+    \b
+    Examples:
+      python cli.py import-official usgan_87_G.ckpt weights/usgan_official.safetensors
+      python cli.py import-official usgan_87_G.ckpt weights/usgan_official.safetensors --image-size 128
+    """
+    from usgan.checkpoint import import_official
+
+    info = import_official(official, out, image_size=image_size)
+    config = info.generator
+    click.echo(f"wrote {out} (width {config.conv_dim}, {config.residual_blocks} residual block(s), {image_size}px)")
+
+
+@cli.command("export")
+@click.argument("weights", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--fp16", is_flag=True, help="fp16 weights and compute; inputs and output stay float32.")
+@click.option("--opset", type=click.IntRange(13, 20), default=17, show_default=True,  # usgan.export.MIN/MAX_OPSET
+              help="ONNX opset version.")
+def export_command(weights: Path, out: Path, fp16: bool, opset: int) -> None:
+    """Export generator weights to ONNX (inputs image, expression; output output) and check parity with torch.
+
+    \b
+    Examples:
+      python cli.py export weights/usgan_official.safetensors weights/usgan.onnx
+      python cli.py export weights/usgan_official.safetensors weights/usgan_fp16.onnx --fp16
+    """
+    from usgan.export import export_onnx
+
+    result = export_onnx(weights, out, fp16=fp16, opset=opset)
+    click.echo(f"wrote {result.path} ({result.precision}, opset {result.opset}; "
+               f"max |onnx - torch| = {result.max_abs_diff:.2e})")
+
+
+# --- train (US-GAN training stack) ---
+
+
+@cli.command("train")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Training config YAML (configs/train/*.yaml); default: the paper's settings.")
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Aligned crops: DIR/<expression>/*.png|jpg (+ optional index.csv), e.g. prepare-data's OUT/128.")
+@click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Run directory: checkpoints/, samples/, tb/, config.yaml, generator.safetensors.")
+@click.option("--resume", is_flag=True,
+              help="Continue from the newest checkpoint in --out (starts fresh when there is none).")
+@click.option("--max-steps", type=click.IntRange(1), default=None,
+              help="Stop at this global step (the LR schedule still follows optim.total_steps).")
+@click.option("--batch-size", type=click.IntRange(1), default=None, help="Per-process batch size (optim.batch_size).")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Override any config key, e.g. --set optim.g_lr=2e-4 --set amp=fp16.")
+@click.option("--cpu", is_flag=True, help="Train on the CPU even when CUDA is available.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved config and the data summary, then exit.")
+def train_command(config_path: Path | None, data_dir: Path, run_dir: Path, resume: bool, max_steps: int | None,
+                  batch_size: int | None, settings: tuple[str, ...], cpu: bool, dry_run: bool) -> None:
+    """Train US-GAN (WGAN-GP + expression classification + cycle L1) on aligned face crops.
+
+    One code path for the CPU, one GPU and many GPUs (launch with torchrun, see scripts/launch_torchrun.sh).
+    Ctrl-C or SIGTERM finishes the current step, saves a checkpoint and exits; --resume continues exactly.
+    A resumed run must keep its config (only logging.*, data.workers, amp, optim.total_steps and
+    optim.decay_start may change).
+
+    \b
+    Examples:
+      python cli.py train --config configs/train/smoke.yaml --data tests/data --out runs/smoke
+      python cli.py train --config configs/train/tfeid.yaml --data data/tfeid/128 --out runs/tfeid --resume
+      python cli.py train --config configs/train/tfeid.yaml --data data/tfeid/128 --out runs/x --dry-run
+      torchrun --nproc_per_node 4 cli.py train --config configs/train/default.yaml --data D --out R --resume
+    """
+    from usgan.train import RunOptions, config_yaml, describe_data, load_train_config, parse_set_options, train
+
+    overrides = {**parse_set_options(settings), "optim.batch_size": batch_size}
+    config = load_train_config(config_path, overrides)
+    if dry_run:
+        click.echo(config_yaml(config) + "\n" + describe_data(config, data_dir))
+        return
+    options = RunOptions(data_dir=data_dir, run_dir=run_dir, resume=resume, max_steps=max_steps, use_cuda=not cpu)
+    step = train(config, options)
+    click.echo(f"stopped at step {step}; weights: {run_dir / 'generator.safetensors'}", err=True)
 
 
 if __name__ == "__main__":
