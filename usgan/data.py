@@ -1,0 +1,236 @@
+"""The aligned-crop training set: ROOT/<expression>/*.png|jpg, an identity-aware split, and the transforms.
+
+Folder names may be canonical names, the paper's codes (ANS, DIS, ...) or aliases. An optional ROOT/index.csv
+(columns path,identity,expression,source; path relative to ROOT; written by `prepare-data`) names each image's
+identity; otherwise TFEID-style file names (PPTVxNN, PP = performer) give it, else the identity is unknown.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import itertools
+import logging
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+from torch.utils.data import Dataset, DistributedSampler
+
+from usgan.config import ConfigError
+from usgan.errors import UserError
+from usgan.expressions import EXPRESSIONS, Expression, UnknownExpressionError, parse_expression
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+INDEX_NAME = "index.csv"
+INDEX_COLUMNS = ("path", "identity", "expression", "source")
+# TFEID: 2-digit performer, performance type, view point, expression letter, 2-digit serial (e.g. 0111b01).
+TFEID_NAME = re.compile(r"^(\d{2})\d{2}[a-g]\d{2}$")
+
+
+class DataError(UserError):
+    """A data directory that does not have the expected layout; the message names the path."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where validation images come from and how the loader runs."""
+
+    name: str = ""  # recorded in the generator file; defaults to the data directory's name
+    val_identities: tuple[str, ...] = ()  # explicit validation identities; overrides val_identity_count
+    val_identity_count: int = 2  # else this many identities, chosen deterministically by seed
+    val_fraction: float = 0.1  # share of images without a known identity that go to validation (per file)
+    seed: int = 0
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        if self.val_identity_count < 0 or self.workers < 0:
+            raise ConfigError("data.val_identity_count and data.workers must be >= 0")
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One aligned face crop; path is absolute, identity None when unknown."""
+
+    path: Path
+    expression: Expression
+    identity: str | None
+
+    @property
+    def label(self) -> int:
+        return EXPRESSIONS.index(self.expression)
+
+
+@dataclass(frozen=True)
+class Split:
+    train: tuple[Sample, ...]
+    val: tuple[Sample, ...]
+
+
+def identity_from_filename(path: Path) -> str | None:
+    """The TFEID performer ('01' for 0111b01.jpg), or None for other names."""
+    match = TFEID_NAME.match(path.stem)
+    return match.group(1) if match else None
+
+
+def read_index(root: Path) -> dict[Path, str]:
+    """Identity per image path from ROOT/index.csv, or {} when there is none."""
+    index = root / INDEX_NAME
+    if not index.is_file():
+        return {}
+    try:
+        with index.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"{index}: cannot read ({error})") from error
+    if rows and not {"path", "identity"} <= set(rows[0]):
+        raise DataError(f"{index}: expected columns {','.join(INDEX_COLUMNS)}, got {','.join(rows[0])}")
+    return {(root / row["path"]).resolve(): row["identity"].strip() for row in rows if row["identity"]}
+
+
+def check_image(path: Path) -> None:
+    """Read only the header, so a broken file fails here with its name rather than deep in a loader worker."""
+    try:
+        with Image.open(path) as image:
+            image.size
+    except (OSError, UnidentifiedImageError) as error:
+        raise DataError(f"{path}: not a readable image ({error})") from error
+
+
+def folder_expression(folder: Path) -> Expression:
+    try:
+        return parse_expression(folder.name)
+    except UnknownExpressionError as error:
+        raise DataError(f"{folder}: folder name is not an expression ({error})") from error
+
+
+def scan_dataset(root: Path) -> list[Sample]:
+    """All images under ROOT/<expression>/, sorted, with identities from index.csv or TFEID file names."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: data directory does not exist")
+    identities = read_index(root)
+    samples = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        expression = folder_expression(folder)
+        for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+            check_image(path)
+            identity = identities.get(path.resolve()) or identity_from_filename(path)
+            samples.append(Sample(path.resolve(), expression, identity))
+    if not samples:
+        raise DataError(f"{root}: no images found; expected ROOT/<expression>/*.png|jpg (e.g. ROOT/happy/001.png)")
+    return samples
+
+
+def choose_val_identities(identities: list[str], config: DataConfig, where: Path) -> set[str]:
+    """The configured identities, or val_identity_count of them drawn with the seed (same on every run)."""
+    if config.val_identities:
+        missing = sorted(set(config.val_identities) - set(identities))
+        if missing:
+            raise DataError(f"{where}: validation identities not in the data: {', '.join(missing)}")
+        return set(config.val_identities)
+    if not identities or config.val_identity_count == 0:
+        return set()
+    if config.val_identity_count >= len(identities):
+        raise DataError(f"{where}: only {len(identities)} identities, cannot hold out {config.val_identity_count}")
+    return set(random.Random(config.seed).sample(sorted(identities), config.val_identity_count))
+
+
+def in_val_by_hash(sample: Sample, config: DataConfig) -> bool:
+    """A per-file decision that does not depend on which other files exist (stable as data grows)."""
+    key = f"{config.seed}:{sample.expression}/{sample.path.name}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:4], "big") / 2**32 < config.val_fraction
+
+
+def split_samples(samples: list[Sample], config: DataConfig, where: Path = Path(".")) -> Split:
+    """Train/val split by identity (no identity in both); images of unknown identity are split per file."""
+    known = sorted({s.identity for s in samples if s.identity is not None})
+    val_ids = choose_val_identities(known, config, where)
+    def is_val(sample: Sample) -> bool:
+        if sample.identity is None:
+            return in_val_by_hash(sample, config)
+        return sample.identity in val_ids
+    val = tuple(s for s in samples if is_val(s))
+    return Split(train=tuple(s for s in samples if not is_val(s)), val=val)
+
+
+def load_image(path: Path, image_size: int) -> Tensor:
+    """(3, S, S) float32 RGB in [-1, 1]; crops are square already, so resizing keeps the face geometry."""
+    try:
+        with Image.open(path) as image:
+            rgb = image.convert("RGB")
+    except (OSError, UnidentifiedImageError) as error:
+        raise DataError(f"{path}: not a readable image ({error})") from error
+    if rgb.size != (image_size, image_size):
+        rgb = rgb.resize((image_size, image_size), Image.Resampling.BICUBIC)
+    array = np.asarray(rgb, dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div(127.5).sub(1.0)
+
+
+class FaceDataset(Dataset):
+    """Aligned crops with their expression labels: item i -> ((3, S, S) in [-1, 1], label index)."""
+
+    def __init__(self, samples: tuple[Sample, ...], image_size: int):
+        self.samples = samples
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        sample = self.samples[index]
+        return load_image(sample.path, self.image_size), sample.label
+
+
+def random_flip(images: Tensor, generator: torch.Generator) -> Tensor:
+    """Mirror each image of (N, 3, H, W) with probability 1/2.
+
+    Done in the training step with the step's own generator rather than in loader workers, so the
+    augmentation is reproducible across resumes and worker counts.
+    """
+    flip = torch.rand(images.shape[0], generator=generator) < 0.5
+    flip = flip.to(images.device)[:, None, None, None]
+    return torch.where(flip, images.flip(3), images)
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler that can start part-way into an epoch (to resume exactly where a run stopped)."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.skip = 0
+
+    def set_position(self, epoch: int, samples_done: int) -> None:
+        self.set_epoch(epoch)
+        self.skip = samples_done
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(super().__iter__(), self.skip, None)
+
+    def __len__(self) -> int:
+        return self.num_samples - self.skip
+
+
+def summarize_split(split: Split) -> str:
+    """A small text table: images per expression in train and val, plus identity counts."""
+    train, val = Counter(s.expression for s in split.train), Counter(s.expression for s in split.val)
+    lines = [f"{'expression':<11} {'train':>6} {'val':>6}"]
+    lines += [f"{name:<11} {train[name]:>6} {val[name]:>6}" for name in EXPRESSIONS]
+    lines.append(f"{'total':<11} {len(split.train):>6} {len(split.val):>6}")
+    def ids(samples: tuple[Sample, ...]) -> str:
+        known = {s.identity for s in samples if s.identity is not None}
+        unknown = sum(s.identity is None for s in samples)
+        return f"{len(known)} identities" + (f" + {unknown} images of unknown identity" if unknown else "")
+    lines.append(f"train: {ids(split.train)}; val: {ids(split.val)} {sorted({s.identity for s in split.val if s.identity})}")
+    return "\n".join(lines)

@@ -1,0 +1,98 @@
+"""US-GAN training losses: WGAN-GP adversarial, expression classification and L1 cycle reconstruction.
+
+This module owns the maths only (as stylegan3's training/loss.py); optimisers, AMP scalers and DDP live in
+usgan.train. All reductions are done in float32 so the losses are the same under autocast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from usgan.config import ConfigError
+
+# (N, 3, H, W) -> (patch scores (N, 1, h, w), expression logits (N, E)), as usgan.model.Discriminator.
+Critic = Callable[[Tensor], tuple[Tensor, Tensor]]
+# (image (N, 3, H, W), one-hot (N, E)) -> image, as usgan.model.Generator.
+Translator = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss weights; the defaults are the paper's (StarGAN's)."""
+
+    lambda_gp: float = 10.0
+    lambda_cls: float = 1.0
+    lambda_rec: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("lambda_gp", "lambda_cls", "lambda_rec"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
+
+
+class LossTerms(NamedTuple):
+    """The total to back-propagate plus detached per-term values for logging."""
+
+    total: Tensor
+    terms: dict[str, Tensor]
+
+
+def interpolate(x_real: Tensor, x_fake: Tensor, alpha: Tensor) -> Tensor:
+    """Random points on the lines between real and fake images; alpha is (N, 1, 1, 1) in [0, 1]."""
+    x_hat = alpha * x_real.detach().float() + (1 - alpha) * x_fake.detach().float()
+    return x_hat.requires_grad_(True)
+
+
+def gradient_penalty(critic: Critic, x_hat: Tensor, grad_scale: float = 1.0) -> Tensor:
+    """WGAN-GP term mean((||d critic(x_hat) / d x_hat||_2 - 1)^2); x_hat must require grad.
+
+    Under fp16 autocast pass the GradScaler's scale as grad_scale: the critic output is scaled up before
+    differentiating (so small gradients do not underflow in fp16) and the gradient is scaled back in float32,
+    as in PyTorch's AMP gradient-penalty recipe. An overflow yields inf, which the scaler then skips.
+    """
+    scores, _ = critic(x_hat)
+    (grad,) = torch.autograd.grad(scores.float().sum() * grad_scale, x_hat, create_graph=True)
+    grad = grad.float().flatten(1) / grad_scale
+    return ((grad.norm(2, dim=1) - 1) ** 2).mean()
+
+
+def classification_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Expression cross-entropy; logits (N, E), labels (N,) int64 indices."""
+    return F.cross_entropy(logits.float(), labels)
+
+
+def discriminator_loss(
+    critic: Critic, x_real: Tensor, label_real: Tensor, x_fake: Tensor, alpha: Tensor, config: LossConfig,
+    grad_scale: float = 1.0,
+) -> LossTerms:
+    """D loss: -D(real) + D(fake) + lambda_cls * CE(real, its label) + lambda_gp * GP; x_fake is detached."""
+    real_scores, real_logits = critic(x_real)
+    fake_scores, _ = critic(x_fake.detach())
+    adv_real = -real_scores.float().mean()
+    adv_fake = fake_scores.float().mean()
+    cls = classification_loss(real_logits, label_real)
+    gp = gradient_penalty(critic, interpolate(x_real, x_fake, alpha), grad_scale)
+    total = adv_real + adv_fake + config.lambda_cls * cls + config.lambda_gp * gp
+    terms = {"d/adv_real": adv_real, "d/adv_fake": adv_fake, "d/cls": cls, "d/gp": gp, "d/total": total}
+    return LossTerms(total, {k: v.detach() for k, v in terms.items()})
+
+
+def generator_loss(
+    generator: Translator, critic: Critic, x_real: Tensor, c_org: Tensor, c_trg: Tensor, label_trg: Tensor,
+    config: LossConfig,
+) -> LossTerms:
+    """G loss: -D(G(x, c_trg)) + lambda_cls * CE(fake, target) + lambda_rec * |G(G(x, c_trg), c_org) - x|_1."""
+    x_fake = generator(x_real, c_trg)
+    fake_scores, fake_logits = critic(x_fake)
+    x_rec = generator(x_fake, c_org)
+    adv = -fake_scores.float().mean()
+    cls = classification_loss(fake_logits, label_trg)
+    rec = (x_real.float() - x_rec.float()).abs().mean()
+    total = adv + config.lambda_cls * cls + config.lambda_rec * rec
+    terms = {"g/adv": adv, "g/cls": cls, "g/rec": rec, "g/total": total}
+    return LossTerms(total, {k: v.detach() for k, v in terms.items()})

@@ -1,0 +1,700 @@
+"""US-GAN training: typed config, setup, one train step, sample grids, safetensors checkpoints and exact resume.
+
+One code path for a CPU, one GPU, or N GPUs on M nodes under torchrun (DDP + DistributedSampler; rank 0 logs
+and saves). The losses live in usgan.losses; this module owns optimisers, AMP, DDP, the schedule and I/O.
+
+Resume policy: `--resume` continues from RUN_DIR's newest checkpoint, or starts fresh when there is none (so one
+command can start and restart a job). Without `--resume`, a RUN_DIR that holds checkpoints is refused. A resumed
+run must use the same config, except logging.*, data.workers, amp, optim.total_steps and optim.decay_start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import random
+import re
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from itertools import zip_longest
+from pathlib import Path
+from typing import Any, Iterator, Literal, get_args
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from usgan import losses
+from usgan.checkpoint import CheckpointError, WeightsInfo, atomic_write, load_tensors, save_generator, save_tensors
+from usgan.config import ConfigError, load_config, to_mapping
+from usgan.data import (
+    DataConfig, DataError, FaceDataset, ResumableSampler, Sample, load_image, random_flip, scan_dataset,
+    split_samples, summarize_split,
+)
+from usgan.distributed import DistInfo, any_process, barrier, init_distributed, shutdown_distributed
+from usgan.errors import UserError
+from usgan.expressions import EXPRESSIONS
+from usgan.model import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
+
+log = logging.getLogger(__name__)
+
+AmpMode = Literal["none", "bf16", "fp16"]
+TargetMode = Literal["permute", "random"]
+STATE_FORMAT = "usgan-train-state"
+CHECKPOINT_NAME = re.compile(r"^step_(\d+)\.safetensors$")
+# Config keys a resumed run may change: they do not alter what has been learned so far.
+MUTABLE_ON_RESUME = ("logging.", "data.workers", "amp", "optim.total_steps", "optim.decay_start")
+
+
+# ----------------------------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    generator: GeneratorConfig = GeneratorConfig()
+    image_size: int = 128
+    d_conv_dim: int = 64
+    d_strided_layers: int = 6
+
+    def __post_init__(self) -> None:
+        if self.image_size % 4 or self.image_size % 2**self.d_strided_layers:
+            raise ConfigError(
+                f"model.image_size {self.image_size} must be divisible by 4 and by 2**d_strided_layers "
+                f"({2**self.d_strided_layers})"
+            )
+
+    def discriminator(self) -> DiscriminatorConfig:
+        return DiscriminatorConfig(
+            image_size=self.image_size, conv_dim=self.d_conv_dim,
+            num_expressions=self.generator.num_expressions, strided_layers=self.d_strided_layers,
+        )
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Adam for G and D; one G update per n_critic D updates; LR decays linearly to 0 from decay_start."""
+
+    g_lr: float = 1e-4
+    d_lr: float = 1e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    n_critic: int = 5
+    batch_size: int = 8
+    total_steps: int = 200_000
+    decay_start: int = 100_000
+
+    def __post_init__(self) -> None:
+        if self.n_critic < 1 or self.batch_size < 1 or self.total_steps < 1:
+            raise ConfigError("optim.n_critic, optim.batch_size and optim.total_steps must be >= 1")
+        if not 0 <= self.decay_start <= self.total_steps:
+            raise ConfigError(f"optim.decay_start {self.decay_start} must be in [0, total_steps {self.total_steps}]")
+        if len(self.betas) != 2:
+            raise ConfigError(f"optim.betas must be two numbers, got {list(self.betas)}")
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    log_every: int = 10
+    sample_every: int = 1000
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    sample_rows: int = 8
+
+    def __post_init__(self) -> None:
+        if min(self.log_every, self.sample_every, self.checkpoint_every, self.keep_checkpoints, self.sample_rows) < 1:
+            raise ConfigError("logging.* values must be >= 1")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig = ModelConfig()
+    loss: losses.LossConfig = losses.LossConfig()
+    optim: OptimConfig = OptimConfig()
+    data: DataConfig = DataConfig()
+    logging: LoggingConfig = LoggingConfig()
+    amp: AmpMode = "bf16"  # CUDA only; the CPU always trains in float32
+    target_labels: TargetMode = "permute"  # permute the batch's labels (StarGAN) or draw random expressions
+    seed: int = 0  # weight init and the per-step randomness (targets, flips, GP points)
+
+    def __post_init__(self) -> None:
+        if self.amp not in get_args(AmpMode):
+            raise ConfigError(f"amp must be one of {', '.join(get_args(AmpMode))}, got {self.amp!r}")
+        if self.target_labels not in get_args(TargetMode):
+            raise ConfigError(f"target_labels must be one of {', '.join(get_args(TargetMode))}, got {self.target_labels!r}")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Per-invocation settings that are not part of the run's identity."""
+
+    data_dir: Path
+    run_dir: Path
+    resume: bool = False
+    max_steps: int | None = None  # stop at this global step (the LR schedule still follows optim.total_steps)
+    use_cuda: bool = True
+
+
+def parse_set_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """'optim.g_lr=2e-4' -> {'optim.g_lr': 2e-4}; values are parsed as YAML scalars."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. optim.g_lr=2e-4")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def load_train_config(path: Path | None, overrides: dict[str, Any]) -> TrainConfig:
+    return load_config(TrainConfig, path, overrides)
+
+
+def config_yaml(config: TrainConfig) -> str:
+    return yaml.safe_dump(to_mapping(config), sort_keys=False)
+
+
+# ------------------------------------------------------------------------------------------------ setup
+
+
+@dataclass
+class TrainState:
+    """Everything that changes while training; generator/discriminator may be DDP wrappers."""
+
+    generator: nn.Module
+    discriminator: nn.Module
+    g_optim: torch.optim.Adam
+    d_optim: torch.optim.Adam
+    g_scaler: torch.amp.GradScaler | None
+    d_scaler: torch.amp.GradScaler | None
+    step: int = 0
+    epoch: int = 0
+    batches_done: int = 0  # batches of `epoch` already trained on (per process)
+
+    @property
+    def raw_generator(self) -> Generator:
+        return unwrap(self.generator)
+
+    @property
+    def raw_discriminator(self) -> Discriminator:
+        return unwrap(self.discriminator)
+
+
+@dataclass(frozen=True)
+class DataBundle:
+    loader: DataLoader
+    sampler: ResumableSampler
+    fixed_images: Tensor  # (R, 3, S, S) in [-1, 1], the rows of every sample grid
+    batches_per_epoch: int
+    name: str
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    return module.module if isinstance(module, DistributedDataParallel) else module
+
+
+def use_amp(config: TrainConfig, device: torch.device) -> bool:
+    return device.type == "cuda" and config.amp != "none"
+
+
+def autocast(config: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    if not use_amp(config, device):
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if config.amp == "bf16" else torch.float16)
+
+
+def make_scaler(config: TrainConfig, device: torch.device) -> torch.amp.GradScaler | None:
+    """fp16 needs loss scaling; bf16 has float32's range and does not."""
+    return torch.amp.GradScaler("cuda") if use_amp(config, device) and config.amp == "fp16" else None
+
+
+def wrap_ddp(module: nn.Module, info: DistInfo) -> nn.Module:
+    if not info.distributed:
+        return module
+    # InstanceNorm running stats are never used (eval normalises per image): no need to sync them every forward.
+    device_ids = [info.device.index] if info.device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=device_ids, forward_sync_buffers=False)
+
+
+def build_state(config: TrainConfig, info: DistInfo) -> TrainState:
+    """Fresh G, D (same init on every rank), their Adam optimisers and AMP scalers."""
+    torch.manual_seed(config.seed)
+    generator = Generator(config.model.generator).to(info.device)
+    discriminator = Discriminator(config.model.discriminator()).to(info.device)
+    betas = tuple(config.optim.betas)
+    return TrainState(
+        generator=wrap_ddp(generator, info),
+        discriminator=wrap_ddp(discriminator, info),
+        g_optim=torch.optim.Adam(generator.parameters(), lr=config.optim.g_lr, betas=betas),
+        d_optim=torch.optim.Adam(discriminator.parameters(), lr=config.optim.d_lr, betas=betas),
+        g_scaler=make_scaler(config, info.device),
+        d_scaler=make_scaler(config, info.device),
+    )
+
+
+def spread_over_expressions(samples: tuple[Sample, ...], count: int) -> list[Sample]:
+    """Up to count samples, taking one per expression in turn, so grid rows show varied source expressions."""
+    groups = [[s for s in samples if s.expression == name] for name in EXPRESSIONS]
+    ordered = [s for row in zip_longest(*groups) for s in row if s is not None]
+    return ordered[:count]
+
+
+def setup_data(config: TrainConfig, data_dir: Path, info: DistInfo) -> DataBundle:
+    split = split_samples(scan_dataset(data_dir), config.data, data_dir)
+    global_batch = config.optim.batch_size * info.world_size
+    if len(split.train) < global_batch:
+        raise DataError(f"{data_dir}: {len(split.train)} training images, fewer than one batch ({global_batch})")
+    dataset = FaceDataset(split.train, config.model.image_size)
+    sampler = ResumableSampler(dataset, num_replicas=info.world_size, rank=info.rank, seed=config.data.seed)
+    loader = DataLoader(
+        dataset, batch_size=config.optim.batch_size, sampler=sampler, num_workers=config.data.workers,
+        drop_last=True, pin_memory=info.device.type == "cuda", persistent_workers=config.data.workers > 0,
+    )
+    rows = spread_over_expressions(split.val or split.train, config.logging.sample_rows)
+    fixed = torch.stack([load_image(s.path, config.model.image_size) for s in rows])
+    name = config.data.name or Path(data_dir).resolve().name
+    return DataBundle(loader, sampler, fixed, sampler.num_samples // config.optim.batch_size, name)
+
+
+def describe_data(config: TrainConfig, data_dir: Path) -> str:
+    """The --dry-run data summary: images per expression and split."""
+    split = split_samples(scan_dataset(data_dir), config.data, data_dir)
+    return summarize_split(split)
+
+
+# ------------------------------------------------------------------------------------------------- step
+
+
+def lr_factor(step: int, optim: OptimConfig) -> float:
+    """1 until decay_start, then linearly down to 0 at total_steps (StarGAN's schedule, without its steps)."""
+    if step < optim.decay_start or optim.total_steps == optim.decay_start:
+        return 1.0
+    return max(0.0, (optim.total_steps - step) / (optim.total_steps - optim.decay_start))
+
+
+def set_learning_rates(state: TrainState, optim: OptimConfig) -> None:
+    factor = lr_factor(state.step, optim)
+    for group in state.g_optim.param_groups:
+        group["lr"] = optim.g_lr * factor
+    for group in state.d_optim.param_groups:
+        group["lr"] = optim.d_lr * factor
+
+
+def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
+    """The step's own RNG: a pure function of (seed, rank, step), so a resumed run draws the same numbers."""
+    digest = hashlib.sha256(f"usgan:{seed}:{rank}:{step}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+
+
+def sample_targets(labels: Tensor, generator: torch.Generator, mode: TargetMode) -> Tensor:
+    """Target expressions: the batch's labels permuted (StarGAN), or uniformly random ones."""
+    if mode == "permute":
+        return labels[torch.randperm(labels.shape[0], generator=generator)]
+    return torch.randint(0, len(EXPRESSIONS), labels.shape, generator=generator)
+
+
+def apply_gradients(loss: Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
+@dataclass(frozen=True)
+class StepBatch:
+    """One step's inputs on the device: images (N, 3, S, S), labels (N,), one-hots (N, E)."""
+
+    x_real: Tensor
+    label_org: Tensor
+    label_trg: Tensor
+    c_org: Tensor
+    c_trg: Tensor
+    alpha: Tensor  # (N, 1, 1, 1) gradient-penalty interpolation weights
+
+
+def prepare_batch(batch: tuple[Tensor, Tensor], config: TrainConfig, info: DistInfo, step: int) -> StepBatch:
+    """Augment and draw targets on the CPU with the step's RNG, then move everything to the device."""
+    images, labels = batch
+    if images.ndim != 4 or images.shape[1:] != (3, config.model.image_size, config.model.image_size):
+        raise ValueError(f"batch images have shape {tuple(images.shape)}, expected (N, 3, S, S) with S = image_size")
+    rng = step_generator(config.seed, info.rank, step)
+    images = random_flip(images, rng)
+    targets = sample_targets(labels, rng, config.target_labels)
+    alpha = torch.rand(images.shape[0], 1, 1, 1, generator=rng)
+    to = dict(device=info.device, non_blocking=True)
+    labels, targets = labels.to(**to), targets.to(**to)
+    return StepBatch(
+        x_real=images.to(**to), label_org=labels, label_trg=targets,
+        c_org=F.one_hot(labels, len(EXPRESSIONS)).float(), c_trg=F.one_hot(targets, len(EXPRESSIONS)).float(),
+        alpha=alpha.to(**to),
+    )
+
+
+def update_discriminator(state: TrainState, batch: StepBatch, config: TrainConfig, device: torch.device) -> dict:
+    with torch.no_grad(), autocast(config, device):
+        x_fake = state.raw_generator(batch.x_real, batch.c_trg)
+    grad_scale = state.d_scaler.get_scale() if state.d_scaler is not None else 1.0
+    state.d_optim.zero_grad(set_to_none=True)
+    with autocast(config, device):
+        result = losses.discriminator_loss(
+            state.discriminator, batch.x_real, batch.label_org, x_fake.float(), batch.alpha, config.loss, grad_scale
+        )
+    apply_gradients(result.total, state.d_optim, state.d_scaler)
+    return result.terms
+
+
+def update_generator(state: TrainState, batch: StepBatch, config: TrainConfig, device: torch.device) -> dict:
+    # D is frozen and called unwrapped: its gradients are not needed and DDP would all-reduce them for nothing.
+    critic = state.raw_discriminator.requires_grad_(False)
+    try:
+        state.g_optim.zero_grad(set_to_none=True)
+        with autocast(config, device):
+            result = losses.generator_loss(
+                state.generator, critic, batch.x_real, batch.c_org, batch.c_trg, batch.label_trg, config.loss
+            )
+        apply_gradients(result.total, state.g_optim, state.g_scaler)
+    finally:
+        critic.requires_grad_(True)
+    return result.terms
+
+
+def train_step(state: TrainState, batch: tuple[Tensor, Tensor], config: TrainConfig, info: DistInfo) -> dict:
+    """One iteration at state.step: a D update, plus a G update every n_critic-th step; returns loss terms."""
+    set_learning_rates(state, config.optim)
+    step_batch = prepare_batch(batch, config, info, state.step)
+    terms = update_discriminator(state, step_batch, config, info.device)
+    if (state.step + 1) % config.optim.n_critic == 0:
+        terms |= update_generator(state, step_batch, config, info.device)
+    return terms
+
+
+def advance(state: TrainState, batches_per_epoch: int) -> None:
+    """Count a finished step and move the sampler position (rolling over to the next epoch)."""
+    state.step += 1
+    state.batches_done += 1
+    if state.batches_done >= batches_per_epoch:
+        state.epoch, state.batches_done = state.epoch + 1, 0
+
+
+def batches(data: DataBundle, state: TrainState, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """Endless batches, each epoch starting where the state says (part-way through after a resume)."""
+    while True:
+        data.sampler.set_position(state.epoch, state.batches_done * batch_size)
+        yield from data.loader
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+
+
+@torch.no_grad()
+def sample_grid(generator: Generator, images: Tensor) -> Tensor:
+    """(R*8, 3, S, S) in [0, 1]: per input row, the input then the 7 expressions in EXPRESSIONS order."""
+    was_training = generator.training
+    generator.eval()
+    try:
+        columns = [images]
+        for index in range(len(EXPRESSIONS)):
+            target = F.one_hot(torch.full((images.shape[0],), index, device=images.device), len(EXPRESSIONS))
+            columns.append(generator(images, target.float()))
+    finally:
+        generator.train(was_training)
+    grid = torch.stack(columns, dim=1).flatten(0, 1)
+    return grid.float().add(1).div(2).clamp(0, 1).cpu()
+
+
+def evaluate(state: TrainState, data: DataBundle, run_dir: Path, writer: Any) -> Path:
+    """Write RUN_DIR/samples/step_XXXXXXXX.png (and the same grid to TensorBoard); rank 0 only."""
+    from torchvision.utils import make_grid, save_image
+
+    device = next(state.raw_generator.parameters()).device
+    grid = make_grid(sample_grid(state.raw_generator, data.fixed_images.to(device)), nrow=1 + len(EXPRESSIONS))
+    path = run_dir / "samples" / f"step_{state.step:08d}.png"
+    atomic_write(path, lambda tmp: save_image(grid, tmp, format="PNG"))
+    writer.add_image("samples", grid, state.step)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every checkpoint in RUN_DIR, oldest first."""
+    folder = checkpoint_dir(run_dir)
+    found = [(CHECKPOINT_NAME.match(p.name), p) for p in folder.glob("step_*.safetensors")] if folder.is_dir() else []
+    return sorted((int(m.group(1)), p) for m, p in found if m)
+
+
+def optimizer_tensors(prefix: str, optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], list[dict]]:
+    """Adam's per-parameter tensors as flat safetensors keys, and its param groups as JSON-able dicts."""
+    state = optimizer.state_dict()
+    tensors = {f"{prefix}.{index}.{name}": value for index, slot in state["state"].items() for name, value in slot.items()}
+    return tensors, state["param_groups"]
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, prefix: str, tensors: dict[str, Tensor], groups: list) -> None:
+    slots: dict[int, dict[str, Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith(prefix + "."):
+            _, index, name = key.split(".", 2)
+            slots.setdefault(int(index), {})[name] = value
+    groups = [{**group, "betas": tuple(group["betas"])} for group in groups]
+    optimizer.load_state_dict({"state": slots, "param_groups": groups})
+
+
+def rng_tensors(device: torch.device) -> dict[str, Tensor]:
+    tensors = {"rng.torch_cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        tensors["rng.torch_cuda"] = torch.cuda.get_rng_state(device)
+    return tensors
+
+
+def rng_metadata() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+        "python": [version, list(internal), gauss_next],
+    }
+
+
+def restore_rng(tensors: dict[str, Tensor], metadata: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(tensors["rng.torch_cpu"])
+    if device.type == "cuda" and "rng.torch_cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["rng.torch_cuda"], device)
+    kind, keys, pos, has_gauss, cached = metadata["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss_next = metadata["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+def state_tensors(state: TrainState, device: torch.device) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    tensors = {f"G.{k}": v for k, v in state.raw_generator.state_dict().items()}
+    tensors |= {f"D.{k}": v for k, v in state.raw_discriminator.state_dict().items()}
+    g_tensors, g_groups = optimizer_tensors("optim_g", state.g_optim)
+    d_tensors, d_groups = optimizer_tensors("optim_d", state.d_optim)
+    tensors |= g_tensors | d_tensors | rng_tensors(device)
+    scalers = {"g": state.g_scaler and state.g_scaler.state_dict(), "d": state.d_scaler and state.d_scaler.state_dict()}
+    return tensors, {"optim_groups": {"g": g_groups, "d": d_groups}, "scalers": scalers}
+
+
+def save_checkpoint(state: TrainState, config: TrainConfig, run_dir: Path, info: DistInfo, dataset: str) -> Path:
+    """Write checkpoints/step_N.safetensors, RUN_DIR/generator.safetensors, and prune old checkpoints."""
+    tensors, extra = state_tensors(state, info.device)
+    metadata = {
+        "format": STATE_FORMAT, "version": 1, "step": state.step, "epoch": state.epoch,
+        "batches_done": state.batches_done, "world_size": info.world_size, "dataset": dataset,
+        "lr": {"g": state.g_optim.param_groups[0]["lr"], "d": state.d_optim.param_groups[0]["lr"]},
+        "config": to_mapping(config), "rng": rng_metadata(), **extra,
+    }
+    path = checkpoint_dir(run_dir) / f"step_{state.step:08d}.safetensors"
+    save_tensors(path, tensors, metadata)
+    info_g = WeightsInfo(image_size=config.model.image_size, step=state.step, dataset=dataset)
+    save_generator(Path(run_dir) / "generator.safetensors", state.raw_generator, info_g)
+    for _, old in list_checkpoints(run_dir)[: -config.logging.keep_checkpoints]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_resumable(config: TrainConfig, saved: dict[str, Any], path: Path) -> None:
+    """Refuse to resume with a config that changes what the checkpoint was trained as."""
+    now, then = flatten(to_mapping(config)), flatten(saved)
+    changed = [k for k in sorted(set(now) | set(then)) if now.get(k) != then.get(k) and not k.startswith(MUTABLE_ON_RESUME)]
+    if changed:
+        diffs = ", ".join(f"{k}: {then.get(k)!r} -> {now.get(k)!r}" for k in changed)
+        raise ConfigError(f"{path}: cannot resume with a different config ({diffs}); use the run's config or a new --out")
+
+
+def load_checkpoint(state: TrainState, config: TrainConfig, path: Path, info: DistInfo) -> None:
+    """Restore models, optimisers, scalers, RNG, step and sampler position from a checkpoint (in place)."""
+    tensors, metadata = load_tensors(path)
+    if metadata.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{path}: not a US-GAN training checkpoint (format {metadata.get('format')!r})")
+    check_resumable(config, metadata["config"], path)
+    pick = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
+    state.raw_generator.load_state_dict(pick("G."), strict=True)
+    state.raw_discriminator.load_state_dict(pick("D."), strict=True)
+    restore_optimizer(state.g_optim, "optim_g", tensors, metadata["optim_groups"]["g"])
+    restore_optimizer(state.d_optim, "optim_d", tensors, metadata["optim_groups"]["d"])
+    for scaler, saved in ((state.g_scaler, metadata["scalers"]["g"]), (state.d_scaler, metadata["scalers"]["d"])):
+        if scaler is not None and saved:
+            scaler.load_state_dict(saved)
+    restore_rng(tensors, metadata["rng"], info.device)
+    state.step, state.epoch, state.batches_done = metadata["step"], metadata["epoch"], metadata["batches_done"]
+    if metadata["world_size"] != info.world_size:
+        log.warning("%s: saved with %d processes, resuming with %d: the data order will differ from an "
+                    "uninterrupted run", path, metadata["world_size"], info.world_size)
+
+
+# ------------------------------------------------------------------------------------------------- loop
+
+
+class StopRequest:
+    """SIGTERM/SIGINT set a flag: the loop finishes its step, saves and exits. A second SIGINT aborts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():  # signal handlers only work there
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("%s received: finishing this step, saving a checkpoint, then exiting", signal.Signals(signum).name)
+
+
+@dataclass
+class RunLogger:
+    """Rank 0's TensorBoard writer and progress bar; on other ranks every call is a no-op."""
+
+    writer: Any = None
+    progress: Any = None
+    last_time: float = field(default_factory=time.perf_counter)
+    last_step: int = 0
+
+    @classmethod
+    def open(cls, run_dir: Path, info: DistInfo, start: int, end: int) -> RunLogger:
+        if not info.is_main:
+            return cls()
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm import tqdm
+
+        progress = tqdm(total=end, initial=start, desc="train", unit="step", dynamic_ncols=True)
+        return cls(SummaryWriter(str(Path(run_dir) / "tb")), progress, last_step=start)
+
+    def scalars(self, step: int, terms: dict[str, Tensor], lr: float) -> None:
+        if self.writer is None:
+            return
+        now = time.perf_counter()
+        values = {name: float(value) for name, value in terms.items()}
+        values |= {"lr": lr, "s_per_step": (now - self.last_time) / max(1, step - self.last_step)}
+        for name, value in values.items():
+            self.writer.add_scalar(name, value, step)
+        self.progress.set_postfix({k: f"{v:.3g}" for k, v in values.items() if k in ("d/total", "g/total", "s_per_step")})
+        self.last_time, self.last_step = now, step
+
+    def tick(self) -> None:
+        if self.progress is not None:
+            self.progress.update(1)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.progress.close()
+
+
+def due(step: int, every: int) -> bool:
+    return step % every == 0
+
+
+def after_step(state: TrainState, terms: dict, config: TrainConfig, ctx: RunContext) -> None:
+    """Rank 0's periodic work: scalars, sample grid, checkpoint."""
+    ctx.logger.tick()
+    if not ctx.info.is_main:
+        return
+    if due(state.step, config.logging.log_every):
+        ctx.logger.scalars(state.step, terms, state.g_optim.param_groups[0]["lr"])
+    if due(state.step, config.logging.sample_every):
+        evaluate(state, ctx.data, ctx.run_dir, ctx.logger.writer)
+    if due(state.step, config.logging.checkpoint_every):
+        save_checkpoint(state, config, ctx.run_dir, ctx.info, ctx.data.name)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    info: DistInfo
+    data: DataBundle
+    run_dir: Path
+    logger: RunLogger
+
+
+def run_loop(state: TrainState, config: TrainConfig, ctx: RunContext, end: int) -> None:
+    """Train until step `end` or a stop signal; always leaves a checkpoint of the last finished step."""
+    start = state.step
+    stream = batches(ctx.data, state, config.optim.batch_size)
+    with StopRequest() as stop:
+        while state.step < end:
+            terms = train_step(state, next(stream), config, ctx.info)
+            advance(state, ctx.data.batches_per_epoch)
+            after_step(state, terms, config, ctx)
+            if any_process(stop.requested, ctx.info):
+                break
+    if ctx.info.is_main and state.step > start and not due(state.step, config.logging.checkpoint_every):
+        path = save_checkpoint(state, config, ctx.run_dir, ctx.info, ctx.data.name)
+        log.info("saved %s", path)
+    barrier(ctx.info)
+
+
+def find_resume_checkpoint(options: RunOptions) -> Path | None:
+    """The checkpoint to resume from (None = fresh start); a run dir with checkpoints needs --resume."""
+    found = list_checkpoints(options.run_dir)
+    if found and not options.resume:
+        raise UserError(f"{options.run_dir}: already has checkpoints (latest step {found[-1][0]}); "
+                        "pass --resume to continue that run, or choose another --out")
+    return found[-1][1] if found else None
+
+
+def write_run_config(config: TrainConfig, run_dir: Path, info: DistInfo) -> None:
+    """RUN_DIR/config.yaml, the resolved config for people (checkpoints carry their own copy)."""
+    if info.is_main:
+        atomic_write(Path(run_dir) / "config.yaml", lambda tmp: tmp.write_text(config_yaml(config)))
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    step: int  # the last finished step
+    weights: Path  # RUN_DIR/generator.safetensors
+    is_main: bool  # whether this process is rank 0 (the one that reports)
+
+
+def train(config: TrainConfig, options: RunOptions) -> TrainResult:
+    """Train (or resume) a run in options.run_dir, until optim.total_steps, --max-steps or a stop signal."""
+    info = init_distributed(use_cuda=options.use_cuda)
+    try:
+        resume_from = find_resume_checkpoint(options)
+        data = setup_data(config, options.data_dir, info)
+        state = build_state(config, info)
+        if resume_from is not None:
+            load_checkpoint(state, config, resume_from, info)
+            log.info("resumed from %s (step %d)", resume_from, state.step)
+        write_run_config(config, options.run_dir, info)
+        end = min(config.optim.total_steps, options.max_steps or config.optim.total_steps)
+        logger = RunLogger.open(options.run_dir, info, state.step, end)
+        try:
+            run_loop(state, config, RunContext(info, data, Path(options.run_dir), logger), end)
+        finally:
+            logger.close()
+        return TrainResult(state.step, Path(options.run_dir) / "generator.safetensors", info.is_main)
+    finally:
+        shutdown_distributed(info)
