@@ -157,53 +157,6 @@ def train_command(config_path: Path | None, data_dir: Path, run_dir: Path, resum
 
     \b
     Examples:
-      python cli.py train --config configs/train/smoke.yaml --data tests/data --out runs/smoke
-      python cli.py train --config configs/train/tfeid.yaml --data data/tfeid/128 --out runs/tfeid --resume
-      python cli.py train --config configs/train/tfeid.yaml --data data/tfeid/128 --out runs/x --dry-run
-      torchrun --nproc_per_node 4 cli.py train --config configs/train/default.yaml --data D --out R --resume
-    """
-    from usgan.train import RunOptions, config_yaml, describe_data, load_train_config, parse_set_options, train
-
-    overrides = {**parse_set_options(settings), "optim.batch_size": batch_size}
-    config = load_train_config(config_path, overrides)
-    if dry_run:
-        click.echo(config_yaml(config) + "\n" + describe_data(config, data_dir))
-        return
-    options = RunOptions(data_dir=data_dir, run_dir=run_dir, resume=resume, max_steps=max_steps, use_cuda=not cpu)
-    step = train(config, options)
-    click.echo(f"stopped at step {step}; weights: {run_dir / 'generator.safetensors'}", err=True)
-
-
-# --- train (US-GAN training stack) ---
-
-
-@cli.command("train")
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Training config YAML (configs/train/*.yaml); default: the paper's settings.")
-@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Aligned crops: DIR/<expression>/*.png|jpg (+ optional index.csv), e.g. prepare-data's OUT/128.")
-@click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Run directory: checkpoints/, samples/, tb/, config.yaml, generator.safetensors.")
-@click.option("--resume", is_flag=True,
-              help="Continue from the newest checkpoint in --out (starts fresh when there is none).")
-@click.option("--max-steps", type=click.IntRange(1), default=None,
-              help="Stop at this global step (the LR schedule still follows optim.total_steps).")
-@click.option("--batch-size", type=click.IntRange(1), default=None, help="Per-process batch size (optim.batch_size).")
-@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-              help="Override any config key, e.g. --set optim.g_lr=2e-4 --set amp=fp16.")
-@click.option("--cpu", is_flag=True, help="Train on the CPU even when CUDA is available.")
-@click.option("--dry-run", is_flag=True, help="Print the resolved config and the data summary, then exit.")
-def train_command(config_path: Path | None, data_dir: Path, run_dir: Path, resume: bool, max_steps: int | None,
-                  batch_size: int | None, settings: tuple[str, ...], cpu: bool, dry_run: bool) -> None:
-    """Train US-GAN (WGAN-GP + expression classification + cycle L1) on aligned face crops.
-
-    One code path for the CPU, one GPU and many GPUs (launch with torchrun, see scripts/launch_torchrun.sh).
-    Ctrl-C or SIGTERM finishes the current step, saves a checkpoint and exits; --resume continues exactly.
-    A resumed run must keep its config (only logging.*, data.workers, amp, optim.total_steps and
-    optim.decay_start may change).
-
-    \b
-    Examples:
       python cli.py train --config configs/train/smoke.yaml --data data/tfeid/128 --out runs/smoke
       python cli.py train --config configs/train/tfeid.yaml --data data/tfeid/128 --out runs/tfeid --resume
       python cli.py train --config configs/train/tfeid.yaml --data data/tfeid/128 --out runs/x --dry-run
