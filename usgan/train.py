@@ -90,6 +90,9 @@ class OptimConfig:
     decay_start: int = 100_000
 
     def __post_init__(self) -> None:
+        for name in ("g_lr", "d_lr"):
+            if not isinstance(getattr(self, name), (int, float)):  # YAML 1.1 reads 2e-4 (no dot) as a string
+                raise ConfigError(f"optim.{name} must be a number, got {getattr(self, name)!r} (write 2.0e-4)")
         if self.n_critic < 1 or self.batch_size < 1 or self.total_steps < 1:
             raise ConfigError("optim.n_critic, optim.batch_size and optim.total_steps must be >= 1")
         if not 0 <= self.decay_start <= self.total_steps:
@@ -147,8 +150,17 @@ def parse_set_options(pairs: tuple[str, ...]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. optim.g_lr=2e-4")
-        overrides[key.strip()] = yaml.safe_load(value)
+        overrides[key.strip()] = parse_scalar(value)
     return overrides
+
+
+def parse_scalar(text: str) -> Any:
+    """A YAML value, except that 2e-4 is a float (YAML 1.1 would read it as a string)."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return float(value)
+    return value
 
 
 def load_train_config(path: Path | None, overrides: dict[str, Any]) -> TrainConfig:

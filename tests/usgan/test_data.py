@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from usgan.data import (
+    DataConfig, DataError, FaceDataset, ResumableSampler, identity_from_filename, load_image, random_flip,
+    scan_dataset, split_samples, summarize_split,
+)
+from usgan.expressions import EXPRESSIONS
+
+
+def test_scan_maps_codes_and_aliases_to_canonical_expressions(tiny_faces: Path) -> None:
+    samples = scan_dataset(tiny_faces)
+    assert len(samples) == 16
+    by_folder = {s.path.parent.name: s.expression for s in samples}
+    assert by_folder == {"angry": "angry", "DIS": "disgusted", "fear": "fearful", "HAS": "happy",
+                         "neutral": "neutral", "sadness": "sad", "SUS": "surprised"}
+    assert all(s.label == EXPRESSIONS.index(s.expression) for s in samples)
+
+
+def test_unknown_folder_name_is_a_clear_error(tiny_faces: Path) -> None:
+    (tiny_faces / "bored").mkdir()
+    with pytest.raises(DataError, match=r"bored: folder name is not an expression"):
+        scan_dataset(tiny_faces)
+
+
+@pytest.mark.parametrize("make", ["missing", "empty", "file"])
+def test_bad_data_dirs_are_one_line_errors(tmp_path: Path, make: str) -> None:
+    root = tmp_path / "data"
+    if make == "empty":
+        (root / "happy").mkdir(parents=True)
+    if make == "file":
+        root.write_text("x")
+    with pytest.raises(DataError) as caught:
+        scan_dataset(root)
+    assert str(root) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_corrupt_image_names_the_file(tiny_faces: Path) -> None:
+    broken = tiny_faces / "angry" / "broken.png"
+    broken.write_bytes(b"not a png")
+    with pytest.raises(DataError, match="broken.png: not a readable image"):
+        scan_dataset(tiny_faces)
+
+
+@pytest.mark.parametrize(("name", "identity"), [("0111b01.jpg", "01"), ("3023g12.png", "30"), ("face_001.png", None),
+                                                 ("0111z01.png", None)])
+def test_identity_from_tfeid_filenames(name: str, identity: str | None) -> None:
+    assert identity_from_filename(Path(name)) == identity
+
+
+def test_index_csv_identities_take_precedence(tiny_faces: Path) -> None:
+    first = sorted((tiny_faces / "angry").iterdir())[0]
+    (tiny_faces / "index.csv").write_text(f"path,identity,expression,source\nangry/{first.name},alice,angry,x.jpg\n")
+    identities = {s.path.name: s.identity for s in scan_dataset(tiny_faces)}
+    assert identities[first.name] == "alice"
+    assert sum(i == "alice" for i in identities.values()) == 1
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("count", [1, 2])
+def test_split_never_shares_an_identity(tmp_path: Path, face_folders, seed: int, count: int) -> None:
+    samples = scan_dataset(face_folders(tmp_path, count=40, identities=5))
+    split = split_samples(samples, DataConfig(val_identity_count=count, seed=seed))
+    train_ids, val_ids = {s.identity for s in split.train}, {s.identity for s in split.val}
+    assert not train_ids & val_ids
+    assert len(val_ids) == count and len(split.train) + len(split.val) == 40
+    assert split == split_samples(samples, DataConfig(val_identity_count=count, seed=seed))  # deterministic
+
+
+def test_explicit_validation_identities(tiny_faces: Path) -> None:
+    split = split_samples(scan_dataset(tiny_faces), DataConfig(val_identities=("02",)))
+    assert {s.identity for s in split.val} == {"02"}
+    with pytest.raises(DataError, match="not in the data: 99"):
+        split_samples(scan_dataset(tiny_faces), DataConfig(val_identities=("99",)))
+
+
+def test_unknown_identities_split_per_file(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for index in range(200):
+        folder = tmp_path / EXPRESSIONS[index % 7]
+        folder.mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(folder / f"img{index}.png")
+    samples = scan_dataset(tmp_path)
+    assert all(s.identity is None for s in samples)
+    split = split_samples(samples, DataConfig(val_fraction=0.2))
+    assert 20 <= len(split.val) <= 60
+    # adding files does not move existing ones between splits
+    smaller = split_samples(samples[:100], DataConfig(val_fraction=0.2))
+    assert set(smaller.val) == set(split.val) & set(samples[:100])
+
+
+def test_images_are_resized_rgb_in_minus_one_one(tiny_faces: Path) -> None:
+    samples = scan_dataset(tiny_faces)
+    image, label = FaceDataset(tuple(samples), image_size=16)[0]
+    assert image.shape == (3, 16, 16) and image.dtype == torch.float32
+    assert image.min() >= -1 and image.max() <= 1 and image.min() < -0.5 < 0.5 < image.max()
+    assert label == samples[0].label
+    gray = tiny_faces / "gray.png"
+    Image.fromarray(np.full((32, 32), 255, np.uint8), mode="L").save(gray)
+    assert torch.equal(load_image(gray, 32), torch.ones(3, 32, 32))
+
+
+def test_random_flip_is_reproducible_and_mirrors() -> None:
+    images = torch.arange(2 * 3 * 2 * 4, dtype=torch.float32).reshape(2, 3, 2, 4).repeat(8, 1, 1, 1)
+    out = random_flip(images, torch.Generator().manual_seed(0))
+    assert torch.equal(out, random_flip(images, torch.Generator().manual_seed(0)))
+    flipped = [torch.equal(o, i.flip(2)) for o, i in zip(out, images)]
+    kept = [torch.equal(o, i) for o, i in zip(out, images)]
+    assert all(f != k for f, k in zip(flipped, kept)) and any(flipped) and any(kept)
+
+
+def test_resumable_sampler_continues_the_same_epoch_order() -> None:
+    dataset = list(range(10))
+    sampler = ResumableSampler(dataset, num_replicas=1, rank=0, seed=3)
+    sampler.set_position(epoch=2, samples_done=0)
+    full = list(sampler)
+    sampler.set_position(epoch=2, samples_done=4)
+    assert list(sampler) == full[4:] and len(sampler) == 6
+    sampler.set_position(epoch=3, samples_done=0)
+    assert list(sampler) != full
+
+
+def test_summary_counts_images_per_expression_and_split(tiny_faces: Path) -> None:
+    split = split_samples(scan_dataset(tiny_faces), DataConfig(val_identities=("01",)))
+    text = summarize_split(split)
+    angry = next(line for line in text.splitlines() if line.startswith("angry"))
+    assert angry.split() == ["angry", str(sum(s.expression == "angry" for s in split.train)),
+                             str(sum(s.expression == "angry" for s in split.val))]
+    assert f"total {len(split.train):>10} {len(split.val):>6}".split() == \
+        next(line for line in text.splitlines() if line.startswith("total")).split()

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from usgan import losses
+from usgan.config import ConfigError
+from usgan.losses import LossConfig
+
+
+def linear_critic(weight: torch.Tensor):
+    """D(x) = sum(weight * x) per sample: its input gradient is `weight`, so the GP is (|weight| - 1)^2."""
+    def critic(x: torch.Tensor):
+        scores = (x * weight).flatten(1).sum(1)[:, None, None, None]
+        return scores, torch.zeros(x.shape[0], 7)
+    return critic
+
+
+@pytest.mark.parametrize("norm", [0.5, 1.0, 3.0])
+@pytest.mark.parametrize("grad_scale", [1.0, 1024.0])
+def test_gradient_penalty_of_a_linear_critic_is_known(norm: float, grad_scale: float) -> None:
+    torch.manual_seed(0)
+    weight = torch.randn(3, 4, 4)
+    weight = weight * norm / weight.norm()
+    x_hat = torch.randn(5, 3, 4, 4, requires_grad=True)
+    penalty = losses.gradient_penalty(linear_critic(weight), x_hat, grad_scale)
+    assert penalty.item() == pytest.approx((norm - 1) ** 2, abs=1e-5)
+
+
+def test_gradient_penalty_is_differentiable_in_the_critic_weights() -> None:
+    weight = torch.full((1, 2, 2), 1.0, requires_grad=True)  # |weight| = 2
+    x_hat = torch.randn(3, 1, 2, 2, requires_grad=True)
+    losses.gradient_penalty(linear_critic(weight), x_hat).backward()
+    # d/dw (|w| - 1)^2 = 2 (|w| - 1) w / |w| = 2 * 1 * 1 / 2 per element
+    assert torch.allclose(weight.grad, torch.full_like(weight, 1.0))
+
+
+def test_interpolate_stays_between_real_and_fake() -> None:
+    real, fake = torch.ones(4, 3, 2, 2), -torch.ones(4, 3, 2, 2)
+    alpha = torch.tensor([0.0, 0.25, 0.5, 1.0])[:, None, None, None]
+    x_hat = losses.interpolate(real, fake, alpha)
+    assert x_hat.requires_grad
+    assert x_hat[:, 0, 0, 0].tolist() == [-1.0, -0.5, 0.0, 1.0]
+
+
+def mean_critic(labels: torch.Tensor):
+    """Scores = 2 * mean pixel; logits confidently predict `labels`."""
+    def critic(x: torch.Tensor):
+        logits = torch.nn.functional.one_hot(labels, 7).float() * 20
+        return 2 * x.mean(dim=(1, 2, 3), keepdim=True), logits
+    return critic
+
+
+def test_discriminator_loss_rewards_high_real_and_low_fake_scores() -> None:
+    labels = torch.tensor([0, 3])
+    real, fake = torch.ones(2, 3, 4, 4), -torch.ones(2, 3, 4, 4)
+    result = losses.discriminator_loss(mean_critic(labels), real, labels, fake, torch.rand(2, 1, 1, 1), LossConfig())
+    assert result.terms["d/adv_real"].item() == pytest.approx(-2.0)
+    assert result.terms["d/adv_fake"].item() == pytest.approx(-2.0)
+    assert result.terms["d/cls"].item() < 1e-6  # the head predicts the real labels
+    # the critic's input gradient is 2/48 per pixel: |grad| = 2/48 * sqrt(48)
+    assert result.terms["d/gp"].item() == pytest.approx((2 / math.sqrt(48) - 1) ** 2, rel=1e-5)
+    expected = -2.0 - 2.0 + 10 * result.terms["d/gp"].item()
+    assert result.total.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_generator_loss_terms_and_weights() -> None:
+    labels = torch.tensor([1, 2])
+    x_real = torch.full((2, 3, 4, 4), 0.5)
+    identity = lambda x, c: x  # noqa: E731
+    result = losses.generator_loss(identity, mean_critic(labels), x_real, torch.zeros(2, 7), torch.zeros(2, 7),
+                                   labels, LossConfig(lambda_rec=5.0))
+    assert result.terms["g/adv"].item() == pytest.approx(-1.0)  # the generator wants high critic scores
+    assert result.terms["g/rec"].item() == 0.0
+    wrong = losses.generator_loss(lambda x, c: x + 0.1, mean_critic(labels), x_real, torch.zeros(2, 7),
+                                  torch.zeros(2, 7), torch.tensor([5, 6]), LossConfig(lambda_rec=5.0))
+    assert wrong.terms["g/rec"].item() == pytest.approx(0.2, rel=1e-5)  # two applications of +0.1
+    assert wrong.terms["g/cls"].item() > 10
+    assert wrong.total.item() == pytest.approx(
+        wrong.terms["g/adv"].item() + wrong.terms["g/cls"].item() + 5 * 0.2, rel=1e-5)
+
+
+def test_loss_config_rejects_negative_weights() -> None:
+    with pytest.raises(ConfigError, match="lambda_gp"):
+        LossConfig(lambda_gp=-1.0)

@@ -1,0 +1,151 @@
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli import cli
+from usgan.checkpoint import load_generator, load_tensors
+from usgan.config import ConfigError
+from usgan.errors import UserError
+from usgan.train import (
+    OptimConfig, RunOptions, TrainConfig, list_checkpoints, load_train_config, lr_factor, parse_set_options, train,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+SMOKE = REPO / "configs" / "train" / "smoke.yaml"
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    """smoke.yaml (conv_dim 8, 32 px) with a schedule that decays from step 2 and a G update every 2 steps."""
+    base = {"optim.total_steps": 8, "optim.decay_start": 2, "optim.n_critic": 2, "optim.batch_size": 4,
+            "logging.sample_every": 100, "logging.checkpoint_every": 100}
+    return load_train_config(SMOKE, base | overrides)
+
+
+def scramble_global_rng() -> None:
+    """Stand-in for a new process: nothing from the first run's RNG state may leak into the resumed one."""
+    torch.manual_seed(12345)
+    np.random.seed(12345)
+    random.seed(12345)
+
+
+@pytest.mark.slow
+def test_resume_matches_an_uninterrupted_run(tiny_faces: Path, tmp_path: Path) -> None:
+    config = tiny_config()
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert train(config, RunOptions(tiny_faces, straight, max_steps=6)).step == 6
+    scramble_global_rng()
+    assert train(config, RunOptions(tiny_faces, split, max_steps=3)).step == 3
+    scramble_global_rng()
+    assert train(config, RunOptions(tiny_faces, split, resume=True, max_steps=6)).step == 6
+
+    (a, meta_a), (b, meta_b) = (load_tensors(list_checkpoints(run)[-1][1]) for run in (straight, split))
+    weights = [k for k in a if k.startswith(("G.", "D."))]
+    assert len(weights) == len(list(k for k in b if k.startswith(("G.", "D."))))
+    for key in weights:
+        assert torch.allclose(a[key], b[key], atol=1e-6, rtol=0), key
+    for key in (k for k in a if k.startswith("optim_")):
+        assert torch.allclose(a[key], b[key], atol=1e-6, rtol=0), key
+    # 16 images, batch 4: 4 batches per epoch, so step 6 is batch 2 of epoch 1 (the resume was mid-epoch)
+    assert (meta_b["step"], meta_b["epoch"], meta_b["batches_done"]) == (6, 1, 2)
+    assert meta_b["lr"]["g"] == pytest.approx(1e-4 * lr_factor(5, config.optim)) == meta_a["lr"]["g"]
+    assert meta_b["lr"]["g"] < 1e-4
+
+
+def test_run_dir_outputs_and_checkpoint_rotation(tiny_faces: Path, tmp_path: Path) -> None:
+    config = tiny_config(**{"logging.checkpoint_every": 1, "logging.keep_checkpoints": 2, "logging.sample_every": 2})
+    run = tmp_path / "run"
+    train(config, RunOptions(tiny_faces, run, max_steps=3))
+    assert [step for step, _ in list_checkpoints(run)] == [2, 3]
+    assert (run / "samples" / "step_00000002.png").is_file()
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    assert load_train_config(run / "config.yaml", {}) == config
+    generator, info = load_generator(run / "generator.safetensors")
+    assert (info.step, info.image_size, info.dataset) == (3, 32, "smoke")
+    assert generator.config.conv_dim == 8
+
+
+def test_run_dir_with_checkpoints_needs_resume_and_same_config(tiny_faces: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(tiny_config(), RunOptions(tiny_faces, run, resume=True, max_steps=1))  # --resume on an empty dir starts
+    with pytest.raises(UserError, match="pass --resume"):
+        train(tiny_config(), RunOptions(tiny_faces, run, max_steps=2))
+    with pytest.raises(ConfigError, match=r"optim.g_lr: 0.0001 -> 0.0002"):
+        train(tiny_config(**{"optim.g_lr": 2e-4}), RunOptions(tiny_faces, run, resume=True, max_steps=2))
+    # logging and the schedule length may change on resume
+    changed = tiny_config(**{"logging.log_every": 1, "optim.total_steps": 10})
+    assert train(changed, RunOptions(tiny_faces, run, resume=True, max_steps=2)).step == 2
+
+
+@pytest.mark.parametrize(("step", "factor"), [(0, 1.0), (100, 1.0), (150, 0.5), (199, 0.01), (200, 0.0)])
+def test_lr_decays_linearly_over_the_second_half(step: int, factor: float) -> None:
+    assert lr_factor(step, OptimConfig(total_steps=200, decay_start=100)) == pytest.approx(factor)
+
+
+@pytest.mark.parametrize("bad", [{"amp": "fp8"}, {"optim.g_lr": "2e-4"}, {"optim.decay_start": 10, "optim.total_steps": 5},
+                                 {"model.image_size": 36}, {"optim.learning_rate": 1.0}])
+def test_bad_configs_are_rejected(bad: dict) -> None:
+    with pytest.raises(ConfigError):
+        load_train_config(SMOKE, bad)
+
+
+def test_set_options_parse_yaml_values() -> None:
+    assert parse_set_options(("optim.g_lr=2e-4", "amp=fp16", "data.val_identities=[a, b]")) == {
+        "optim.g_lr": 2e-4, "amp": "fp16", "data.val_identities": ["a", "b"]}
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_set_options(("nonsense",))
+
+
+@pytest.mark.parametrize("configs", ["default.yaml", "tfeid.yaml", "smoke.yaml"])
+def test_shipped_configs_load(configs: str) -> None:
+    config = load_train_config(REPO / "configs" / "train" / configs, {})
+    assert config.optim.betas == (0.5, 0.999) and config.loss.lambda_gp == 10.0
+
+
+def test_tfeid_recipe() -> None:
+    config = load_train_config(REPO / "configs" / "train" / "tfeid.yaml", {})
+    assert (config.model.image_size, config.optim.batch_size, config.model.d_strided_layers) == (64, 8, 5)
+    assert (config.optim.total_steps, config.optim.decay_start, config.logging.checkpoint_every) == (20000, 10000, 250)
+
+
+def test_cli_dry_run_prints_config_and_summary(tiny_faces: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["train", "--config", str(SMOKE), "--data", str(tiny_faces),
+                                      "--out", str(tmp_path / "run"), "--batch-size", "2", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "batch_size: 2" in result.output and "total" in result.output and "surprised" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_bad_data_is_one_line_error(tiny_faces: Path, tmp_path: Path) -> None:
+    (tiny_faces / "whatever").mkdir()
+    result = CliRunner().invoke(cli, ["train", "--config", str(SMOKE), "--data", str(tiny_faces),
+                                      "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: ") and result.output.count("\n") == 1 and "whatever" in result.output
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_the_step_and_saves(tiny_faces: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    command = [sys.executable, str(REPO / "cli.py"), "train", "--config", str(SMOKE), "--data", str(tiny_faces),
+               "--out", str(run), "--set", "optim.total_steps=100000", "--set", "optim.decay_start=0"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list_checkpoints(run) and time.monotonic() < deadline:  # the first checkpoint is at step 10
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    last_step, last_path = list_checkpoints(run)[-1]
+    assert last_step >= 10 and f"stopped at step {last_step}" in stdout
+    assert load_tensors(last_path)[1]["step"] == last_step
