@@ -1,0 +1,174 @@
+"""Our safetensors checkpoints and the import of the official torch.save'd generator state_dict."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli import cli
+from official_reference import make_official, official_test_output, sample_inputs
+from usgan.checkpoint import (
+    OFFICIAL_DATASET,
+    CheckpointError,
+    WeightsInfo,
+    import_official,
+    load_generator,
+    save_generator,
+)
+from usgan.model import Discriminator, Generator, GeneratorConfig
+
+
+def save_official(path: Path, conv_dim: int = 16, blocks: int = 1, c_dim: int = 7) -> Path:
+    """Write what the official training script writes: torch.save(G.state_dict(), path)."""
+    torch.save(make_official(conv_dim, c_dim, blocks).state_dict(), path)
+    return path
+
+
+@pytest.mark.parametrize("conv_dim,blocks", [(64, 1), (16, 2)])
+def test_import_official_reproduces_the_official_test_output(tmp_path, conv_dim, blocks):
+    official_path = save_official(tmp_path / "usgan_87_G.ckpt", conv_dim, blocks)
+    info = import_official(official_path, tmp_path / "g.safetensors", image_size=64)
+    generator, loaded_info = load_generator(tmp_path / "g.safetensors")
+    assert info.generator == loaded_info.generator == GeneratorConfig(conv_dim, 7, blocks)
+    assert loaded_info.dataset == OFFICIAL_DATASET and loaded_info.image_size == 64
+    assert loaded_info.notes["source_file"] == "usgan_87_G.ckpt"
+    x, c = sample_inputs(batch=2, size=32)
+    expected = official_test_output(make_official(conv_dim, 7, blocks), x, c)
+    with torch.no_grad():
+        assert (generator(x, c) - expected).abs().max().item() <= 1e-6
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda sd: {"state_dict": sd, "epoch": 87},
+        lambda sd: {"G": sd},
+        lambda sd: {f"module.{k}": v for k, v in sd.items()},
+    ],
+    ids=["state_dict-key", "G-key", "module-prefix"],
+)
+def test_import_accepts_common_wrappers(tmp_path, wrap):
+    torch.save(wrap(make_official(16).state_dict()), tmp_path / "wrapped.ckpt")
+    info = import_official(tmp_path / "wrapped.ckpt", tmp_path / "g.safetensors")
+    assert info.generator == GeneratorConfig(16, 7, 1)
+
+
+def _truncated(path: Path) -> None:
+    data = save_official(path).read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _zip_not_torch(path: Path) -> None:
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("notes.txt", "not a checkpoint")
+
+
+class Pickled:
+    """A class that weights_only loading must refuse to instantiate."""
+
+
+def _without_key(path: Path) -> None:
+    state = make_official(16).state_dict()
+    del state["main.4.bias"]
+    torch.save(state, path)
+
+
+def _with_extra_key(path: Path) -> None:
+    torch.save({**make_official(16).state_dict(), "main.99.weight": torch.zeros(1)}, path)
+
+
+def _with_nan(path: Path) -> None:
+    state = make_official(16).state_dict()
+    state["main.0.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(state, path)
+
+
+BAD_FILES: dict[str, Callable[[Path], object]] = {
+    "empty": lambda p: p.write_bytes(b""),
+    "truncated": _truncated,
+    "corrupt-header": lambda p: p.write_bytes(b"\x00" * 64 + save_official(p).read_bytes()[64:]),
+    "text": lambda p: p.write_text("usgan weights, honest\n"),
+    "zip-not-torch": _zip_not_torch,
+    "pickled-object": lambda p: torch.save({"main.0.weight": Pickled()}, p),
+    "list": lambda p: torch.save([torch.zeros(2)], p),
+    "foreign-model": lambda p: torch.save(torch.nn.Linear(3, 2).state_dict(), p),
+    "discriminator": lambda p: torch.save(Discriminator().state_dict(), p),
+    "missing-key": _without_key,
+    "extra-key": _with_extra_key,
+    "nan-weights": _with_nan,
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_FILES))
+def test_import_rejects_bad_files_with_one_line_naming_the_file(tmp_path, kind):
+    bad = tmp_path / f"{kind}.ckpt"
+    BAD_FILES[kind](bad)
+    out = tmp_path / "out.safetensors"
+    with pytest.raises(CheckpointError) as raised:
+        import_official(bad, out)
+    message = str(raised.value)
+    assert message.startswith(str(bad)) and "\n" not in message and len(message) < 300
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == [bad.name]  # no temp files left
+
+
+def test_import_rejects_other_expression_counts(tmp_path):
+    official_path = save_official(tmp_path / "stargan_rafd.ckpt", c_dim=8)
+    with pytest.raises(CheckpointError, match=r"8 expression inputs, US-GAN needs 7"):
+        import_official(official_path, tmp_path / "g.safetensors")
+
+
+def test_import_refuses_to_overwrite_its_input(tmp_path):
+    official_path = save_official(tmp_path / "g.ckpt")
+    before = official_path.read_bytes()
+    with pytest.raises(CheckpointError, match="output path is the input"):
+        import_official(official_path, tmp_path / "." / "g.ckpt")
+    assert official_path.read_bytes() == before
+
+
+def _random_generator() -> Generator:
+    generator = Generator(GeneratorConfig(conv_dim=16))
+    generator.load_state_dict(make_official(16).state_dict())
+    return generator.eval()
+
+
+def test_round_trip_fp32_is_exact(tmp_path):
+    generator = _random_generator()
+    save_generator(tmp_path / "g.safetensors", generator, WeightsInfo(image_size=64, step=5, notes={"run": "a"}))
+    loaded, info = load_generator(tmp_path / "g.safetensors")
+    assert (info.image_size, info.step, info.notes, info.generator) == (64, 5, {"run": "a"}, generator.config)
+    original = generator.state_dict()
+    assert all(torch.equal(original[k], v) for k, v in loaded.state_dict().items())
+
+
+def test_round_trip_fp16_is_close(tmp_path):
+    generator = _random_generator()
+    save_generator(tmp_path / "g16.safetensors", generator, WeightsInfo(), fp16=True)
+    save_generator(tmp_path / "g32.safetensors", generator, WeightsInfo())
+    assert (tmp_path / "g16.safetensors").stat().st_size < 0.6 * (tmp_path / "g32.safetensors").stat().st_size
+    loaded, _ = load_generator(tmp_path / "g16.safetensors")
+    x, c = sample_inputs(batch=2, size=32)
+    with torch.no_grad():
+        assert (loaded(x, c) - generator(x, c)).abs().max().item() <= 1e-2
+
+
+def test_cli_import_official_writes_weights(tmp_path):
+    official_path = save_official(tmp_path / "usgan_87_G.ckpt")
+    result = CliRunner().invoke(cli, ["import-official", str(official_path), str(tmp_path / "g.safetensors")])
+    assert result.exit_code == 0, result.output
+    assert load_generator(tmp_path / "g.safetensors")[1].dataset == OFFICIAL_DATASET
+
+
+@pytest.mark.parametrize("kind", ["text", "truncated"])
+def test_cli_import_official_bad_file_is_a_one_line_error(tmp_path, kind):
+    bad = tmp_path / "bad.ckpt"
+    BAD_FILES[kind](bad)
+    result = CliRunner().invoke(cli, ["import-official", str(bad), str(tmp_path / "g.safetensors")])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {bad}")
+    assert "Traceback" not in result.output
