@@ -67,7 +67,9 @@ def resolve_detector_path(config: DetectorConfig) -> Path:
         return path
     pack_dir = Path(config.model_root).expanduser() / "models" / config.model_pack
     if not pack_dir.is_dir():
-        raise DetectorModelError(f"{pack_dir}: InsightFace model pack {config.model_pack!r} not found (nothing is downloaded)")
+        raise DetectorModelError(
+            f"{pack_dir}: InsightFace model pack {config.model_pack!r} not found (nothing is downloaded)"
+        )
     candidates = sorted(pack_dir.glob("det_*.onnx"))
     if not candidates:
         raise DetectorModelError(f"{pack_dir}: no det_*.onnx detector in model pack {config.model_pack!r}")
@@ -113,6 +115,8 @@ class FaceDetector:
         self.config = config
         self.model_path = resolve_detector_path(config)
         self._model = _load_scrfd(self.model_path, config)
+        logger.info("face detector %s (input %d, threshold %.2f, pad %.2f)", self.model_path, config.input_size,
+                    config.threshold, config.pad)
 
     def detect_faces(self, frame: Frame) -> list[Face]:
         """All faces in a BGR frame, best score first."""
@@ -172,7 +176,7 @@ def transform_points(points: NDArray, affine: Affine) -> NDArray[np.float64]:
 
 
 def align_face(frame: Frame, face: Face, size: int) -> AlignedCrop:
-    """Warp face to the generator's size x size crop. Edge pixels are replicated, so crops near a border have no black."""
+    """Warp a face to the generator's size x size crop; replicated edges keep crops near a border free of black."""
     check_frame(frame)
     affine = estimate_affine(face.landmarks, size)
     image = cv2.warpAffine(frame, affine, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)

@@ -115,7 +115,8 @@ def _folder_items(folder: Path, src: Path) -> list[SourceImage | Skipped]:
     try:
         expression = parse_expression(folder.name)
     except UnknownExpressionError:
-        return [Skipped(p.relative_to(src).as_posix(), f"folder {folder.name!r} is not an expression") for p in _files(folder)]
+        reason = f"folder {folder.name!r} is not an expression"
+        return [Skipped(p.relative_to(src).as_posix(), reason) for p in _files(folder)]
     return [
         SourceImage(p, p.relative_to(src).as_posix(), "", expression) if _is_image(p)
         else Skipped(p.relative_to(src).as_posix(), "not an image file")
@@ -251,7 +252,7 @@ def prepare_data(src: Path, out: Path, config: PrepareConfig = PrepareConfig()) 
     logger.info("%d labelled images, %d already aligned, %d to do", len(images), len(images) - len(todo), len(todo))
     failed = {item.source: reason for item, reason in zip(todo, _align_all(todo, config, out)) if reason}
     skipped += [Skipped(source, reason) for source, reason in failed.items()]
-    done = [item for item in images if item.source not in failed]
+    done = sorted((item for item in images if item.source not in failed), key=lambda item: item.output_name)
     write_indexes(out, config.sizes, done, sorted(skipped, key=lambda s: s.file))
     counts = Counter(item.expression for item in done)
     return PrepareSummary(dict(sorted(counts.items())), tuple(sorted(skipped, key=lambda s: s.file)),
