@@ -61,7 +61,8 @@ def cli(verbose: int) -> None:
 @click.option("--det-pack", default=None, metavar="NAME",
               help="Use the detector of an InsightFace model pack already on disk (e.g. buffalo_l); never downloaded.")
 @click.option("--det-root", default="~/.insightface", show_default=True, help="Root holding models/<NAME>/.")
-@click.option("--det-threshold", type=click.FloatRange(0.05, 0.99), default=0.5, show_default=True)
+@click.option("--det-threshold", type=click.FloatRange(0.05, 0.99), default=0.5, show_default=True,
+              help="Minimum detection score.")
 def prepare_data_command(src: Path, out: Path, sizes: tuple[int, ...], pad: float, jobs: int,
                          det_pack: str | None, det_root: str, det_threshold: float) -> None:
     """Detect, align and index a training set: OUT/<size>/<expression>/<stem>.png plus index.csv.
