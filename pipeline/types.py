@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 from typing import Literal, get_args
 
 import numpy as np
@@ -56,3 +57,46 @@ class AlignedCrop:
     image: Frame
     affine: Affine
     face: Face
+
+
+@dataclass(frozen=True)
+class AudioStreamInfo:
+    """One audio stream of a video file; duration in seconds (None when the container does not say)."""
+
+    index: int
+    codec: str
+    channels: int
+    sample_rate: int
+    duration: float | None
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """What probe_video learns about a video file. width/height are the stored (not display-rotated) size.
+
+    rotation is the display matrix's counter-clockwise angle in degrees (0 when absent): the upright picture is the
+    stored one rotated by it. Colour tags are FFmpeg AVCOL_* values, None when unspecified. variable_rate: the
+    average rate differs from the stream's base rate (frames are not evenly spaced).
+    """
+
+    path: Path
+    container: str
+    width: int
+    height: int
+    frames: int | None
+    fps: Fraction
+    time_base: Fraction
+    start_time: float
+    duration: float | None
+    codec: str
+    pix_fmt: str
+    bit_depth: int
+    rotation: int = 0
+    display_matrix: tuple[int, ...] | None = None
+    color_range: int | None = None
+    colorspace: int | None = None
+    color_primaries: int | None = None
+    color_trc: int | None = None
+    audio: tuple[AudioStreamInfo, ...] = ()
+    variable_rate: bool = False
+    truncated: bool = False
