@@ -11,7 +11,9 @@ from pipeline.schedule import Schedule, ScheduleError, Segment, parse_schedule
 from usgan.errors import UserError
 
 
-@pytest.mark.parametrize("text, expression", [("sad", "sad"), (" Smile ", "happy"), ("SAS", "sad"), ("fear", "fearful")])
+@pytest.mark.parametrize(
+    "text, expression", [("sad", "sad"), (" Smile ", "happy"), ("SAS", "sad"), ("fear", "fearful")]
+)
 def test_a_single_name_covers_the_whole_video(text, expression):
     schedule = parse_schedule(text)
     assert schedule.segments == (Segment(0.0, math.inf, expression, 1.0),)
