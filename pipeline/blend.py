@@ -73,7 +73,7 @@ def build_face_mask(size: int, feather: float = 0.08, scale: float = 1.0) -> Mas
     template = crop_template(size)
     eyes, mouth = template[:2].mean(axis=0), template[3:].mean(axis=0)
     eye_distance = float(np.linalg.norm(template[1] - template[0]))
-    top = eyes[1] - 0.6 * eye_distance  # just above the brows
+    top = eyes[1] - 0.75 * eye_distance  # above the brows, with room for raised ones (surprise)
     bottom = mouth[1] + 0.6 * (mouth[1] - eyes[1])  # the chin
     center = np.array([(eyes[0] + mouth[0]) / 2, (top + bottom) / 2])
     axes = scale * np.array([1.1 * eye_distance, (bottom - top) / 2])
@@ -167,6 +167,7 @@ def paste_back(
     result = frame.copy()
     region = face_region(mask, affine, frame.shape)
     if region is None:
+        logger.debug("face mask lies entirely outside the %sx%s frame", frame.shape[1], frame.shape[0])
         return result
     base = frame[region.slices]
     alpha = _warp_to_region(mask, affine, region)
