@@ -181,7 +181,7 @@ def paste_back(
 def blend_faces(
     frame: Frame, edits: Sequence[FaceEdit], mask: Mask, mode: BlendMode, clone_scale: float = 1.0
 ) -> Frame:
-    """Paste several faces' changes into one frame, one after the other (later faces win where they overlap)."""
+    """Paste several faces' changes into one frame, one after the other (overlapping changes add up)."""
     result = frame
     for edit in edits:
         result = paste_back(result, edit.generated, edit.affine, mask, mode, edit.original, clone_scale)
