@@ -4,6 +4,7 @@ result back the way it came (alpha, grey, ICC profile, EXIF, dpi), atomically.
 Decisions: EXIF orientation is applied on read (the user sees the upright image) and reset to 1 on write. Grey and
 16-bit grey in -> 8-bit grey out; 16-bit colour in -> 8-bit colour out (Frames are 8-bit). Palette (P) in -> RGB(A)
 out, since edited pixels leave the palette. CMYK in -> sRGB out (through its ICC profile when it has one).
+LAB is refused (Pillow would convert it with wrong colours).
 Alpha is kept aside and restored where the format holds it (PNG, WebP, TIFF); JPEG and BMP drop it.
 ICC profiles are kept for every format but BMP; EXIF for JPEG, PNG and WebP (TIFF tags are not carried).
 """
@@ -34,6 +35,7 @@ IMAGE_FORMATS: dict[str, str] = {
 ALPHA_FORMATS: frozenset[str] = frozenset({"PNG", "WEBP", "TIFF"})
 GREY_ALPHA_FORMATS: frozenset[str] = frozenset({"PNG", "TIFF"})  # WebP has no grey+alpha mode: written as RGBA
 GREY_MODES: frozenset[str] = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+CONVERTIBLE_MODES: frozenset[str] = frozenset({"CMYK", "YCbCr", "HSV"})
 SIXTEEN_BIT_MODES: frozenset[str] = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
 MAX_IMAGE_PIXELS = 178_956_970
 """Largest image read (about 13377 x 13377; 12000 x 12000 works). It equals Pillow's own hard decompression-bomb
@@ -115,7 +117,10 @@ def source_bit_depth(image: Image.Image) -> int:
 
 
 def to_srgb(image: Image.Image) -> Image.Image:
-    """CMYK (and other non-RGB colour modes) to RGB; through the embedded ICC profile when there is one."""
+    """CMYK, YCbCr and HSV to RGB; CMYK through its embedded ICC profile when there is one."""
+    if image.mode not in CONVERTIBLE_MODES:
+        # Pillow's LAB -> RGB is a plain channel copy (wrong colours); refuse rather than guess.
+        raise ValueError(f"{image.mode} images are not supported; convert to RGB first")
     icc = image.info.get("icc_profile")
     if image.mode == "CMYK" and icc:
         try:
@@ -156,6 +161,14 @@ def pixel_planes(image: Image.Image) -> tuple[Frame, NDArray[np.uint8] | None]:
     return cv2.cvtColor(np.ascontiguousarray(rgb[..., :3]), cv2.COLOR_RGB2BGR), alpha
 
 
+def convert_pixels(image: Image.Image, path: Path) -> tuple[Frame, NDArray[np.uint8] | None]:
+    """pixel_planes with Pillow's conversion failures (exotic modes) as InputError."""
+    try:
+        return pixel_planes(image)
+    except (ValueError, OSError) as error:
+        raise InputError(f"{path}: cannot convert {image.mode} image to RGB ({first_line(error)})") from error
+
+
 def image_meta(path: Path, image: Image.Image, mode: str, bit_depth: int, alpha) -> ImageMeta:
     # A TIFF's getexif() is its own IFD (strip offsets, bits per sample...), not camera EXIF: never carry it.
     exif = image.getexif() if image.format != "TIFF" else Image.Exif()
@@ -174,10 +187,9 @@ def read_image(path: Path) -> tuple[Frame, ImageMeta]:
     if not is_image_path(path):
         raise InputError(f"{path}: unsupported image extension {path.suffix!r}; use one of {', '.join(IMAGE_FORMATS)}")
     with open_image(path) as image:
-        image_format_name, mode, bit_depth = image.format, image.mode, source_bit_depth(image)
+        mode, bit_depth = image.mode, source_bit_depth(image)
         load_upright(image, path)
-        image.format = image_format_name  # in-place transpose keeps it, but say so explicitly
-        frame, alpha = pixel_planes(image)
+        frame, alpha = convert_pixels(image, path)
         return frame, image_meta(path, image, mode, bit_depth, alpha)
 
 

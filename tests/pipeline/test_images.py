@@ -144,6 +144,7 @@ def test_exif_orientation_is_applied_and_not_applied_twice(tmp_path):
     path = tmp_path / "phone.jpg"
     image.save(path, exif=exif.tobytes(), quality=100)
     frame, meta = read_image(path)
+    assert meta.format == "JPEG"
     assert frame.shape == (4, 2, 3)  # upright: portrait
     assert frame[0, 1].min() > 200  # stored top-left ends at upright top-right
     write_image(tmp_path / "out.jpg", frame, meta)
@@ -225,6 +226,9 @@ def bad_image(tmp_path: Path, kind: str) -> Path:
         buffer = io.BytesIO()
         Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)).save(buffer, "JPEG")
         path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    elif kind == "lab":
+        path = tmp_path / "lab.tif"
+        Image.new("LAB", (4, 3), (128, 0, 0)).save(path)
     elif kind == "unsupported":
         path = tmp_path / "anim.gif"
         Image.fromarray(RGB).save(path)
@@ -234,6 +238,7 @@ def bad_image(tmp_path: Path, kind: str) -> Path:
 @pytest.mark.parametrize(("kind", "message"), [
     ("missing", "no such file"), ("empty", "empty"), ("text", "not a readable image"),
     ("truncated", "truncated or corrupt"), ("unsupported", "unsupported image extension '.gif'"),
+    ("lab", "cannot convert LAB image to RGB"),
 ])
 def test_bad_images_are_one_line_input_errors(tmp_path, kind, message):
     path = bad_image(tmp_path, kind)
