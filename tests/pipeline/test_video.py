@@ -465,6 +465,15 @@ def test_refuses_read_only_folder(tmp_path):
         encode_video(decode_video(source), source, folder / "out.mp4", FAST)
 
 
+def test_refuses_folder_without_write_permission_even_as_root(tmp_path, monkeypatch):
+    source = tmp_path / "in.mp4"
+    make_video(source, audio=False)
+    monkeypatch.setattr("pipeline.errors.os.access", lambda path, mode: Path(path) != tmp_path / "locked")
+    (tmp_path / "locked").mkdir()
+    with pytest.raises(OutputError, match=r"cannot write into folder .*locked \(permission denied\)"):
+        encode_video(decode_video(source), source, tmp_path / "locked" / "new" / "out.mp4", FAST)
+
+
 def test_empty_frames_and_wrong_shapes_are_refused(tmp_path):
     source, output = tmp_path / "in.mp4", tmp_path / "out.mp4"
     make_video(source, audio=False)
