@@ -410,13 +410,13 @@ class AudioTranscodeRoute(AudioRoute):
     def mux(self, packet: av.Packet) -> None:
         if packet.size == 0 or packet.is_corrupt:
             return  # the demuxer's end marker would flush the decoder early; flush() does that
+        # Decoded frames keep their pts and time base: the encoder's resampler carries them to the new rate, so
+        # audio that starts late (or early) stays in sync with the video.
         for frame in self.decoder.decode(packet):
-            frame.pts = None  # the encoder's resampler re-times samples at the new rate
             self.out.mux(self.stream.encode(frame))
 
     def flush(self) -> None:
         for frame in self.decoder.decode(None):
-            frame.pts = None
             self.out.mux(self.stream.encode(frame))
         self.out.mux(self.stream.encode(None))
 
@@ -427,8 +427,12 @@ class AudioMuxer:
     def __init__(self, source: Path, out: av.container.OutputContainer, container: str) -> None:
         self.input = av.open(str(source), "r")
         self.routes: dict[int, AudioRoute] = {}
-        for stream in self.input.streams.audio:
-            self.routes[stream.index] = self.add_route(out, container, stream, source)
+        try:
+            for stream in self.input.streams.audio:
+                self.routes[stream.index] = self.add_route(out, container, stream, source)
+        except BaseException:
+            self.input.close()
+            raise
         self.packets = self.input.demux(*self.input.streams.audio) if self.routes else iter(())
         self.pending: av.Packet | None = None
 

@@ -62,13 +62,13 @@ def vfr_pts(count: int, time_base: Fraction = TB_90K) -> list[int]:
     return [sum(gaps[j % len(gaps)] for j in range(i)) + 450 for i in range(count)]
 
 
-def write_audio(container, stream, seconds: float) -> None:
-    rate = stream.sample_rate
+def write_audio(container, stream, seconds: float, start: float = 0.0) -> None:
+    rate, offset = stream.sample_rate, round(start * stream.sample_rate)
     samples = (0.2 * np.sin(2 * np.pi * 440 * np.arange(int(rate * seconds)) / rate)).astype(np.float32)
-    for start in range(0, len(samples), 1024):
-        chunk = samples[start:start + 1024]
+    for first in range(0, len(samples), 1024):
+        chunk = samples[first:first + 1024]
         frame = av.AudioFrame.from_ndarray(np.stack([chunk, chunk]), format="fltp", layout="stereo")
-        frame.sample_rate, frame.pts = rate, start
+        frame.sample_rate, frame.pts = rate, offset + first
         container.mux(stream.encode(frame))
     container.mux(stream.encode(None))
 
@@ -76,7 +76,7 @@ def write_audio(container, stream, seconds: float) -> None:
 def make_video(path: Path, width: int = 64, height: int = 48, pts: list[int] | None = None,
                time_base: Fraction = TB_90K, rotation: int | None = None, audio: bool = True,
                codec: str = "libx264", pix_fmt: str = "yuv420p", tagged: bool = True,
-               options: dict[str, str] | None = None) -> list[int]:
+               options: dict[str, str] | None = None, audio_start: float = 0.0) -> list[int]:
     """A real little video (aac stereo audio when asked); returns the pts written."""
     pts = pts if pts is not None else even_pts(8, time_base=time_base)
     with av.open(str(path), "w", options=options or {}) as container:
@@ -97,7 +97,7 @@ def make_video(path: Path, width: int = 64, height: int = 48, pts: list[int] | N
             container.mux(video.encode(frame))
         container.mux(video.encode(None))
         if sound is not None:
-            write_audio(container, sound, float((pts[-1] - pts[0]) * time_base) + 0.1)
+            write_audio(container, sound, float((pts[-1] - pts[0]) * time_base) + 0.1, audio_start)
     return pts
 
 
@@ -382,6 +382,21 @@ def test_webm_reencodes_video_and_audio_with_warnings(tmp_path, caplog):
     (codec, _, seconds_out), = audio_packets(output)
     (_, _, seconds_in), = audio_packets(source)
     assert codec == "opus" and abs(seconds_out - seconds_in) <= 0.05
+
+
+def audio_start(path: Path) -> float:
+    with av.open(str(path)) as container:
+        return float(next(container.decode(audio=0)).time)
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".webm"])
+def test_late_audio_stays_in_sync(tmp_path, suffix):
+    """Audio that starts 0.4 s after the video keeps that offset, copied or re-encoded."""
+    source, output = tmp_path / "in.mp4", tmp_path / f"out{suffix}"
+    make_video(source, pts=even_pts(20), audio_start=0.4)
+    assert audio_start(source) == pytest.approx(0.4, abs=0.03)
+    pass_through(source, output)
+    assert audio_start(output) == pytest.approx(audio_start(source), abs=0.03)
 
 
 def test_colour_patches_survive_bt709_round_trip(tmp_path):
