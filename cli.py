@@ -176,5 +176,48 @@ def train_command(config_path: Path | None, data_dir: Path, run_dir: Path, resum
         click.echo(f"stopped at step {result.step}; latest generator weights: {result.weights}")
 
 
+# --- evaluate (pipeline/evaluate.py, pipeline/judges.py) ---
+
+
+@cli.command("evaluate")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Generator weights (.safetensors) to evaluate.")
+@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Aligned crops: DIR/<expression>/*.png (+ index.csv), e.g. prepare-data's OUT/256.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Report folder: metrics.json, report.md, grid.png.")
+@click.option("--identities", default="", metavar="ID,ID,...",
+              help="Only these identities (e.g. the validation performers); default: all.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="At most this many source crops.")
+@click.option("--batch-size", type=click.IntRange(1, 256), default=8, show_default=True)
+@click.option("--grid-rows", type=click.IntRange(1, 64), default=8, show_default=True)
+@click.option("--video-pair", type=click.Path(exists=True, dir_okay=False, path_type=Path), nargs=2, default=None,
+              metavar="IN OUT", help="Also measure the flicker of a processed video OUT against its input IN.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where the generator runs (the judges run on the CPU).")
+def evaluate_command(weights: Path | None, data_dir: Path | None, out_dir: Path, identities: str, limit: int | None,
+                     batch_size: int, grid_rows: int, video_pair: tuple[Path, Path] | None, device: str) -> None:
+    """Judge a generator: ArcFace identity cosine and fer expression accuracy per target class, plus a grid.
+
+    \b
+    Examples:
+      python cli.py evaluate --weights weights/usgan.safetensors --data ~/.cache/usgan/data/tfeid/256 --out reports/v1
+      python cli.py evaluate --weights W.safetensors --data D --out R --identities 05,21 --limit 40
+      python cli.py evaluate --video-pair in.mp4 out.mp4 --out reports/flicker
+    """
+    from pipeline.evaluate import EvaluateConfig, evaluate, summary_lines
+
+    if (weights is None) != (data_dir is None):
+        raise click.UsageError("--weights and --data go together")
+    if weights is None and not video_pair:
+        raise click.UsageError("give --weights and --data, or --video-pair, or both")
+    config = EvaluateConfig(out=out_dir, weights=weights, data=data_dir, limit=limit, batch_size=batch_size,
+                            identities=tuple(i.strip() for i in identities.split(",") if i.strip()),
+                            grid_rows=grid_rows, video_pair=tuple(video_pair) if video_pair else None, device=device)
+    for line in summary_lines(evaluate(config)):
+        click.echo(line)
+    click.echo(f"wrote {out_dir}/metrics.json, report.md" + (", grid.png" if weights else ""))
+
+
 if __name__ == "__main__":
     cli()

@@ -1,0 +1,461 @@
+"""evaluate: how well a generator changes expressions (fer judge) and keeps identity (ArcFace), plus video flicker.
+
+Inputs are aligned crops as prepare-data writes them (DIR/<expression>/*.png, optional DIR/index.csv), so each
+crop's 5 landmarks are the crop template itself. Every crop is edited towards every other expression.
+Outputs: REPORT/metrics.json, REPORT/report.md and REPORT/grid.png, each written atomically.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from pipeline.faces import FaceDetector, DetectorConfig, crop_template
+from pipeline.judges import ExpressionJudge, IdentityJudge, cosine_similarity
+from pipeline.types import Face, Frame, Mask
+from usgan.checkpoint import WeightsInfo, atomic_write, load_generator
+from usgan.data import Sample, scan_dataset
+from usgan.errors import UserError
+from usgan.expressions import EXPRESSIONS
+from usgan.inference import apply_generator
+from usgan.model import Generator
+
+log = logging.getLogger(__name__)
+
+GRID_HEADER = 22  # pixels of column titles above the grid
+
+
+class EvaluateError(UserError):
+    """Evaluation inputs that cannot be used; the message names the file."""
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """What to evaluate. weights and data go together; video_pair alone measures flicker only."""
+
+    out: Path
+    weights: Path | None = None
+    data: Path | None = None
+    identities: tuple[str, ...] = ()  # only these performers (e.g. the validation split); empty = all
+    limit: int | None = None  # at most this many source crops, spread over the expressions
+    batch_size: int = 8
+    grid_rows: int = 8
+    grid_cell: int = 128
+    video_pair: tuple[Path, Path] | None = None  # (input video, its processed output)
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class Judgements:
+    """Raw judge outputs. n sources, m edited outputs (source index, target index) each."""
+
+    labels: NDArray[np.int64]  # (n,) own expression index of each source
+    input_probs: NDArray[np.float32]  # (n, 7)
+    pair_source: NDArray[np.int64]  # (m,)
+    pair_target: NDArray[np.int64]  # (m,)
+    output_probs: NDArray[np.float32]  # (m, 7)
+    identity: NDArray[np.float32]  # (m,) ArcFace cosine, input vs output
+
+
+@dataclass(frozen=True)
+class Judges:
+    expression: ExpressionJudge
+    identity: IdentityJudge
+
+
+# --- sources --------------------------------------------------------------------------------------------------------
+
+
+def spread_samples(samples: Sequence[Sample]) -> list[Sample]:
+    """Order samples so that any prefix covers every expression and as many identities as it can.
+
+    Round-robin over the expressions; each turn takes that expression's sample of the least-used identity so far.
+    """
+    remaining = {name: [s for s in samples if s.expression == name] for name in EXPRESSIONS}
+    used: Counter[str | None] = Counter()
+    ordered = []
+    while any(remaining.values()):
+        for name in EXPRESSIONS:
+            if remaining[name]:
+                pick = min(remaining[name], key=lambda s: used[s.identity])  # min keeps the first of ties
+                remaining[name].remove(pick)
+                used[pick.identity] += 1
+                ordered.append(pick)
+    return ordered
+
+
+def select_sources(data: Path, identities: Sequence[str], limit: int | None) -> list[Sample]:
+    """The aligned crops to evaluate: filtered by identity, spread over expressions, at most limit."""
+    samples = scan_dataset(data)
+    if identities:
+        known = {s.identity for s in samples}
+        missing = sorted(set(identities) - known)
+        if missing:
+            raise EvaluateError(f"{data}: identities not in the data: {', '.join(missing)}")
+        samples = [s for s in samples if s.identity in set(identities)]
+    return spread_samples(samples)[:limit]
+
+
+def read_crop(path: Path) -> Frame:
+    """A square aligned crop as BGR uint8."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise EvaluateError(f"{path}: not a readable image")
+    if image.shape[0] != image.shape[1]:
+        raise EvaluateError(f"{path}: {image.shape[1]}x{image.shape[0]} is not a square aligned crop")
+    return image
+
+
+def read_crops(samples: Sequence[Sample]) -> list[Frame]:
+    """Crops of one batch; all must share one size (prepare-data writes one size per folder)."""
+    crops = [read_crop(s.path) for s in samples]
+    for sample, crop in zip(samples, crops):
+        if crop.shape != crops[0].shape:
+            raise EvaluateError(f"{sample.path}: size {crop.shape[0]} differs from {crops[0].shape[0]} of the others")
+    return crops
+
+
+# --- generator on uint8 crops -----------------------------------------------------------------------------------------
+
+
+def bgr_to_tensor(images: Sequence[Frame]) -> torch.Tensor:
+    """(N, 3, H, W) RGB float in [-1, 1] from BGR uint8 images."""
+    array = np.ascontiguousarray(np.stack(images)[..., ::-1])
+    return torch.from_numpy(array).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def tensor_to_bgr(images: torch.Tensor) -> list[Frame]:
+    """BGR uint8 images from (N, 3, H, W) RGB float in [-1, 1]."""
+    array = images.add(1.0).mul(127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
+    return [np.ascontiguousarray(image[..., ::-1]) for image in array]
+
+
+def edit_crops(generator: Generator, info: WeightsInfo, crops: Sequence[Frame], targets: Sequence[str]) -> list[Frame]:
+    """Each crop edited towards its target expression, at the crop's own resolution."""
+    return tensor_to_bgr(apply_generator(generator, info, bgr_to_tensor(crops), list(targets)))
+
+
+# --- judging ---------------------------------------------------------------------------------------------------------
+
+
+def judge_batch(generator: Generator, info: WeightsInfo, judges: Judges, crops: Sequence[Frame],
+                labels: Sequence[int]) -> tuple[NDArray, list[tuple[int, int, NDArray, float]]]:
+    """Input probabilities (B, 7) and, for every other target, (source, target, output probs, identity cosine)."""
+    landmarks = [crop_template(crops[0].shape[0]).astype(np.float32)] * len(crops)
+    input_probs = judges.expression.predict_batch(crops, landmarks)
+    input_embeddings = judges.identity.embed_batch(crops, landmarks)
+    pairs = []
+    for target in range(len(EXPRESSIONS)):
+        chosen = [i for i, label in enumerate(labels) if label != target]
+        if not chosen:
+            continue
+        outputs = edit_crops(generator, info, [crops[i] for i in chosen], [EXPRESSIONS[target]] * len(chosen))
+        probs = judges.expression.predict_batch(outputs, landmarks[: len(chosen)])
+        cosines = cosine_similarity(input_embeddings[chosen], judges.identity.embed_batch(outputs, landmarks[: len(chosen)]))
+        pairs += [(i, target, p, float(c)) for i, p, c in zip(chosen, probs, cosines)]
+    return input_probs, pairs
+
+
+def judge_sources(generator: Generator, info: WeightsInfo, judges: Judges, samples: Sequence[Sample],
+                  batch_size: int) -> Judgements:
+    """Run the judges on every source crop and on its edits towards every other expression."""
+    labels = np.array([EXPRESSIONS.index(s.expression) for s in samples], dtype=np.int64)
+    input_probs, pairs = [], []
+    for start in range(0, len(samples), batch_size):
+        batch = samples[start:start + batch_size]
+        probs, batch_pairs = judge_batch(generator, info, judges, read_crops(batch), labels[start:start + batch_size])
+        input_probs.append(probs)
+        pairs += [(start + i, t, p, c) for i, t, p, c in batch_pairs]
+        log.info("judged %d/%d sources", min(start + batch_size, len(samples)), len(samples))
+    return Judgements(
+        labels=labels,
+        input_probs=np.concatenate(input_probs),
+        pair_source=np.array([p[0] for p in pairs], dtype=np.int64),
+        pair_target=np.array([p[1] for p in pairs], dtype=np.int64),
+        output_probs=np.stack([p[2] for p in pairs]).astype(np.float32),
+        identity=np.array([p[3] for p in pairs], dtype=np.float32),
+    )
+
+
+# --- metrics ----------------------------------------------------------------------------------------------------------
+
+
+def _rate(hits: NDArray[np.bool_]) -> float | None:
+    """Mean of a boolean array, None when empty (JSON null, '–' in the report)."""
+    return float(hits.mean()) if hits.size else None
+
+
+def class_metrics(j: Judgements, mask_sources: NDArray[np.bool_], mask_pairs: NDArray[np.bool_]) -> dict[str, Any]:
+    """Judge accuracy on real photos, on unchanged inputs (baseline) and on outputs, for a subset of rows."""
+    targets = j.pair_target[mask_pairs]
+    inputs = j.input_probs[j.pair_source[mask_pairs]]
+    outputs = j.output_probs[mask_pairs]
+    rows = np.arange(targets.size)
+    return {
+        "real_accuracy": _rate(j.input_probs[mask_sources].argmax(1) == j.labels[mask_sources]),
+        "real_count": int(mask_sources.sum()),
+        "baseline": _rate(inputs.argmax(1) == targets),
+        "output_accuracy": _rate(outputs.argmax(1) == targets),
+        "input_target_probability": float(inputs[rows, targets].mean()) if targets.size else None,
+        "output_target_probability": float(outputs[rows, targets].mean()) if targets.size else None,
+        "count": int(targets.size),
+    }
+
+
+def summarise(j: Judgements) -> dict[str, Any]:
+    """Identity statistics, per-class and overall expression metrics."""
+    per_class = {name: class_metrics(j, j.labels == k, j.pair_target == k) for k, name in enumerate(EXPRESSIONS)}
+    overall = class_metrics(j, np.ones_like(j.labels, bool), np.ones_like(j.pair_target, bool))
+    scores = [m["output_accuracy"] for m in per_class.values() if m["output_accuracy"] is not None]
+    overall["output_accuracy_macro"] = float(np.mean(scores)) if scores else None
+    identity = {"mean": None, "p5": None, "min": None}
+    if j.identity.size:
+        identity = {"mean": float(j.identity.mean()), "p5": float(np.percentile(j.identity, 5)),
+                    "min": float(j.identity.min())}
+    return {"identity": identity, "expression": {"per_class": per_class, "overall": overall}}
+
+
+# --- grid -------------------------------------------------------------------------------------------------------------
+
+
+def choose_grid_samples(samples: Sequence[Sample], rows: int) -> list[Sample]:
+    """Up to rows samples, one per identity first (samples come spread over expressions), then any others."""
+    chosen, seen = [], set()
+    for sample in samples:
+        if sample.identity not in seen or sample.identity is None:
+            chosen.append(sample)
+            seen.add(sample.identity)
+    chosen = chosen[:rows]
+    return chosen + [s for s in samples if s not in chosen][: rows - len(chosen)]
+
+
+def grid_image(rows: Sequence[Sequence[Frame]], titles: Sequence[str], cell: int,
+               row_labels: Sequence[str] = ()) -> Frame:
+    """Tile rows of equal-length image lists into one BGR image: titles above the columns, labels on column 0."""
+    columns = len(titles)
+    grid = np.full((GRID_HEADER + cell * len(rows), cell * columns, 3), 255, np.uint8)
+    for c, title in enumerate(titles):
+        cv2.putText(grid, title, (c * cell + 4, GRID_HEADER - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+    for r, images in enumerate(rows):
+        for c, image in enumerate(images):
+            tile = cv2.resize(image, (cell, cell), interpolation=cv2.INTER_AREA)
+            grid[GRID_HEADER + r * cell:GRID_HEADER + (r + 1) * cell, c * cell:(c + 1) * cell] = tile
+    for r, label in enumerate(row_labels):
+        _label(grid, label, (4, GRID_HEADER + (r + 1) * cell - 6))
+    return grid
+
+
+def _label(image: Frame, text: str, origin: tuple[int, int]) -> None:
+    """White text with a dark outline, readable on any face."""
+    for colour, thickness in (((0, 0, 0), 3), ((255, 255, 255), 1)):
+        cv2.putText(image, text, origin, cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, thickness, cv2.LINE_AA)
+
+
+def make_grid(generator: Generator, info: WeightsInfo, samples: Sequence[Sample], config: EvaluateConfig) -> Frame:
+    """Rows = chosen inputs; columns = the input, then its edit towards each of the 7 expressions."""
+    chosen = choose_grid_samples(samples, config.grid_rows)
+    rows = []
+    for sample in chosen:
+        crop = read_crop(sample.path)
+        rows.append([crop, *edit_crops(generator, info, [crop] * len(EXPRESSIONS), list(EXPRESSIONS))])
+    labels = [f"{s.identity or ''} {s.expression}".strip() for s in chosen]
+    return grid_image(rows, ("input", *EXPRESSIONS), config.grid_cell, labels)
+
+
+# --- flicker ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Flicker:
+    """Mean absolute frame-to-frame change inside the face region, in grey levels (0-255), per video."""
+
+    input: float
+    output: float
+    frames: int
+
+    @property
+    def ratio(self) -> float | None:
+        """output / input: 1 means the edit added no flicker of its own."""
+        return self.output / self.input if self.input > 0 else None
+
+
+def _weighted_change(previous: Frame, current: Frame, mask: Mask) -> tuple[float, float]:
+    """(sum of mask-weighted |current - previous| averaged over channels, sum of weights)."""
+    change = np.abs(current.astype(np.float32) - previous.astype(np.float32)).mean(axis=2)
+    return float((change * mask).sum()), float(mask.sum())
+
+
+def flicker_index(inputs: Iterable[Frame], outputs: Iterable[Frame], masks: Iterable[Mask]) -> Flicker:
+    """Flicker of an input video and its processed output over the face region; frames are streamed, not kept.
+
+    masks[t] (H, W) in [0, 1] weights the change from frame t-1 to frame t. Sequences must have equal lengths.
+    """
+    totals = np.zeros(3)  # input change, output change, weight
+    previous: tuple[Frame, Frame] | None = None
+    frames = 0
+    for frame_in, frame_out, mask in itertools.zip_longest(inputs, outputs, masks):
+        if frame_in is None or frame_out is None or mask is None:
+            raise ValueError("flicker_index: input, output and mask sequences differ in length")
+        if frame_in.shape != frame_out.shape or mask.shape != frame_in.shape[:2]:
+            raise ValueError(f"flicker_index: frame {frames}: shapes {frame_in.shape}, {frame_out.shape}, "
+                             f"mask {mask.shape} differ")
+        if previous is not None:
+            change_in, weight = _weighted_change(previous[0], frame_in, mask)
+            change_out, _ = _weighted_change(previous[1], frame_out, mask)
+            totals += (change_in, change_out, weight)
+        previous, frames = (frame_in, frame_out), frames + 1
+    if totals[2] == 0:
+        return Flicker(input=0.0, output=0.0, frames=frames)
+    return Flicker(input=totals[0] / totals[2], output=totals[1] / totals[2], frames=frames)
+
+
+def face_mask(shape: tuple[int, ...], faces: Sequence[Face]) -> Mask:
+    """(H, W) float32 mask: 1 inside any face box."""
+    mask = np.zeros(shape[:2], np.float32)
+    for face in faces:
+        x1, y1, x2, y2 = np.round(face.bbox).astype(int)
+        mask[max(y1, 0):max(y2, 0), max(x1, 0):max(x2, 0)] = 1.0
+    return mask
+
+
+def video_frames(path: Path) -> Iterator[Frame]:
+    """BGR frames of a video, upright."""
+    from pipeline.video import decode_video
+
+    return (frame.image for frame in decode_video(path))
+
+
+def video_flicker(video_in: Path, video_out: Path, detector: FaceDetector) -> Flicker:
+    """Flicker of a processed video against its input, over the faces detected in the input's frames."""
+    inputs_a, inputs_b = itertools.tee(video_frames(video_in))
+    masks = (face_mask(frame.shape, detector.detect_faces(frame)) for frame in inputs_b)
+    try:
+        result = flicker_index(inputs_a, video_frames(video_out), masks)
+    except ValueError as error:
+        raise EvaluateError(f"{video_out}: does not match {video_in}: {error}") from error
+    if result.input == 0 and result.output == 0:
+        raise EvaluateError(f"{video_in}: no face found in any frame; cannot measure flicker")
+    return result
+
+
+# --- report -----------------------------------------------------------------------------------------------------------
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def expression_table(expression: dict[str, Any]) -> list[str]:
+    """Markdown table: one row per target class, then overall."""
+    lines = ["| target | judge on real photos (n) | judge on unchanged inputs | judge on outputs "
+             "| P(target) input → output | outputs |", "|---|---|---|---|---|---|"]
+    rows = [*expression["per_class"].items(), ("**overall**", expression["overall"])]
+    for name, m in rows:
+        lines.append(f"| {name} | {_fmt(m['real_accuracy'])} ({m['real_count']}) | {_fmt(m['baseline'])} "
+                     f"| {_fmt(m['output_accuracy'])} | {_fmt(m['input_target_probability'])} → "
+                     f"{_fmt(m['output_target_probability'])} | {m['count']} |")
+    return lines
+
+
+def report_markdown(metrics: dict[str, Any]) -> str:
+    """The human-readable report.md."""
+    lines = ["# Evaluation", ""]
+    if "expression" in metrics:
+        w, identity = metrics["weights"], metrics["identity"]
+        lines += [f"- weights: `{w['path']}` (step {w['step']}, {w['image_size']} px, data set {w['dataset']})",
+                  f"- data: `{metrics['data']['path']}`: {metrics['data']['sources']} aligned crops "
+                  f"({metrics['data']['crop_size']} px), identities {', '.join(metrics['data']['identities']) or '–'}; "
+                  f"{metrics['data']['outputs']} edited outputs, {metrics['timing']['ms_per_output']:.0f} ms each", "",
+                  "## Identity (ArcFace w600k_mbf cosine, input vs output)", "",
+                  f"mean {_fmt(identity['mean'])}, 5th percentile {_fmt(identity['p5'])}, min {_fmt(identity['min'])}",
+                  "", "## Expression (fer's FER2013 mini-Xception as judge)", "", *expression_table(metrics["expression"]),
+                  "", "Judge on real photos: its accuracy on the source crops of that class (its ceiling). "
+                  "Unchanged inputs: how often it already names the target on the input (the baseline to beat).", ""]
+        lines += ["![grid](grid.png)", ""]
+    if metrics.get("flicker"):
+        f = metrics["flicker"]
+        lines += ["## Flicker (mean |frame t - frame t-1| in the face boxes, grey levels)", "",
+                  f"input {f['input']:.2f}, output {f['output']:.2f}, ratio {_fmt(f['ratio'])} over {f['frames']} frames",
+                  ""]
+    return "\n".join(lines)
+
+
+def summary_lines(metrics: dict[str, Any]) -> list[str]:
+    """A few lines for the terminal: identity, overall expression accuracy against its baseline, flicker."""
+    lines = []
+    if "expression" in metrics:
+        identity, overall = metrics["identity"], metrics["expression"]["overall"]
+        lines.append(f"identity cosine: mean {_fmt(identity['mean'])}, 5th percentile {_fmt(identity['p5'])}")
+        lines.append(f"judge on outputs {_fmt(overall['output_accuracy'])} vs unchanged inputs "
+                     f"{_fmt(overall['baseline'])} (real photos {_fmt(overall['real_accuracy'])}), "
+                     f"{overall['count']} outputs")
+    if metrics.get("flicker"):
+        f = metrics["flicker"]
+        lines.append(f"flicker: input {f['input']:.2f}, output {f['output']:.2f}, ratio {_fmt(f['ratio'])}")
+    return lines
+
+
+def write_report(out: Path, metrics: dict[str, Any], grid: Frame | None) -> None:
+    """metrics.json, report.md and grid.png, each written atomically."""
+    atomic_write(out / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2) + "\n"))
+    atomic_write(out / "report.md", lambda tmp: tmp.write_text(report_markdown(metrics)))
+    if grid is not None:
+        encoded = cv2.imencode(".png", grid)[1]
+        atomic_write(out / "grid.png", lambda tmp: tmp.write_bytes(encoded.tobytes()))
+
+
+# --- the command ------------------------------------------------------------------------------------------------------
+
+
+def check_config(config: EvaluateConfig) -> None:
+    """Refuse an output folder that is (or is inside) the data folder; the reports would land among the inputs."""
+    if config.data is not None:
+        data, out = Path(config.data).resolve(), Path(config.out).resolve()
+        if out == data or data in out.parents:
+            raise EvaluateError(f"{config.out}: report folder is inside the data folder {config.data}; choose another")
+
+
+def evaluate_generator(config: EvaluateConfig) -> tuple[dict[str, Any], Frame]:
+    """Metrics and grid for config.weights on config.data."""
+    samples = select_sources(config.data, config.identities, config.limit)
+    generator, info = load_generator(config.weights, config.device)
+    judges = Judges(ExpressionJudge(), IdentityJudge())
+    started = time.perf_counter()
+    judgements = judge_sources(generator, info, judges, samples, config.batch_size)
+    seconds = time.perf_counter() - started
+    metrics = summarise(judgements)
+    metrics["weights"] = {"path": str(config.weights), "step": info.step, "image_size": info.image_size,
+                          "dataset": info.dataset}
+    metrics["data"] = {"path": str(config.data), "sources": len(samples), "outputs": int(judgements.pair_target.size),
+                       "crop_size": int(read_crop(samples[0].path).shape[0]),
+                       "identities": sorted({s.identity for s in samples if s.identity})}
+    metrics["timing"] = {"seconds": seconds, "ms_per_output": 1000 * seconds / max(judgements.pair_target.size, 1)}
+    return metrics, make_grid(generator, info, samples, config)
+
+
+def evaluate(config: EvaluateConfig) -> dict[str, Any]:
+    """Run the evaluation described by config and write its report; returns the metrics."""
+    check_config(config)
+    metrics: dict[str, Any] = {}
+    grid = None
+    if config.weights is not None:
+        metrics, grid = evaluate_generator(config)
+    if config.video_pair is not None:
+        flicker = video_flicker(*config.video_pair, FaceDetector(DetectorConfig()))
+        metrics["flicker"] = {"input": flicker.input, "output": flicker.output, "ratio": flicker.ratio,
+                              "frames": flicker.frames}
+    write_report(Path(config.out), metrics, grid)
+    return metrics
