@@ -162,8 +162,9 @@ def judge_batch(generator: Generator, info: WeightsInfo, judges: Judges, crops: 
         if not chosen:
             continue
         outputs = edit_crops(generator, info, [crops[i] for i in chosen], [EXPRESSIONS[target]] * len(chosen))
-        probs = judges.expression.predict_batch(outputs, landmarks[: len(chosen)])
-        cosines = cosine_similarity(input_embeddings[chosen], judges.identity.embed_batch(outputs, landmarks[: len(chosen)]))
+        out_landmarks = landmarks[: len(chosen)]  # the generator keeps the face where the crop template put it
+        probs = judges.expression.predict_batch(outputs, out_landmarks)
+        cosines = cosine_similarity(input_embeddings[chosen], judges.identity.embed_batch(outputs, out_landmarks))
         pairs += [(i, target, p, float(c)) for i, p, c in zip(chosen, probs, cosines)]
     return input_probs, pairs
 
@@ -370,26 +371,37 @@ def expression_table(expression: dict[str, Any]) -> list[str]:
     return lines
 
 
+def generator_section(metrics: dict[str, Any]) -> list[str]:
+    """report.md lines for the generator: what was evaluated, identity, the expression table and the grid."""
+    w, data, identity = metrics["weights"], metrics["data"], metrics["identity"]
+    return [
+        f"- weights: `{w['path']}` (step {w['step']}, {w['image_size']} px, data set {w['dataset']})",
+        f"- data: `{data['path']}`: {data['sources']} aligned crops ({data['crop_size']} px), "
+        f"identities {', '.join(data['identities']) or '–'}",
+        f"- {data['outputs']} edited outputs, {metrics['timing']['ms_per_output']:.0f} ms each (edit + both judges)",
+        "",
+        "## Identity (ArcFace w600k_mbf cosine, input vs output)", "",
+        f"mean {_fmt(identity['mean'])}, 5th percentile {_fmt(identity['p5'])}, min {_fmt(identity['min'])}", "",
+        "## Expression (fer's FER2013 mini-Xception as judge)", "", *expression_table(metrics["expression"]), "",
+        "Judge on real photos: its accuracy on the source crops of that class (its ceiling). Unchanged inputs: how "
+        "often it already names the target on the input (the baseline to beat).", "", "![grid](grid.png)", "",
+    ]
+
+
+def flicker_section(flicker: dict[str, Any]) -> list[str]:
+    """report.md lines for a video pair."""
+    return ["## Flicker (mean |frame t - frame t-1| in the face boxes, grey levels)", "",
+            f"input {flicker['input']:.2f}, output {flicker['output']:.2f}, ratio {_fmt(flicker['ratio'])} "
+            f"over {flicker['frames']} frames", ""]
+
+
 def report_markdown(metrics: dict[str, Any]) -> str:
     """The human-readable report.md."""
     lines = ["# Evaluation", ""]
     if "expression" in metrics:
-        w, identity = metrics["weights"], metrics["identity"]
-        lines += [f"- weights: `{w['path']}` (step {w['step']}, {w['image_size']} px, data set {w['dataset']})",
-                  f"- data: `{metrics['data']['path']}`: {metrics['data']['sources']} aligned crops "
-                  f"({metrics['data']['crop_size']} px), identities {', '.join(metrics['data']['identities']) or '–'}; "
-                  f"{metrics['data']['outputs']} edited outputs, {metrics['timing']['ms_per_output']:.0f} ms each", "",
-                  "## Identity (ArcFace w600k_mbf cosine, input vs output)", "",
-                  f"mean {_fmt(identity['mean'])}, 5th percentile {_fmt(identity['p5'])}, min {_fmt(identity['min'])}",
-                  "", "## Expression (fer's FER2013 mini-Xception as judge)", "", *expression_table(metrics["expression"]),
-                  "", "Judge on real photos: its accuracy on the source crops of that class (its ceiling). "
-                  "Unchanged inputs: how often it already names the target on the input (the baseline to beat).", ""]
-        lines += ["![grid](grid.png)", ""]
+        lines += generator_section(metrics)
     if metrics.get("flicker"):
-        f = metrics["flicker"]
-        lines += ["## Flicker (mean |frame t - frame t-1| in the face boxes, grey levels)", "",
-                  f"input {f['input']:.2f}, output {f['output']:.2f}, ratio {_fmt(f['ratio'])} over {f['frames']} frames",
-                  ""]
+        lines += flicker_section(metrics["flicker"])
     return "\n".join(lines)
 
 

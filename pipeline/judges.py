@@ -212,28 +212,33 @@ def _check_layer(path: Path, layer: dict[str, Any]) -> None:
     config = layer["config"]
     if layer["class_name"] not in _LAYER_BUILDERS:
         raise JudgeError(f"{path}: Keras layer {layer['class_name']} is not supported by the port")
-    if tuple(config.get("dilation_rate", (1, 1))) != (1, 1) or config.get("data_format", "channels_last") != "channels_last":
+    dilated = tuple(config.get("dilation_rate", (1, 1))) != (1, 1)
+    if dilated or config.get("data_format", "channels_last") != "channels_last":
         raise JudgeError(f"{path}: layer {layer['config']['name']} uses dilation or channels_first")
+
+
+def _build_layer(path: Path, layer: dict[str, Any], weights: h5py.Group) -> tuple[KerasNode, nn.Module]:
+    """One Keras layer as (its node in the graph, the torch module with its weights loaded)."""
+    _check_layer(path, layer)
+    name = layer["config"]["name"]
+    inbound = layer["inbound_nodes"][0] if layer["inbound_nodes"] else []
+    layer_weights = _layer_weights(weights[name]) if name in weights else {}
+    module = _LAYER_BUILDERS[layer["class_name"]](layer["config"], layer_weights)
+    return KerasNode(name, tuple(entry[0] for entry in inbound)), module
 
 
 def load_keras_model(path: Path) -> KerasGraph:
     """Build a torch KerasGraph from a Keras 2 HDF5 model file (model_config + model_weights)."""
     try:
         with h5py.File(path, "r") as handle:
-            config = json.loads(handle.attrs["model_config"])
-            weights = handle["model_weights"]
-            nodes, layers = [], {}
-            for layer in config["config"]["layers"]:
-                _check_layer(path, layer)
-                name = layer["config"]["name"]
-                inbound = layer["inbound_nodes"][0] if layer["inbound_nodes"] else []
-                nodes.append(KerasNode(name, tuple(entry[0] for entry in inbound)))
-                layer_weights = _layer_weights(weights[name]) if name in weights else {}
-                layers[name] = _LAYER_BUILDERS[layer["class_name"]](layer["config"], layer_weights)
-            output = config["config"]["output_layers"][0][0]
-    except (OSError, KeyError, ValueError) as error:
-        raise JudgeError(f"{path}: cannot read the Keras model ({error})") from error
-    return KerasGraph(nodes, layers, output).eval()
+            config = json.loads(handle.attrs["model_config"])["config"]
+            built = [_build_layer(path, layer, handle["model_weights"]) for layer in config["layers"]]
+            output = config["output_layers"][0][0]
+    except JudgeError:
+        raise
+    except (OSError, KeyError, ValueError, RuntimeError) as error:
+        raise JudgeError(f"{path}: cannot read the Keras model ({str(error).splitlines()[0]})") from error
+    return KerasGraph([node for node, _ in built], {node.name: module for node, module in built}, output).eval()
 
 
 # --- expression judge ------------------------------------------------------------------------------------------------
