@@ -232,5 +232,6 @@ def summarize_split(split: Split) -> str:
         known = {s.identity for s in samples if s.identity is not None}
         unknown = sum(s.identity is None for s in samples)
         return f"{len(known)} identities" + (f" + {unknown} images of unknown identity" if unknown else "")
-    lines.append(f"train: {ids(split.train)}; val: {ids(split.val)} {sorted({s.identity for s in split.val if s.identity})}")
+    val_names = sorted({s.identity for s in split.val if s.identity is not None})
+    lines.append(f"train: {ids(split.train)}; val: {ids(split.val)} {val_names}")
     return "\n".join(lines)

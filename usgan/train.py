@@ -129,7 +129,8 @@ class TrainConfig:
         if self.amp not in get_args(AmpMode):
             raise ConfigError(f"amp must be one of {', '.join(get_args(AmpMode))}, got {self.amp!r}")
         if self.target_labels not in get_args(TargetMode):
-            raise ConfigError(f"target_labels must be one of {', '.join(get_args(TargetMode))}, got {self.target_labels!r}")
+            choices = ", ".join(get_args(TargetMode))
+            raise ConfigError(f"target_labels must be one of {choices}, got {self.target_labels!r}")
 
 
 @dataclass(frozen=True)
@@ -451,7 +452,9 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 def optimizer_tensors(prefix: str, optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], list[dict]]:
     """Adam's per-parameter tensors as flat safetensors keys, and its param groups as JSON-able dicts."""
     state = optimizer.state_dict()
-    tensors = {f"{prefix}.{index}.{name}": value for index, slot in state["state"].items() for name, value in slot.items()}
+    tensors = {
+        f"{prefix}.{index}.{name}": value for index, slot in state["state"].items() for name, value in slot.items()
+    }
     return tensors, state["param_groups"]
 
 
@@ -532,10 +535,12 @@ def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def check_resumable(config: TrainConfig, saved: dict[str, Any], path: Path) -> None:
     """Refuse to resume with a config that changes what the checkpoint was trained as."""
     now, then = flatten(to_mapping(config)), flatten(saved)
-    changed = [k for k in sorted(set(now) | set(then)) if now.get(k) != then.get(k) and not k.startswith(MUTABLE_ON_RESUME)]
+    keys = sorted(set(now) | set(then))
+    changed = [k for k in keys if now.get(k) != then.get(k) and not k.startswith(MUTABLE_ON_RESUME)]
     if changed:
         diffs = ", ".join(f"{k}: {then.get(k)!r} -> {now.get(k)!r}" for k in changed)
-        raise ConfigError(f"{path}: cannot resume with a different config ({diffs}); use the run's config or a new --out")
+        raise ConfigError(f"{path}: cannot resume with a different config ({diffs}); "
+                          "use the run's config (RUN_DIR/config.yaml) or a new --out")
 
 
 def load_checkpoint(state: TrainState, config: TrainConfig, path: Path, info: DistInfo) -> None:
@@ -613,7 +618,8 @@ class RunLogger:
         values |= {"lr": lr, "s_per_step": (now - self.last_time) / max(1, step - self.last_step)}
         for name, value in values.items():
             self.writer.add_scalar(name, value, step)
-        self.progress.set_postfix({k: f"{v:.3g}" for k, v in values.items() if k in ("d/total", "g/total", "s_per_step")})
+        shown = ("d/total", "g/total", "s_per_step")
+        self.progress.set_postfix({k: f"{v:.3g}" for k, v in values.items() if k in shown})
         self.last_time, self.last_step = now, step
 
     def tick(self) -> None:

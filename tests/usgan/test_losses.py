@@ -85,3 +85,19 @@ def test_generator_loss_terms_and_weights() -> None:
 def test_loss_config_rejects_negative_weights() -> None:
     with pytest.raises(ConfigError, match="lambda_gp"):
         LossConfig(lambda_gp=-1.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (AMP runs on CUDA only)")
+@pytest.mark.parametrize(("dtype", "grad_scale"), [(torch.float16, 65536.0), (torch.bfloat16, 1.0)])
+def test_gradient_penalty_under_autocast_matches_float32(dtype: torch.dtype, grad_scale: float) -> None:
+    from usgan.model import Discriminator, DiscriminatorConfig
+
+    torch.manual_seed(0)
+    critic = Discriminator(DiscriminatorConfig(image_size=32, conv_dim=8, strided_layers=3)).cuda()
+    x_hat = torch.randn(4, 3, 32, 32, device="cuda", requires_grad=True)
+    reference = losses.gradient_penalty(critic, x_hat)
+    with torch.autocast("cuda", dtype=dtype):
+        mixed = losses.gradient_penalty(critic, x_hat, grad_scale)
+    assert mixed.dtype == torch.float32
+    assert mixed.item() == pytest.approx(reference.item(), rel=3e-2)

@@ -39,7 +39,6 @@ def scramble_global_rng() -> None:
     random.seed(12345)
 
 
-@pytest.mark.slow
 def test_resume_matches_an_uninterrupted_run(tiny_faces: Path, tmp_path: Path) -> None:
     config = tiny_config()
     straight, split = tmp_path / "straight", tmp_path / "split"
@@ -92,7 +91,8 @@ def test_lr_decays_linearly_over_the_second_half(step: int, factor: float) -> No
     assert lr_factor(step, OptimConfig(total_steps=200, decay_start=100)) == pytest.approx(factor)
 
 
-@pytest.mark.parametrize("bad", [{"amp": "fp8"}, {"optim.g_lr": "2e-4"}, {"optim.decay_start": 10, "optim.total_steps": 5},
+@pytest.mark.parametrize("bad", [{"amp": "fp8"}, {"optim.g_lr": "2e-4"},
+                                 {"optim.decay_start": 10, "optim.total_steps": 5},
                                  {"model.image_size": 36}, {"optim.learning_rate": 1.0}])
 def test_bad_configs_are_rejected(bad: dict) -> None:
     with pytest.raises(ConfigError):
@@ -149,3 +149,13 @@ def test_sigterm_finishes_the_step_and_saves(tiny_faces: Path, tmp_path: Path) -
     last_step, last_path = list_checkpoints(run)[-1]
     assert last_step >= 10 and f"stopped at step {last_step}" in stdout
     assert load_tensors(last_path)[1]["step"] == last_step
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (AMP runs on CUDA only)")
+@pytest.mark.parametrize("amp", ["bf16", "fp16", "none"])
+def test_cuda_amp_training_steps(tiny_faces: Path, tmp_path: Path, amp: str) -> None:
+    result = train(tiny_config(amp=amp), RunOptions(tiny_faces, tmp_path / "run", max_steps=4))
+    tensors, metadata = load_tensors(list_checkpoints(tmp_path / "run")[-1][1])
+    assert result.step == 4 and all(torch.isfinite(v).all() for k, v in tensors.items() if k.startswith("G."))
+    assert (metadata["scalers"]["g"] is not None) == (amp == "fp16")

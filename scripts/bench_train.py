@@ -1,0 +1,145 @@
+#!/usr/bin/env python
+"""Training throughput: seconds per iteration (one D update, G every n_critic-th; averaged over whole n_critic
+cycles) for the paper's setup (128², batch 8) on the CPU, with 2 DDP processes on the CPU, and on CUDA when present.
+
+Synthetic batches, so only the model maths is timed (data loading runs in parallel workers in real training).
+Prints a markdown table.
+
+    .venv/bin/python scripts/bench_train.py --steps 10
+    .venv/bin/python scripts/bench_train.py --steps 20 --config configs/train/tfeid.yaml --skip-ddp
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from usgan.distributed import DistInfo, barrier, init_distributed, shutdown_distributed  # noqa: E402
+from usgan.expressions import EXPRESSIONS  # noqa: E402
+from usgan.train import TrainConfig, build_state, load_train_config, train_step  # noqa: E402
+
+RESULT_TAG = "BENCH_RESULT "
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    setup: str
+    processes: int
+    device: str
+    image_size: int
+    batch_size: int
+    amp: str
+    seconds_per_iter: float
+
+    def row(self) -> str:
+        images = self.processes * self.batch_size / self.seconds_per_iter
+        return (f"| {self.setup} | {self.processes} | {self.device} | {self.image_size}² | {self.batch_size} | "
+                f"{self.amp} | {self.seconds_per_iter:.3f} | {1 / self.seconds_per_iter:.2f} | {images:.1f} |")
+
+
+HEADER = ("| setup | processes | device | image | batch/process | amp | s/iter (n_critic-avg) | iter/s | images/s |\n"
+          "|---|---|---|---|---|---|---|---|---|")
+
+
+def synthetic_batch(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    size, batch = config.model.image_size, config.optim.batch_size
+    return torch.rand(batch, 3, size, size) * 2 - 1, torch.randint(0, len(EXPRESSIONS), (batch,))
+
+
+def time_iterations(config: TrainConfig, info: DistInfo, steps: int) -> float:
+    """Seconds per iteration over whole n_critic cycles, after one warm-up cycle."""
+    state = build_state(config, info)
+    batch = synthetic_batch(config)
+    n_critic = config.optim.n_critic
+    cycles = max(1, math.ceil(steps / n_critic))
+    for _ in range(n_critic):
+        train_step(state, batch, config, info)
+        state.step += 1
+    sync(info)
+    start = time.perf_counter()
+    for _ in range(cycles * n_critic):
+        train_step(state, batch, config, info)
+        state.step += 1
+    sync(info)
+    return (time.perf_counter() - start) / (cycles * n_critic)
+
+
+def sync(info: DistInfo) -> None:
+    if info.device.type == "cuda":
+        torch.cuda.synchronize(info.device)
+    barrier(info)
+
+
+def measure(config: TrainConfig, steps: int, setup: str, use_cuda: bool) -> BenchResult | None:
+    """Run in this process (possibly one rank of torchrun); returns the result on rank 0 only."""
+    info = init_distributed(use_cuda=use_cuda)
+    try:
+        seconds = time_iterations(config, info, steps)
+    finally:
+        shutdown_distributed(info)
+    if not info.is_main:
+        return None
+    amp = config.amp if info.device.type == "cuda" else "none"
+    return BenchResult(setup, info.world_size, info.device.type, config.model.image_size,
+                       config.optim.batch_size, amp, seconds)
+
+
+def run_torchrun(args: argparse.Namespace, processes: int, setup: str, use_cuda: bool) -> BenchResult:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+               __file__, "--worker", "--steps", str(args.steps), "--setup", setup]
+    command += ["--config", str(args.config)] if args.config else []
+    command += [] if use_cuda else ["--cpu"]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_TAG)]
+    if done.returncode != 0 or not lines:
+        raise SystemExit(f"torchrun benchmark failed:\n{done.stderr[-3000:]}")
+    return BenchResult(**json.loads(lines[0][len(RESULT_TAG):]))
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=10, help="timed iterations (rounded up to whole n_critic cycles)")
+    parser.add_argument("--config", type=Path, default=None, help="training config (default: paper's 128² b8)")
+    parser.add_argument("--skip-ddp", action="store_true", help="skip the 2-process CPU DDP row")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--setup", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--cpu", action="store_true", help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING)
+    args = parse_args()
+    config = load_train_config(args.config, {})
+    if args.worker:
+        result = measure(config, args.steps, args.setup, use_cuda=not args.cpu)
+        if result is not None:
+            print(RESULT_TAG + json.dumps(result.__dict__), flush=True)
+        return
+    results = [measure(config, args.steps, "CPU, 1 process", use_cuda=False)]
+    if not args.skip_ddp:
+        results.append(run_torchrun(args, 2, "CPU, DDP gloo", use_cuda=False))
+    if torch.cuda.is_available():
+        results.append(measure(config, args.steps, "CUDA, 1 GPU", use_cuda=True))
+        if torch.cuda.device_count() > 1:
+            results.append(run_torchrun(args, torch.cuda.device_count(), "CUDA, DDP NCCL", use_cuda=True))
+    print(f"threads: torch {torch.get_num_threads()} (CPU cores {os.cpu_count()}); DDP CPU ranks use 1 thread each")
+    print(HEADER)
+    print("\n".join(r.row() for r in results if r is not None))
+
+
+if __name__ == "__main__":
+    main()
