@@ -433,7 +433,9 @@ def write_report(out: Path, metrics: dict[str, Any], grid: Frame | None) -> None
 
 
 def check_config(config: EvaluateConfig) -> None:
-    """Refuse an output folder that is (or is inside) the data folder; the reports would land among the inputs."""
+    """Refuse a missing GPU, and an output folder that is (or is inside) the data folder (reports among inputs)."""
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise EvaluateError(f"device {config.device}: CUDA is not available on this machine; use --device cpu")
     if config.data is not None:
         data, out = Path(config.data).resolve(), Path(config.out).resolve()
         if out == data or data in out.parents:

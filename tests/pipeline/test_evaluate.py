@@ -194,6 +194,14 @@ def test_evaluate_bad_usage_is_one_line(tmp_path, random_weights, args, code, me
     assert "Traceback" not in result.output and not (tmp_path / "r").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when there is no GPU")
+def test_evaluate_without_cuda_is_one_line(tmp_path, random_weights):
+    write_crop_set(tmp_path / "data")
+    result = CliRunner().invoke(cli, ["evaluate", "--weights", str(random_weights), "--data", str(tmp_path / "data"),
+                                      "--out", str(tmp_path / "r"), "--device", "cuda"])
+    assert result.exit_code == 1 and "CUDA is not available" in result.output
+
+
 def test_evaluate_refuses_a_report_inside_the_data(tmp_path, random_weights):
     write_crop_set(tmp_path / "data")
     result = CliRunner().invoke(cli, ["evaluate", "--weights", str(random_weights), "--data", str(tmp_path / "data"),
