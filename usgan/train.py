@@ -671,6 +671,8 @@ def run_loop(state: TrainState, config: TrainConfig, ctx: RunContext, end: int) 
     if ctx.info.is_main and state.step > start and not due(state.step, config.logging.checkpoint_every):
         path = save_checkpoint(state, config, ctx.run_dir, ctx.info, ctx.data.name)
         log.info("saved %s", path)
+    if ctx.info.is_main and state.step > start and not due(state.step, config.logging.sample_every):
+        evaluate(state, ctx.data, ctx.run_dir, ctx.logger.writer)  # so every stop leaves a grid to look at
     barrier(ctx.info)
 
 
