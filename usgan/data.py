@@ -179,7 +179,7 @@ def load_image(path: Path, image_size: int) -> Tensor:
 
 
 class FaceDataset(Dataset):
-    """Aligned crops with their expression labels: item i -> ((3, S, S) in [-1, 1], label index)."""
+    """Aligned crops with their expression labels: item i -> ((3, S, S) in [-1, 1], label index, i)."""
 
     def __init__(self, samples: tuple[Sample, ...], image_size: int):
         self.samples = samples
@@ -188,9 +188,22 @@ class FaceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[Tensor, int, int]:
         sample = self.samples[index]
-        return load_image(sample.path, self.image_size), sample.label
+        return load_image(sample.path, self.image_size), sample.label, index
+
+
+def partner_table(samples: tuple[Sample, ...]) -> tuple[tuple[int, ...], ...]:
+    """For each sample, the indices of the same person's photos with another expression (empty if unknown)."""
+    by_identity: dict[str, list[int]] = {}
+    for index, sample in enumerate(samples):
+        if sample.identity is not None:
+            by_identity.setdefault(sample.identity, []).append(index)
+    return tuple(
+        tuple(j for j in by_identity.get(s.identity, ()) if samples[j].expression != s.expression)
+        if s.identity is not None else ()
+        for s in samples
+    )
 
 
 def random_flip(images: Tensor, generator: torch.Generator) -> Tensor:
@@ -199,9 +212,13 @@ def random_flip(images: Tensor, generator: torch.Generator) -> Tensor:
     Done in the training step with the step's own generator rather than in loader workers, so the
     augmentation is reproducible across resumes and worker counts.
     """
-    flip = torch.rand(images.shape[0], generator=generator) < 0.5
-    flip = flip.to(images.device)[:, None, None, None]
+    flip = flip_mask(images.shape[0], generator).to(images.device)
     return torch.where(flip, images.flip(3), images)
+
+
+def flip_mask(count: int, generator: torch.Generator) -> Tensor:
+    """(count, 1, 1, 1) bool: which images of a batch to mirror (probability 1/2 each)."""
+    return (torch.rand(count, generator=generator) < 0.5)[:, None, None, None]
 
 
 class ResumableSampler(DistributedSampler):

@@ -28,9 +28,16 @@ class LossConfig:
     lambda_gp: float = 10.0
     lambda_cls: float = 1.0
     lambda_rec: float = 1.0
+    # Paired guidance (ours, off in the paper's recipe): for samples whose target is the expression of another photo
+    # of the same person, an L1 between the low-pass (avg-pooled by pair_pool) output and that photo. Pooling keeps
+    # the coarse expression change (mouth, brows) and ignores the small misalignment between two photos.
+    lambda_pair: float = 0.0
+    pair_pool: int = 4
 
     def __post_init__(self) -> None:
-        for name in ("lambda_gp", "lambda_cls", "lambda_rec"):
+        if self.pair_pool < 1:
+            raise ConfigError(f"loss.pair_pool must be >= 1, got {self.pair_pool}")
+        for name in ("lambda_gp", "lambda_cls", "lambda_rec", "lambda_pair"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
 
@@ -82,11 +89,22 @@ def discriminator_loss(
     return LossTerms(total, {k: v.detach() for k, v in terms.items()})
 
 
+def pair_loss(x_fake: Tensor, x_pair: Tensor, pair_mask: Tensor, pool: int) -> Tensor:
+    """Mean L1 between avg-pooled fakes and their same-person target photos, over the paired samples only."""
+    if not bool(pair_mask.any()):
+        return x_fake.new_zeros((), dtype=torch.float32)
+    fake, target = x_fake[pair_mask].float(), x_pair[pair_mask].float()
+    return (F.avg_pool2d(fake, pool) - F.avg_pool2d(target, pool)).abs().mean()
+
+
 def generator_loss(
     generator: Translator, critic: Critic, x_real: Tensor, c_org: Tensor, c_trg: Tensor, label_trg: Tensor,
-    config: LossConfig,
+    config: LossConfig, x_pair: Tensor | None = None, pair_mask: Tensor | None = None,
 ) -> LossTerms:
-    """G loss: -D(G(x, c_trg)) + lambda_cls * CE(fake, target) + lambda_rec * |G(G(x, c_trg), c_org) - x|_1."""
+    """G loss: -D(G(x, c_trg)) + lambda_cls * CE(fake, target) + lambda_rec * |G(G(x, c_trg), c_org) - x|_1.
+
+    With x_pair (N, 3, H, W) and pair_mask (N,) bool, adds lambda_pair * pair_loss for the paired samples.
+    """
     x_fake = generator(x_real, c_trg)
     fake_scores, fake_logits = critic(x_fake)
     x_rec = generator(x_fake, c_org)
@@ -94,5 +112,9 @@ def generator_loss(
     cls = classification_loss(fake_logits, label_trg)
     rec = (x_real.float() - x_rec.float()).abs().mean()
     total = adv + config.lambda_cls * cls + config.lambda_rec * rec
-    terms = {"g/adv": adv, "g/cls": cls, "g/rec": rec, "g/total": total}
+    terms = {"g/adv": adv, "g/cls": cls, "g/rec": rec}
+    if x_pair is not None and pair_mask is not None and config.lambda_pair > 0:
+        terms["g/pair"] = pair_loss(x_fake, x_pair, pair_mask, config.pair_pool)
+        total = total + config.lambda_pair * terms["g/pair"]
+    terms["g/total"] = total
     return LossTerms(total, {k: v.detach() for k, v in terms.items()})

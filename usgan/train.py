@@ -35,7 +35,7 @@ from usgan import losses
 from usgan.checkpoint import CheckpointError, WeightsInfo, atomic_write, load_tensors, save_generator, save_tensors
 from usgan.config import ConfigError, load_config, to_mapping
 from usgan.data import (
-    DataConfig, DataError, FaceDataset, ResumableSampler, Sample, load_image, random_flip, scan_dataset,
+    DataConfig, DataError, FaceDataset, ResumableSampler, Sample, flip_mask, load_image, partner_table, scan_dataset,
     split_samples, summarize_split,
 )
 from usgan.distributed import DistInfo, any_process, barrier, init_distributed, shutdown_distributed
@@ -124,8 +124,13 @@ class TrainConfig:
     amp: AmpMode = "bf16"  # CUDA only; the CPU always trains in float32
     target_labels: TargetMode = "permute"  # permute the batch's labels (StarGAN) or draw random expressions
     seed: int = 0  # weight init and the per-step randomness (targets, flips, GP points)
+    # Share of each batch whose target is the expression of another photo of the same person, which then gets
+    # loss.lambda_pair's paired guidance (0 = the paper's unpaired recipe).
+    pair_fraction: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.pair_fraction <= 1:
+            raise ConfigError(f"pair_fraction must be in [0, 1], got {self.pair_fraction}")
         if self.amp not in get_args(AmpMode):
             raise ConfigError(f"amp must be one of {', '.join(get_args(AmpMode))}, got {self.amp!r}")
         if self.target_labels not in get_args(TargetMode):
@@ -205,6 +210,16 @@ class DataBundle:
     fixed_images: Tensor  # (R, 3, S, S) in [-1, 1], the rows of every sample grid
     batches_per_epoch: int
     name: str
+    pairs: PairSource | None = None  # set when config.pair_fraction > 0
+
+
+@dataclass(frozen=True)
+class PairSource:
+    """Where paired targets come from: the training samples and, per sample, its same-person partners."""
+
+    samples: tuple[Sample, ...]
+    partners: tuple[tuple[int, ...], ...]
+    image_size: int
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -271,7 +286,12 @@ def setup_data(config: TrainConfig, data_dir: Path, info: DistInfo) -> DataBundl
     rows = spread_over_expressions(split.val or split.train, config.logging.sample_rows)
     fixed = torch.stack([load_image(s.path, config.model.image_size) for s in rows])
     name = config.data.name or Path(data_dir).resolve().name
-    return DataBundle(loader, sampler, fixed, sampler.num_samples // config.optim.batch_size, name)
+    pairs = None
+    if config.pair_fraction > 0:
+        pairs = PairSource(split.train, partner_table(split.train), config.model.image_size)
+        log.info("paired guidance: %d of %d training images have a same-person partner",
+                 sum(bool(p) for p in pairs.partners), len(split.train))
+    return DataBundle(loader, sampler, fixed, sampler.num_samples // config.optim.batch_size, name, pairs)
 
 
 def describe_data(config: TrainConfig, data_dir: Path) -> str:
@@ -331,23 +351,52 @@ class StepBatch:
     c_org: Tensor
     c_trg: Tensor
     alpha: Tensor  # (N, 1, 1, 1) gradient-penalty interpolation weights
+    x_pair: Tensor | None = None  # (N, 3, S, S) same-person photo with the target expression, where pair_mask
+    pair_mask: Tensor | None = None  # (N,) bool
 
 
-def prepare_batch(batch: tuple[Tensor, Tensor], config: TrainConfig, info: DistInfo, step: int) -> StepBatch:
-    """Augment and draw targets on the CPU with the step's RNG, then move everything to the device."""
-    images, labels = batch
+def draw_pairs(
+    indices: Tensor, targets: Tensor, pairs: PairSource, fraction: float, rng: torch.Generator,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Give the first `fraction` of the batch a same-person partner photo as target: (targets, x_pair, mask)."""
+    targets = targets.clone()
+    x_pair = torch.zeros(len(indices), 3, pairs.image_size, pairs.image_size)
+    mask = torch.zeros(len(indices), dtype=torch.bool)
+    choices = torch.rand(len(indices), generator=rng)  # drawn for every sample so the RNG use is fixed per step
+    for i in range(round(fraction * len(indices))):
+        partners = pairs.partners[int(indices[i])]
+        if partners:
+            partner = pairs.samples[partners[int(choices[i] * len(partners))]]
+            targets[i], x_pair[i], mask[i] = partner.label, load_image(partner.path, pairs.image_size), True
+    return targets, x_pair, mask
+
+
+def prepare_batch(
+    batch: tuple[Tensor, ...], config: TrainConfig, info: DistInfo, step: int, pairs: PairSource | None = None,
+) -> StepBatch:
+    """Augment and draw targets on the CPU with the step's RNG, then move everything to the device.
+
+    batch is (images, labels) or (images, labels, dataset indices); the indices are needed for paired targets.
+    """
+    images, labels, *rest = batch
     if images.ndim != 4 or images.shape[1:] != (3, config.model.image_size, config.model.image_size):
         raise ValueError(f"batch images have shape {tuple(images.shape)}, expected (N, 3, S, S) with S = image_size")
     rng = step_generator(config.seed, info.rank, step)
-    images = random_flip(images, rng)
+    flip = flip_mask(images.shape[0], rng)
+    images = torch.where(flip, images.flip(3), images)
     targets = sample_targets(labels, rng, config.target_labels)
     alpha = torch.rand(images.shape[0], 1, 1, 1, generator=rng)
+    x_pair = pair_mask = None
+    if pairs is not None and rest and config.pair_fraction > 0:
+        targets, x_pair, pair_mask = draw_pairs(rest[0], targets, pairs, config.pair_fraction, rng)
+        x_pair = torch.where(flip, x_pair.flip(3), x_pair).to(info.device)  # mirrored with its source
+        pair_mask = pair_mask.to(info.device)
     to = dict(device=info.device, non_blocking=True)
     labels, targets = labels.to(**to), targets.to(**to)
     return StepBatch(
         x_real=images.to(**to), label_org=labels, label_trg=targets,
         c_org=F.one_hot(labels, len(EXPRESSIONS)).float(), c_trg=F.one_hot(targets, len(EXPRESSIONS)).float(),
-        alpha=alpha.to(**to),
+        alpha=alpha.to(**to), x_pair=x_pair, pair_mask=pair_mask,
     )
 
 
@@ -371,7 +420,8 @@ def update_generator(state: TrainState, batch: StepBatch, config: TrainConfig, d
         state.g_optim.zero_grad(set_to_none=True)
         with autocast(config, device):
             result = losses.generator_loss(
-                state.generator, critic, batch.x_real, batch.c_org, batch.c_trg, batch.label_trg, config.loss
+                state.generator, critic, batch.x_real, batch.c_org, batch.c_trg, batch.label_trg, config.loss,
+                batch.x_pair, batch.pair_mask,
             )
         apply_gradients(result.total, state.g_optim, state.g_scaler)
     finally:
@@ -379,10 +429,12 @@ def update_generator(state: TrainState, batch: StepBatch, config: TrainConfig, d
     return result.terms
 
 
-def train_step(state: TrainState, batch: tuple[Tensor, Tensor], config: TrainConfig, info: DistInfo) -> dict:
+def train_step(
+    state: TrainState, batch: tuple[Tensor, ...], config: TrainConfig, info: DistInfo, pairs: PairSource | None = None,
+) -> dict:
     """One iteration at state.step: a D update, plus a G update every n_critic-th step; returns loss terms."""
     set_learning_rates(state, config.optim)
-    step_batch = prepare_batch(batch, config, info, state.step)
+    step_batch = prepare_batch(batch, config, info, state.step, pairs)
     terms = update_discriminator(state, step_batch, config, info.device)
     if (state.step + 1) % config.optim.n_critic == 0:
         terms |= update_generator(state, step_batch, config, info.device)
@@ -397,7 +449,7 @@ def advance(state: TrainState, batches_per_epoch: int) -> None:
         state.epoch, state.batches_done = state.epoch + 1, 0
 
 
-def batches(data: DataBundle, state: TrainState, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+def batches(data: DataBundle, state: TrainState, batch_size: int) -> Iterator[tuple[Tensor, ...]]:
     """Endless batches, each epoch starting where the state says (part-way through after a resume)."""
     while True:
         data.sampler.set_position(state.epoch, state.batches_done * batch_size)
@@ -663,7 +715,7 @@ def run_loop(state: TrainState, config: TrainConfig, ctx: RunContext, end: int) 
     stream = batches(ctx.data, state, config.optim.batch_size)
     with StopRequest() as stop:
         while state.step < end:
-            terms = train_step(state, next(stream), config, ctx.info)
+            terms = train_step(state, next(stream), config, ctx.info, ctx.data.pairs)
             advance(state, ctx.data.batches_per_epoch)
             after_step(state, terms, config, ctx)
             if any_process(stop.requested, ctx.info):

@@ -97,10 +97,10 @@ def test_unknown_identities_split_per_file(tmp_path: Path) -> None:
 
 def test_images_are_resized_rgb_in_minus_one_one(tiny_faces: Path) -> None:
     samples = scan_dataset(tiny_faces)
-    image, label = FaceDataset(tuple(samples), image_size=16)[0]
+    image, label, index = FaceDataset(tuple(samples), image_size=16)[0]
     assert image.shape == (3, 16, 16) and image.dtype == torch.float32
     assert image.min() >= -1 and image.max() <= 1 and image.min() < -0.5 < 0.5 < image.max()
-    assert label == samples[0].label
+    assert label == samples[0].label and index == 0
     gray = tiny_faces / "gray.png"
     Image.fromarray(np.full((32, 32), 255, np.uint8), mode="L").save(gray)
     assert torch.equal(load_image(gray, 32), torch.ones(3, 32, 32))

@@ -101,3 +101,29 @@ def test_gradient_penalty_under_autocast_matches_float32(dtype: torch.dtype, gra
         mixed = losses.gradient_penalty(critic, x_hat, grad_scale)
     assert mixed.dtype == torch.float32
     assert mixed.item() == pytest.approx(reference.item(), rel=3e-2)
+
+
+def test_pair_loss_only_counts_paired_samples_and_ignores_fine_misalignment() -> None:
+    target = torch.rand(3, 3, 16, 16) * 2 - 1
+    fake = target.clone()
+    fake[1] = -target[1]  # unpaired sample: any difference there must not count
+    mask = torch.tensor([True, False, True])
+    assert float(losses.pair_loss(fake, target, mask, pool=4)) == 0.0
+    shifted = torch.roll(target, shifts=1, dims=3)  # a one-pixel misalignment costs less after pooling
+    assert float(losses.pair_loss(shifted, target, mask, pool=4)) < float(losses.pair_loss(shifted, target, mask, pool=1))
+    assert float(losses.pair_loss(fake, target, torch.zeros(3, dtype=torch.bool), pool=4)) == 0.0
+
+
+def test_generator_loss_adds_weighted_pair_term() -> None:
+    labels = torch.tensor([0, 1])
+    x_real = torch.zeros(2, 3, 8, 8)
+    x_pair = torch.ones(2, 3, 8, 8)
+    mask = torch.tensor([True, True])
+    config = losses.LossConfig(lambda_pair=2.0, pair_pool=2)
+    identity = lambda x, c: x  # noqa: E731
+    with_pair = losses.generator_loss(identity, mean_critic(labels), x_real, torch.zeros(2, 7), torch.zeros(2, 7),
+                                      labels, config, x_pair, mask)
+    without = losses.generator_loss(identity, mean_critic(labels), x_real, torch.zeros(2, 7), torch.zeros(2, 7),
+                                    labels, config)
+    assert float(with_pair.terms["g/pair"]) == 1.0
+    assert float(with_pair.total) == float(without.total) + 2.0

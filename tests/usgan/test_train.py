@@ -17,8 +17,11 @@ from cli import cli
 from usgan.checkpoint import load_generator, load_tensors
 from usgan.config import ConfigError
 from usgan.errors import UserError
+from usgan.data import load_image, partner_table, scan_dataset
+from usgan.distributed import init_distributed
 from usgan.train import (
-    OptimConfig, RunOptions, TrainConfig, list_checkpoints, load_train_config, lr_factor, parse_set_options, train,
+    OptimConfig, PairSource, RunOptions, TrainConfig, list_checkpoints, load_train_config, lr_factor,
+    parse_set_options, prepare_batch, train,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,8 +42,9 @@ def scramble_global_rng() -> None:
     random.seed(12345)
 
 
-def test_resume_matches_an_uninterrupted_run(tiny_faces: Path, tmp_path: Path) -> None:
-    config = tiny_config()
+@pytest.mark.parametrize("pairing", [{}, {"pair_fraction": 0.5, "loss.lambda_pair": 1.0}])
+def test_resume_matches_an_uninterrupted_run(tiny_faces: Path, tmp_path: Path, pairing: dict) -> None:
+    config = tiny_config(**pairing)
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert train(config, RunOptions(tiny_faces, straight, max_steps=6)).step == 6
     scramble_global_rng()
@@ -115,7 +119,29 @@ def test_shipped_configs_load(configs: str) -> None:
 def test_tfeid_recipe() -> None:
     config = load_train_config(REPO / "configs" / "train" / "tfeid.yaml", {})
     assert (config.model.image_size, config.optim.batch_size, config.model.d_strided_layers) == (64, 8, 5)
-    assert (config.optim.total_steps, config.optim.decay_start, config.logging.checkpoint_every) == (20000, 10000, 250)
+    assert (config.optim.total_steps, config.optim.decay_start, config.logging.checkpoint_every) == (12000, 6000, 250)
+    assert (config.pair_fraction, config.loss.lambda_pair, config.data.val_identity_count) == (0.5, 2.0, 3)
+
+
+def test_paired_targets_come_from_the_same_person_and_are_mirrored_with_their_source(tiny_faces: Path) -> None:
+    config = tiny_config(pair_fraction=1.0, **{"loss.lambda_pair": 1.0, "optim.batch_size": 8})
+    samples = tuple(scan_dataset(tiny_faces))
+    pairs = PairSource(samples, partner_table(samples), config.model.image_size)
+    indices = torch.arange(8)
+    images = torch.stack([load_image(samples[i].path, 32) for i in indices])
+    labels = torch.tensor([samples[i].label for i in indices])
+    info = init_distributed(use_cuda=False)
+    for step in range(4):
+        batch = prepare_batch((images, labels, indices), config, info, step, pairs)
+        assert bool(batch.pair_mask.all())
+        for i in range(8):
+            source = samples[i]
+            mirrored = not torch.equal(batch.x_real[i], images[i])
+            partner = [samples[j] for j in pairs.partners[i] if
+                       torch.equal(batch.x_pair[i], load_image(samples[j].path, 32).flip(2) if mirrored
+                                   else load_image(samples[j].path, 32))]
+            assert len(partner) == 1 and partner[0].identity == source.identity
+            assert partner[0].label == int(batch.label_trg[i]) != source.label
 
 
 def test_cli_dry_run_prints_config_and_summary(tiny_faces: Path, tmp_path: Path) -> None:
