@@ -90,10 +90,15 @@ def prepare_data_command(src: Path, out: Path, sizes: tuple[int, ...], pad: floa
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--image-size", type=click.IntRange(16, 1024), default=128, show_default=True,
               help="Face crop size the weights were trained at (stored in the header; multiple of 4).")
-def import_official_command(official: Path, out: Path, image_size: int) -> None:
+@click.option("--label-order", type=click.Choice(["official", "canonical"]), default="official", show_default=True,
+              help="Expression order of the checkpoint's one-hot inputs: 'official' = the official code's "
+                   "ImageFolder order of sorted folder codes (AFS, ANS, DIS, HAS, NES, SAS, SUS); "
+                   "'canonical' = already angry, disgusted, fearful, happy, neutral, sad, surprised.")
+def import_official_command(official: Path, out: Path, image_size: int, label_order: str) -> None:
     """Convert the official US-GAN generator checkpoint (a torch state_dict) into our safetensors format.
 
-    The file is read with torch.load(weights_only=True): no pickled code is ever run.
+    The file is read with torch.load(weights_only=True): no pickled code is ever run. The expression input
+    channels are reordered to our canonical order (see --label-order).
 
     \b
     Examples:
@@ -101,8 +106,10 @@ def import_official_command(official: Path, out: Path, image_size: int) -> None:
       python cli.py import-official usgan_87_G.ckpt weights/usgan_official.safetensors --image-size 128
     """
     from usgan.checkpoint import import_official
+    from usgan.expressions import EXPRESSIONS, OFFICIAL_LABEL_ORDER
 
-    info = import_official(official, out, image_size=image_size)
+    order = OFFICIAL_LABEL_ORDER if label_order == "official" else EXPRESSIONS
+    info = import_official(official, out, image_size=image_size, label_order=order)
     config = info.generator
     click.echo(f"wrote {out} (width {config.conv_dim}, {config.residual_blocks} residual block(s), {image_size}px)")
 
@@ -217,6 +224,118 @@ def evaluate_command(weights: Path | None, data_dir: Path | None, out_dir: Path,
     for line in summary_lines(evaluate(config)):
         click.echo(line)
     click.echo(f"wrote {out_dir}/metrics.json, report.md" + (", grid.png" if weights else ""))
+
+
+# --- process / convert (pipeline/run.py, pipeline/batch.py) ---
+
+
+def processing_options(command):
+    """The options process and convert share; unset ones keep configs/pipeline/default.yaml's values."""
+    from typing import get_args
+
+    from pipeline.types import Backend, BlendMode, FaceSelection
+    from pipeline.video import VIDEO_CODECS, X264_PRESETS
+
+    options = [
+        click.option("-e", "--expression", required=True, metavar="NAME|SCHEDULE|FILE.json",
+                     help="Target expression (angry, disgusted, fearful, happy, neutral, sad, surprised, aliases "
+                          "such as smile, or paper codes such as HAS), 'happy:0.5', a schedule in seconds "
+                          "'happy@0-3,sad@3-6' (uncovered times stay unchanged) or a JSON schedule file."),
+        click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="Generator weights (.safetensors); default: weights/usgan_tfeid.safetensors."),
+        click.option("--backend", type=click.Choice(list(get_args(Backend))), default=None,
+                     help="Generator back-end (onnx: ONNX Runtime, TensorRT -> CUDA -> CPU).  [default: torch]"),
+        click.option("--blend", type=click.Choice(list(get_args(BlendMode))), default=None,
+                     help="Paste-back: Poisson (seamless) or feathered alpha.  [default: seamless]"),
+        click.option("--intensity", type=click.FloatRange(0.0, 1.0), default=None,
+                     help="Scales the generator's change: 0 = unchanged, 1 = full edit.  [default: 1]"),
+        click.option("--fade", type=click.FloatRange(0.0, 60.0), default=None,
+                     help="Seconds of cross-fade between scheduled expressions.  [default: 0]"),
+        click.option("--batch-size", type=click.IntRange(1, 512), default=None,
+                     help="Face crops per generator call, across frames and faces.  [default: 8]"),
+        click.option("--faces", type=click.Choice(list(get_args(FaceSelection))), default=None,
+                     help="Edit every face or only the largest one.  [default: all]"),
+        click.option("--crop-size", type=click.IntRange(32, 1024), default=None,
+                     help="Aligned face crop in pixels (the generator runs at its own size).  [default: 256]"),
+        click.option("--detect-every", type=click.IntRange(1, 100), default=None,
+                     help="Run the face detector on every N-th frame, track in between.  [default: 1]"),
+        click.option("--crf", type=click.IntRange(0, 51), default=None,
+                     help="Video quality (x264 CRF; lower is better).  [default: 18]"),
+        click.option("--preset", type=click.Choice(list(X264_PRESETS)), default=None,
+                     help="Encoder speed preset.  [default: veryfast]"),
+        click.option("--encoder", type=click.Choice(["auto", *VIDEO_CODECS]), default=None,
+                     help="Video encoder (auto: h264_nvenc with CUDA, else libx264).  [default: auto]"),
+        click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     default=None, help="Pipeline config YAML.  [default: configs/pipeline/default.yaml]"),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def process_overrides(options: dict) -> dict:
+    """Dotted ProcessConfig keys for the shared options (None values are left to the config file)."""
+    keys = {"expression": "expression", "weights": "synthesizer.weights", "backend": "synthesizer.backend",
+            "blend": "blend", "intensity": "intensity", "fade": "fade", "batch_size": "batch_size",
+            "faces": "faces", "crop_size": "crop_size", "detect_every": "tracker.detect_every",
+            "crf": "encoder.crf", "preset": "encoder.preset", "encoder": "video_codec"}
+    return {key: options[name] for name, key in keys.items()}
+
+
+@cli.command("process")
+@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Output file; default: INPUT's folder, <stem>_<expression>.<ext>.")
+@processing_options
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def process_command(input_path: Path, output: Path | None, config_path: Path | None, no_progress: bool,
+                    **options) -> None:
+    """Change the facial expression in a video or a photo (INPUT), keeping timing, rotation and audio.
+
+    Prints one summary line: frames, faces, fps and each stage's busy seconds.
+
+    \b
+    Examples:
+      python cli.py process clip.mp4 --expression sad
+      python cli.py process clip.mp4 -e happy@0-3,sad@3-6 --fade 0.5 -o out.mp4
+      python cli.py process photo.jpg -e surprised --weights my.safetensors --blend feather
+      python cli.py process clip.mp4 -e joy --backend onnx --batch-size 16 --detect-every 2
+    """
+    from pipeline.run import DEFAULT_CONFIG, default_output, format_summary, load_process_config, process_file
+
+    overrides = {**process_overrides(options), "progress": False if no_progress else None}
+    config = load_process_config(config_path or DEFAULT_CONFIG, overrides)
+    result = process_file(input_path, output or default_output(input_path, config.expression), config)
+    click.echo(format_summary(result))
+
+
+@cli.command("convert")
+@click.argument("in_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@processing_options
+@click.option("--recursive", is_flag=True, help="Also convert the files of IN_DIR's subfolders.")
+@click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True, help="Worker processes.")
+def convert_command(in_dir: Path, out_dir: Path, config_path: Path | None, recursive: bool, jobs: int,
+                    **options) -> None:
+    """Convert every photo and video of IN_DIR into OUT_DIR (same relative paths and names).
+
+    Resumable: files that OUT_DIR/manifest.json records as complete are skipped. A bad file is recorded as
+    failed with its reason and the rest go on; the exit status is 1 when any file failed.
+
+    \b
+    Examples:
+      python cli.py convert photos/ out/ --expression happy
+      python cli.py convert shoot/ shoot_sad/ -e sad --recursive --jobs 2 --backend onnx
+    """
+    from pipeline.batch import convert_dir, summary_lines
+    from pipeline.run import DEFAULT_CONFIG, load_process_config
+
+    config = load_process_config(config_path or DEFAULT_CONFIG, process_overrides(options))
+    summary = convert_dir(in_dir, out_dir, config, recursive=recursive, jobs=jobs)
+    for line in summary_lines(summary):
+        click.echo(line)
+    if summary.failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

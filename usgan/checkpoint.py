@@ -19,7 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from usgan.config import ConfigError, from_mapping
-from usgan.expressions import EXPRESSIONS
+from usgan.expressions import EXPRESSIONS, OFFICIAL_LABEL_ORDER
 from usgan.model import Generator, GeneratorConfig
 
 FORMAT_GENERATOR = "usgan-generator"
@@ -217,19 +217,37 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def import_official(ckpt_path: Path, out_path: Path, image_size: int = 128) -> WeightsInfo:
-    """Convert the official generator checkpoint (e.g. usgan_87_G.ckpt) into our safetensors format."""
+def reorder_expression_channels(generator: Generator, source_order: tuple[str, ...]) -> None:
+    """Permute the first conv's expression input channels from source_order to EXPRESSIONS order (in place)."""
+    if tuple(source_order) == EXPRESSIONS:
+        return
+    weight = generator.main[0].weight  # (64, 3 + E, 7, 7): channels 3.. are the one-hot expression maps
+    columns = [3 + list(source_order).index(name) for name in EXPRESSIONS]
+    with torch.no_grad():
+        weight[:, 3:] = weight[:, columns].clone()
+
+
+def import_official(
+    ckpt_path: Path, out_path: Path, image_size: int = 128, label_order: tuple[str, ...] = OFFICIAL_LABEL_ORDER,
+) -> WeightsInfo:
+    """Convert the official generator checkpoint (e.g. usgan_87_G.ckpt) into our safetensors format.
+
+    label_order names the expression of each one-hot input channel of the checkpoint (default: the official
+    code's sorted-folder-code order); the channels are permuted so our files always use EXPRESSIONS order.
+    """
     ckpt_path, out_path = Path(ckpt_path), Path(out_path)
     if image_size < 4 or image_size % 4:
         raise CheckpointError(f"{ckpt_path}: image size {image_size} must be a positive multiple of 4")
     refuse_overwrite(ckpt_path, out_path)
     generator = _official_generator(ckpt_path, read_official_state_dict(ckpt_path))
+    reorder_expression_channels(generator, label_order)
     info = WeightsInfo(
         generator=generator.config,
         image_size=image_size,
         dataset=OFFICIAL_DATASET,
         license=OFFICIAL_LICENSE,
-        notes={"source_file": ckpt_path.name, "source_sha256": _sha256(ckpt_path)},
+        notes={"source_file": ckpt_path.name, "source_sha256": _sha256(ckpt_path),
+               "source_label_order": list(label_order)},
     )
     save_generator(out_path, generator, info)
     return info

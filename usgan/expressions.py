@@ -22,6 +22,11 @@ PAPER_CODES: dict[str, Expression] = {
     "SUS": "surprised",
 }
 
+# The official code is StarGAN's: its data set is torchvision's ImageFolder over folders named by these codes, and
+# ImageFolder numbers classes in sorted folder-name order. So the official generator's one-hot channel k means
+# PAPER_CODES[sorted(PAPER_CODES)[k]]: fearful, angry, disgusted, happy, neutral, sad, surprised.
+OFFICIAL_LABEL_ORDER: tuple[Expression, ...] = tuple(PAPER_CODES[code] for code in sorted(PAPER_CODES))
+
 _ALIASES: dict[str, Expression] = {
     "anger": "angry",
     "mad": "angry",

@@ -90,3 +90,10 @@ def sample_inputs(batch: int = 2, size: int = 32, c_dim: int = 7, seed: int = 1)
     x = torch.rand(batch, 3, size, size, generator=generator) * 2 - 1
     c = torch.eye(c_dim)[torch.arange(batch) % c_dim]
     return x, c
+
+
+def canonical_to_official(c: torch.Tensor) -> torch.Tensor:
+    """Our (N, 7) target vectors re-ordered into the official checkpoint's one-hot channel order."""
+    from usgan.expressions import EXPRESSIONS, OFFICIAL_LABEL_ORDER
+
+    return c[:, [EXPRESSIONS.index(name) for name in OFFICIAL_LABEL_ORDER]]

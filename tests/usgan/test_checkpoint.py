@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from cli import cli
-from official_reference import make_official, official_test_output, sample_inputs
+from official_reference import canonical_to_official, make_official, official_test_output, sample_inputs
 from usgan.checkpoint import (
     OFFICIAL_DATASET,
     CheckpointError,
@@ -20,6 +20,7 @@ from usgan.checkpoint import (
     load_generator,
     save_generator,
 )
+from usgan.expressions import EXPRESSIONS, PAPER_CODES
 from usgan.model import Discriminator, Generator, GeneratorConfig
 
 
@@ -38,9 +39,26 @@ def test_import_official_reproduces_the_official_test_output(tmp_path, conv_dim,
     assert loaded_info.dataset == OFFICIAL_DATASET and loaded_info.image_size == 64
     assert loaded_info.notes["source_file"] == "usgan_87_G.ckpt"
     x, c = sample_inputs(batch=2, size=32)
-    expected = official_test_output(make_official(conv_dim, 7, blocks), x, c)
+    expected = official_test_output(make_official(conv_dim, 7, blocks), x, canonical_to_official(c))
     with torch.no_grad():
         assert (generator(x, c) - expected).abs().max().item() <= 1e-6
+
+
+def test_import_maps_the_official_label_order_to_ours(tmp_path):
+    """Official channel k is sorted(codes)[k] (AFS=fearful first): asking us for 'angry' must use its ANS channel."""
+    official = make_official(16)
+    torch.save(official.state_dict(), tmp_path / "usgan_87_G.ckpt")
+    import_official(tmp_path / "usgan_87_G.ckpt", tmp_path / "g.safetensors")
+    generator, info = load_generator(tmp_path / "g.safetensors")
+    x, _ = sample_inputs(batch=1, size=32)
+    angry = torch.zeros(1, 7)
+    angry[0, EXPRESSIONS.index("angry")] = 1
+    official_ans = torch.zeros(1, 7)
+    official_ans[0, sorted(PAPER_CODES).index("ANS")] = 1
+    with torch.no_grad():
+        assert (generator(x, angry) - official_test_output(official, x, official_ans)).abs().max() <= 1e-6
+        assert (generator(x, angry) - official_test_output(official, x, angry)).abs().max() > 1e-3
+    assert info.notes["source_label_order"][0] == "fearful"
 
 
 @pytest.mark.parametrize(
