@@ -31,23 +31,42 @@ def apply_generator(
     info: WeightsInfo,
     crops: torch.Tensor,
     targets: Sequence[str] | torch.Tensor,
-    intensity: float = 1.0,
+    intensity: float | torch.Tensor = 1.0,
 ) -> torch.Tensor:
     """Edit (N, 3, H, W) RGB crops in [-1, 1] towards targets; returns (N, 3, H, W) in [-1, 1].
 
     The generator runs at info.image_size. For larger crops only its residual (output - input) is upsampled and
     added to the full-resolution crop, so skin and hair detail the generator never saw are kept. intensity scales
-    the residual: 0 returns the crops unchanged, 1 is the generator's own edit.
+    the residual: 0 returns the crops unchanged, 1 is the generator's own edit; a (N,) tensor scales each crop.
     """
     if crops.ndim != 4 or crops.shape[1] != 3:
         raise ValueError(f"crops: expected (N, 3, H, W), got {tuple(crops.shape)}")
     device = next(generator.parameters()).device
     x = crops.to(device=device, dtype=torch.float32)
     c = target_vectors(targets, x.shape[0]).to(device)
-    size = (info.image_size, info.image_size)
-    small = x if tuple(x.shape[2:]) == size else F.interpolate(x, size=size, mode="bilinear", antialias=True,
-                                                                align_corners=False)
-    residual = generator.residual(small, c)
-    if residual.shape[2:] != x.shape[2:]:
-        residual = F.interpolate(residual, size=x.shape[2:], mode="bilinear", align_corners=False)
-    return (x + intensity * residual).clamp(-1.0, 1.0).to(crops.device)
+    small = resize_to_generator(x, info.image_size)
+    residual = resize_residual(generator.residual(small, c), tuple(x.shape[2:]))
+    return (x + intensity_scale(intensity, x) * residual).clamp(-1.0, 1.0).to(crops.device)
+
+
+def resize_to_generator(crops: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, 3, H, W) crops at the generator's size x size (antialiased bilinear); unchanged when already that size."""
+    if tuple(crops.shape[2:]) == (size, size):
+        return crops
+    return F.interpolate(crops, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+def resize_residual(residual: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The generator's (N, 3, h, w) residual upsampled (bilinear) to the crops' (H, W)."""
+    if tuple(residual.shape[2:]) == tuple(size):
+        return residual
+    return F.interpolate(residual, size=size, mode="bilinear", align_corners=False)
+
+
+def intensity_scale(intensity: float | torch.Tensor, x: torch.Tensor) -> float | torch.Tensor:
+    """A float as is; a (N,) tensor as (N, 1, 1, 1) on x's device, so each crop gets its own intensity."""
+    if not isinstance(intensity, torch.Tensor):
+        return intensity
+    if intensity.shape != (x.shape[0],):
+        raise ValueError(f"intensity: expected a float or a ({x.shape[0]},) tensor, got shape {tuple(intensity.shape)}")
+    return intensity.to(device=x.device, dtype=x.dtype).reshape(-1, 1, 1, 1)

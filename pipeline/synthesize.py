@@ -1,0 +1,210 @@
+"""The synthesize stage: edit aligned face crops towards target expressions with the US-GAN generator.
+
+One small protocol, two back-ends chosen by config (never guessed): torch, and ONNX Runtime (TensorRT -> CUDA -> CPU,
+fp16 on GPU, TensorRT engine cache). Both run the generator at its own image_size and add only its upsampled residual
+to the full-resolution crop (usgan.inference's resize helpers, shared, so the back-ends agree), and both convert
+uint8 -> [-1, 1] -> uint8 so that a zero residual gives back the input crops bit-exactly.
+
+Targets are (N, 7) weights over the expressions. A one-hot row is one expression; during a schedule's cross-fade a
+row mixes two expressions (weights summing to 1), which the generator takes as a blended condition in one pass
+(StarGAN-style generators interpolate smoothly between label vectors). intensity scales the residual per crop:
+0 leaves the crop unchanged, 1 is the generator's full edit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol, get_args
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from pipeline.types import BACKENDS, Backend
+from usgan.checkpoint import WeightsInfo, load_generator
+from usgan.errors import UserError
+from usgan.expressions import EXPRESSIONS
+from usgan.inference import apply_generator, resize_residual, resize_to_generator
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "usgan_tfeid.safetensors"
+"""The project's shipped generator; the one place its path is written."""
+DEFAULT_ONNX_CACHE = "~/.cache/usgan/onnx"
+
+TorchDevice = Literal["auto", "cpu", "cuda"]
+TORCH_DEVICES: tuple[TorchDevice, ...] = get_args(TorchDevice)
+OnnxPreference = Literal["auto", "tensorrt", "cuda", "cpu"]  # = usgan.export.ExecutionPreference
+
+
+class WeightsMissingError(UserError):
+    """No weights given and none shipped."""
+
+
+@dataclass(frozen=True)
+class OnnxConfig:
+    """ONNX Runtime settings. fp16 None: fp16 exactly when a GPU provider is usable (fp32 on the CPU)."""
+
+    preference: OnnxPreference = "auto"
+    fp16: bool | None = None
+    cache_dir: str = DEFAULT_ONNX_CACHE  # exported graphs (keyed by the weights' hash) and TensorRT engines
+    threads: int = 0  # intra-op threads; 0 = ONNX Runtime's default
+
+
+@dataclass(frozen=True)
+class SynthesizerConfig:
+    """Which generator to run and on what. weights None: DEFAULT_WEIGHTS."""
+
+    backend: Backend = "torch"
+    weights: Path | None = None
+    device: TorchDevice = "auto"  # torch back-end: cuda when available
+    threads: int = 0  # torch intra-op threads; 0 = torch's default
+    onnx: OnnxConfig = OnnxConfig()
+
+
+class FaceSynthesizer(Protocol):
+    """Edits (N, S, S, 3) uint8 BGR crops; the generator itself works at image_size (S may differ)."""
+
+    image_size: int
+
+    def synthesize(self, crops: NDArray[np.uint8], targets: NDArray[np.float32],
+                   intensity: NDArray[np.float32]) -> NDArray[np.uint8]:
+        """crops (N, S, S, 3) uint8 BGR, targets (N, 7), intensity (N,) -> (N, S, S, 3) uint8 BGR."""
+        ...
+
+
+# ---------------------------------------------------------------- conversions (pure)
+
+
+def resolve_weights(weights: Path | str | None) -> Path:
+    """The weights file to load: the given one, or the shipped default when it exists."""
+    if weights is not None:
+        return Path(weights).expanduser()
+    if not DEFAULT_WEIGHTS.is_file():
+        raise WeightsMissingError(f"{DEFAULT_WEIGHTS}: no default weights shipped yet: pass --weights W.safetensors")
+    return DEFAULT_WEIGHTS
+
+
+def check_batch(crops: NDArray, targets: NDArray, intensity: NDArray) -> None:
+    """Raise ValueError naming the argument whose shape or dtype does not fit the protocol."""
+    if not isinstance(crops, np.ndarray) or crops.dtype != np.uint8 or crops.ndim != 4 or crops.shape[3] != 3 \
+            or crops.shape[1] != crops.shape[2]:
+        raise ValueError(f"crops: expected (N, S, S, 3) uint8 BGR, got {getattr(crops, 'dtype', type(crops))} "
+                         f"{getattr(crops, 'shape', None)}")
+    count = crops.shape[0]
+    if np.shape(targets) != (count, len(EXPRESSIONS)):
+        raise ValueError(f"targets: expected ({count}, {len(EXPRESSIONS)}), got {np.shape(targets)}")
+    if np.shape(intensity) != (count,):
+        raise ValueError(f"intensity: expected ({count},), got {np.shape(intensity)}")
+
+
+def to_model_input(crops: NDArray[np.uint8]) -> NDArray[np.float32]:
+    """(N, S, S, 3) uint8 BGR -> (N, 3, S, S) float32 RGB in [-1, 1]."""
+    rgb = crops[..., ::-1].transpose(0, 3, 1, 2).astype(np.float32)
+    return np.ascontiguousarray(rgb / np.float32(127.5) - np.float32(1.0))
+
+
+def from_model_output(images: NDArray[np.float32]) -> NDArray[np.uint8]:
+    """(N, 3, S, S) float RGB in [-1, 1] -> (N, S, S, 3) uint8 BGR; the exact inverse of to_model_input on its range."""
+    pixels = np.clip(np.rint((images + np.float32(1.0)) * np.float32(127.5)), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(pixels.transpose(0, 2, 3, 1)[..., ::-1])
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def onnx_cache_path(weights: Path, fp16: bool, cache_dir: Path) -> Path:
+    """Where the export of these weights lives: keyed by content, so renamed or replaced files never mix up."""
+    return Path(cache_dir) / f"usgan-{file_sha256(weights)[:16]}-{'fp16' if fp16 else 'fp32'}.onnx"
+
+
+# ---------------------------------------------------------------- back-ends
+
+
+class TorchSynthesizer:
+    """The generator in PyTorch (usgan.inference.apply_generator)."""
+
+    def __init__(self, weights: Path, device: TorchDevice = "auto", threads: int = 0):
+        if threads > 0:
+            torch.set_num_threads(threads)  # per process; convert workers ask for 1 each
+        chosen = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+        self.generator, self.info = load_generator(weights, device=chosen)
+        self.image_size = self.info.image_size
+        log.info("%s: torch generator on %s at %d px", weights, chosen, self.image_size)
+
+    def synthesize(self, crops: NDArray[np.uint8], targets: NDArray[np.float32],
+                   intensity: NDArray[np.float32]) -> NDArray[np.uint8]:
+        check_batch(crops, targets, intensity)
+        x = torch.from_numpy(to_model_input(crops))
+        y = apply_generator(self.generator, self.info, x, torch.from_numpy(np.asarray(targets, np.float32)),
+                            intensity=torch.from_numpy(np.asarray(intensity, np.float32)))
+        return from_model_output(y.numpy())
+
+
+class OnnxSynthesizer:
+    """The generator exported to ONNX (once per weights file, cached) and run by ONNX Runtime."""
+
+    def __init__(self, weights: Path, config: OnnxConfig = OnnxConfig()):
+        from usgan.export import create_session, session_weights_info
+
+        self.fp16 = gpu_provider_usable(config.preference) if config.fp16 is None else config.fp16
+        cache_dir = Path(config.cache_dir).expanduser()
+        path = exported_onnx(weights, self.fp16, cache_dir)
+        self.session = create_session(path, config.preference, self.fp16, cache_dir / "tensorrt", config.threads)
+        self.info: WeightsInfo = session_weights_info(self.session, path)
+        self.image_size = self.info.image_size
+
+    def synthesize(self, crops: NDArray[np.uint8], targets: NDArray[np.float32],
+                   intensity: NDArray[np.float32]) -> NDArray[np.uint8]:
+        from usgan.export import run_generator
+
+        check_batch(crops, targets, intensity)
+        x = torch.from_numpy(to_model_input(crops))
+        small = resize_to_generator(x, self.image_size).numpy()
+        output = run_generator(self.session, small, np.asarray(targets, np.float32))
+        # The fp16 graph adds the residual to the fp16-rounded input: subtract that, so a zero residual stays zero.
+        base = small.astype(np.float16).astype(np.float32) if self.fp16 else small
+        residual = resize_residual(torch.from_numpy(output - base), tuple(x.shape[2:]))
+        scale = torch.from_numpy(np.asarray(intensity, np.float32)).reshape(-1, 1, 1, 1)
+        return from_model_output((x + scale * residual).clamp(-1.0, 1.0).numpy())
+
+
+def gpu_provider_usable(preference: OnnxPreference) -> bool:
+    """True when ONNX Runtime would run on a GPU (CUDA or TensorRT) for this preference."""
+    import onnxruntime as ort
+
+    from usgan.export import CUDA, usable_providers
+
+    return preference != "cpu" and CUDA in usable_providers(ort.get_available_providers())
+
+
+def exported_onnx(weights: Path, fp16: bool, cache_dir: Path) -> Path:
+    """The cached ONNX export of weights, exporting it first when it is not there yet."""
+    from usgan.checkpoint import CheckpointError
+    from usgan.export import export_onnx
+
+    if not Path(weights).is_file():
+        raise CheckpointError(f"{weights}: no such file")
+    path = onnx_cache_path(weights, fp16, cache_dir)
+    if not path.is_file():
+        log.info("%s: exporting to %s (once per weights file)", weights, path)
+        export_onnx(weights, path, fp16=fp16)
+    return path
+
+
+def build_synthesizer(config: SynthesizerConfig) -> FaceSynthesizer:
+    """The back-end config.backend names, loaded with config.weights (or the shipped default)."""
+    weights = resolve_weights(config.weights)
+    if config.backend == "torch":
+        return TorchSynthesizer(weights, config.device, config.threads)
+    if config.backend == "onnx":
+        return OnnxSynthesizer(weights, config.onnx)
+    raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}, got {config.backend!r}")

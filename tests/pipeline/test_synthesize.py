@@ -1,0 +1,118 @@
+"""pipeline.synthesize: both back-ends on real tiny generators, exact identity, the ONNX export cache."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+import pipeline.synthesize as synthesize
+import usgan.export
+from pipeline.synthesize import (
+    OnnxConfig,
+    OnnxSynthesizer,
+    SynthesizerConfig,
+    TorchSynthesizer,
+    WeightsMissingError,
+    build_synthesizer,
+    from_model_output,
+    onnx_cache_path,
+    resolve_weights,
+    to_model_input,
+)
+
+
+def crops(size: int, count: int = 4) -> np.ndarray:
+    return np.random.default_rng(size).integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+
+
+TARGETS = np.eye(7, dtype=np.float32)[[3, 5, 0, 6]]
+TARGETS[3] = 0.0
+TARGETS[3, [3, 5]] = 0.5  # a cross-fade mix between happy and sad
+INTENSITY = np.array([1.0, 0.5, 0.0, 1.0], np.float32)
+
+
+def make(backend: str, path, tmp_path):
+    if backend == "torch":
+        return TorchSynthesizer(path)
+    return OnnxSynthesizer(path, OnnxConfig(preference="cpu", cache_dir=str(tmp_path / "onnx")))
+
+
+def test_uint8_conversion_is_exact_and_bgr_to_rgb():
+    values = np.arange(256, dtype=np.uint8)
+    image = np.stack([values, values[::-1], np.roll(values, 7)], axis=-1).reshape(1, 16, 16, 3)
+    x = to_model_input(image)
+    assert x.shape == (1, 3, 16, 16) and x.dtype == np.float32 and x.min() == -1.0 and x.max() == 1.0
+    np.testing.assert_array_equal(x[0, 0], to_model_input(image[..., ::-1].copy())[0, 2])  # R plane = BGR's last
+    np.testing.assert_array_equal(from_model_output(x), image)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+@pytest.mark.parametrize("size", [32, 96])
+def test_zero_residual_returns_the_crops_bit_exactly(weights, tmp_path, backend, size):
+    synthesizer = make(backend, weights["identity"], tmp_path)
+    batch = crops(size)
+    out = synthesizer.synthesize(batch, TARGETS, INTENSITY)
+    assert out.dtype == np.uint8 and out.shape == batch.shape
+    np.testing.assert_array_equal(out, batch)
+
+
+@pytest.mark.parametrize("size", [32, 96])
+def test_torch_and_onnx_back_ends_agree(weights, tmp_path, size):
+    batch = crops(size)
+    a = make("torch", weights["random"], tmp_path).synthesize(batch, TARGETS, INTENSITY)
+    b = make("onnx", weights["random"], tmp_path).synthesize(batch, TARGETS, INTENSITY)
+    difference = np.abs(a.astype(int) - b.astype(int))
+    assert difference.max() <= 1 and difference.mean() < 0.01  # rounding of values within 1e-5 of a .5 boundary
+    assert np.abs(a.astype(int) - batch).mean() > 5  # the random generator really changes the crops
+    np.testing.assert_array_equal(a[2], batch[2])  # intensity 0: unchanged
+
+
+def test_intensity_scales_the_change(weights):
+    synthesizer = TorchSynthesizer(weights["random"])
+    batch = np.repeat(crops(64, 1), 2, axis=0)
+    out = synthesizer.synthesize(batch, np.repeat(TARGETS[:1], 2, axis=0), np.array([1.0, 0.5], np.float32))
+    full, half = out[0].astype(float) - batch[0], out[1].astype(float) - batch[1]
+    unclipped = (batch[0] > 40) & (batch[0] < 215) & (np.abs(full) < 40)  # away from the clamp at 0 and 255
+    np.testing.assert_allclose(half[unclipped], full[unclipped] / 2, atol=1.0)
+
+
+def test_onnx_export_is_cached_by_the_weights_content(weights, tmp_path, monkeypatch):
+    exports = []
+    original = usgan.export.export_onnx
+    monkeypatch.setattr(usgan.export, "export_onnx", lambda *a, **k: exports.append(a) or original(*a, **k))
+    config = OnnxConfig(preference="cpu", cache_dir=str(tmp_path / "cache"))
+    OnnxSynthesizer(weights["random"], config)
+    renamed = shutil.copy(weights["random"], tmp_path / "renamed.safetensors")
+    OnnxSynthesizer(renamed, config)  # same content under another name: no new export
+    assert len(exports) == 1
+    cached = onnx_cache_path(weights["random"], False, tmp_path / "cache")
+    assert cached.is_file() and cached == onnx_cache_path(renamed, False, tmp_path / "cache")
+    assert onnx_cache_path(weights["identity"], False, tmp_path / "cache") != cached
+
+
+def test_build_synthesizer_follows_the_config(weights, tmp_path):
+    onnx = OnnxConfig(preference="cpu", cache_dir=str(tmp_path))
+    assert isinstance(build_synthesizer(SynthesizerConfig("torch", weights["random"])), TorchSynthesizer)
+    built = build_synthesizer(SynthesizerConfig("onnx", weights["random"], onnx=onnx))
+    assert isinstance(built, OnnxSynthesizer) and built.image_size == 32 and not built.fp16
+
+
+def test_default_weights_missing_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(synthesize, "DEFAULT_WEIGHTS", tmp_path / "weights" / "usgan_tfeid.safetensors")
+    with pytest.raises(WeightsMissingError, match="no default weights shipped yet: pass --weights W.safetensors"):
+        resolve_weights(None)
+    assert resolve_weights(tmp_path / "w.safetensors") == tmp_path / "w.safetensors"
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c, t, i: (c.astype(np.float32), t, i), "crops"),
+    (lambda c, t, i: (c[:, :, :-1], t, i), "crops"),
+    (lambda c, t, i: (c, t[:, :6], i), "targets"),
+    (lambda c, t, i: (c, t, i[:2]), "intensity"),
+])
+def test_bad_batches_name_the_argument(weights, change, message):
+    synthesizer = TorchSynthesizer(weights["identity"])
+    with pytest.raises(ValueError, match=message):
+        synthesizer.synthesize(*change(crops(32), TARGETS, INTENSITY))
