@@ -283,8 +283,8 @@ def process_overrides(options: dict) -> dict:
 
 
 @cli.command("process")
-@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))  # checked by process_file: one line
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="Output file; default: INPUT's folder, <stem>_<expression>.<ext>.")
 @processing_options
 @click.option("--no-progress", is_flag=True, help="No progress bar.")

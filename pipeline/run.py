@@ -287,7 +287,7 @@ def input_kind(path: Path) -> Literal["video", "image"]:
 
 def process_file(input_path: Path, output: Path, config: ProcessConfig, models: Models | None = None) -> ProcessResult:
     """process_video or process_image, chosen by INPUT's extension."""
-    input_path = Path(input_path)
+    input_path = check_input_file(Path(input_path))
     if input_kind(input_path) == "video":
         return process_video(input_path, output, config, models)
     return process_image(input_path, output, config, models)

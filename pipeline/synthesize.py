@@ -196,7 +196,11 @@ def exported_onnx(weights: Path, fp16: bool, cache_dir: Path) -> Path:
     path = onnx_cache_path(weights, fp16, cache_dir)
     if not path.is_file():
         log.info("%s: exporting to %s (once per weights file)", weights, path)
-        export_onnx(weights, path, fp16=fp16)
+        try:
+            export_onnx(weights, path, fp16=fp16)
+        except OSError as error:
+            raise UserError(f"{path}: cannot write the ONNX export ({error.strerror or error}); "
+                            "set synthesizer.onnx.cache_dir to a writable folder") from error
     return path
 
 

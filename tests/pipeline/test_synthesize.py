@@ -9,6 +9,7 @@ import pytest
 
 import pipeline.synthesize as synthesize
 import usgan.export
+from usgan.errors import UserError
 from pipeline.synthesize import (
     OnnxConfig,
     OnnxSynthesizer,
@@ -116,3 +117,10 @@ def test_bad_batches_name_the_argument(weights, change, message):
     synthesizer = TorchSynthesizer(weights["identity"])
     with pytest.raises(ValueError, match=message):
         synthesizer.synthesize(*change(crops(32), TARGETS, INTENSITY))
+
+
+def test_unwritable_onnx_cache_is_one_line(weights, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a regular file where the cache folder should be")
+    with pytest.raises(UserError, match="cannot write the ONNX export"):
+        OnnxSynthesizer(weights["random"], OnnxConfig(preference="cpu", cache_dir=str(blocker / "onnx")))
