@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pipeline.errors import nearest_existing_folder
 from pipeline.images import is_image_path
@@ -147,7 +147,7 @@ def read_manifest(path: Path) -> dict[str, FileResult]:
 
 
 def write_manifest(path: Path, results: dict[str, FileResult], config: ProcessConfig) -> None:
-    """OUT_DIR/manifest.json, atomically: per-file status, reason, faces, seconds and the settings they were made with."""
+    """OUT_DIR/manifest.json, atomically: each file's status, reason, faces, seconds and settings key."""
     files = {source: {k: v for k, v in asdict(result).items() if k != "source"}
              for source, result in sorted(results.items())}
     document = {"version": MANIFEST_VERSION, "expression": config.expression, "counts": dict(

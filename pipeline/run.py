@@ -37,8 +37,8 @@ from pipeline.types import (
     BACKENDS, BLEND_MODES, FACE_SELECTIONS, AlignedCrop, BlendMode, Face, FaceSelection, Frame, Mask, VideoFrame,
 )
 from pipeline.video import (
-    VIDEO_CODECS, EncoderConfig, choose_encoder, decode_video, encode_video, is_video_path, output_container,
-    probe_video, rotate_stored, rotate_upright,
+    VIDEO_CODECS, EncoderConfig, choose_encoder, codec_for_container, decode_video, encode_video, is_video_path,
+    output_container, probe_video, rotate_stored, rotate_upright,
 )
 from usgan.config import ConfigError, load_config
 from usgan.expressions import EXPRESSIONS, expression_index
@@ -379,7 +379,6 @@ class RunCounts:
     faces_found: int = 0
     faces_edited: int = 0
     align_seconds: float = 0.0
-    encode_wait: float = 0.0
 
 
 # ---------------------------------------------------------------- video stages
@@ -424,15 +423,17 @@ def blend_stage(frames: Iterable[EditedFrame], mask: Mask, config: ProcessConfig
         yield replace(edited.frame, image=rotate_stored(image, rotation) if rotation else image)
 
 
-def encoder_config(config: ProcessConfig) -> EncoderConfig:
-    """config.encoder with its codec resolved: "auto" is NVENC when CUDA and FFmpeg's nvenc are there."""
+def encoder_config(config: ProcessConfig, output: Path) -> EncoderConfig:
+    """config.encoder with its codec resolved: "auto" is NVENC when CUDA and FFmpeg's nvenc are there, else
+    libx264, or VP9 for WebM (quietly: only an explicit codec the container refuses is worth a warning)."""
     if config.video_codec != "auto":
         return replace(config.encoder, codec=choose_encoder(False, config.video_codec))
     import av
     import torch
 
     cuda = torch.cuda.is_available() and "h264_nvenc" in av.codecs_available
-    return replace(config.encoder, codec=choose_encoder(cuda))
+    codec = codec_for_container(choose_encoder(cuda), output_container(output))
+    return replace(config.encoder, codec=codec)  # type: ignore[arg-type]
 
 
 def progress_frames(frames: Iterable[VideoFrame], total: int | None, config: ProcessConfig,
@@ -467,7 +468,7 @@ def process_video(input_path: Path, output: Path, config: ProcessConfig, models:
     encode_started = time.perf_counter()
     summary = run_threads(threads, stop, errors, lambda: encode_video(
         progress_frames(channels[3], info.frames, config, input_path.name), input_path, output,
-        encoder_config(config), info))
+        encoder_config(config, output), info))
     encode_busy = time.perf_counter() - encode_started - channels[3].get_wait
     warn_if_faceless(input_path, counts.faces_found, "the output is the input re-encoded")
     return ProcessResult(output, "video", summary.frames, counts.faces_found, counts.faces_edited,
