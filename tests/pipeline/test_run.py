@@ -240,3 +240,10 @@ def test_image_without_a_face_is_written_unchanged(weights, tmp_path, caplog):
         result = process_image(source, tmp_path / "out.png", config_for(weights["random"]))
     assert result.faces_found == 0 and "no face found" in caplog.text
     np.testing.assert_array_equal(cv2.imread(str(tmp_path / "out.png")), cv2.imread(str(source)))
+
+
+def test_share_threads_fills_only_automatic_counts():
+    config = replace(ProcessConfig(), detector=replace(ProcessConfig().detector, threads=3))
+    shared = run.share_threads(config, cpus=8)
+    assert (shared.detector.threads, shared.synthesizer.threads, shared.synthesizer.onnx.threads) == (3, 4, 4)
+    assert run.share_threads(ProcessConfig(), cpus=1).synthesizer.threads == 1

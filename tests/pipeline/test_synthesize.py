@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 import pipeline.synthesize as synthesize
 import usgan.export
@@ -124,3 +125,13 @@ def test_unwritable_onnx_cache_is_one_line(weights, tmp_path):
     blocker.write_text("a regular file where the cache folder should be")
     with pytest.raises(UserError, match="cannot write the ONNX export"):
         OnnxSynthesizer(weights["random"], OnnxConfig(preference="cpu", cache_dir=str(blocker / "onnx")))
+
+
+def test_torch_thread_count_is_restored_after_a_call(weights):
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        TorchSynthesizer(weights["random"], threads=1).synthesize(crops(32), TARGETS, INTENSITY)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
