@@ -35,7 +35,8 @@ from pipeline.images import image_format, is_image_path, read_image, write_image
 from pipeline.schedule import Mix, Schedule, parse_schedule
 from pipeline.synthesize import FaceSynthesizer, SynthesizerConfig, build_synthesizer, resolve_weights
 from pipeline.types import (
-    BACKENDS, BLEND_MODES, FACE_SELECTIONS, AlignedCrop, BlendMode, Face, FaceSelection, Frame, Mask, VideoFrame,
+    BACKENDS, BLEND_MODES, FACE_SELECTIONS, AlignedCrop, BlendMode, Face, FaceSelection, Frame, Mask, StreamInfo,
+    VideoFrame,
 )
 from pipeline.video import (
     VIDEO_CODECS, EncoderConfig, choose_encoder, codec_for_container, decode_video, encode_video, is_video_path,
@@ -469,26 +470,42 @@ def process_video(input_path: Path, output: Path, config: ProcessConfig, models:
     started = time.perf_counter()
     input_path, output = check_paths(Path(input_path), Path(output), "video")
     info = probe_video(input_path)
+    encoder = encoder_config(config, output)
     models = models or load_models(config)
     counts, stop, errors = RunCounts(), threading.Event(), []
-    channels = [Channel(config.queue_size, stop) for _ in range(4)]
-    threads = [
-        StageThread("decode", lambda _: decode_stage(input_path, info.rotation), (), channels[0], errors),
-        StageThread("detect", lambda src: face_stage(src, models, config, info.start_time, counts), channels[0],
-                    channels[1], errors),
-        StageThread("synthesize", lambda src: synthesize_stage(src, models.synthesizer, config.batch_size),
-                    channels[1], channels[2], errors),
-        StageThread("blend", lambda src: blend_stage(src, models.mask, config, info.rotation, counts), channels[2],
-                    channels[3], errors),
-    ]
+    threads, frames = video_stages(input_path, info, models, config, counts, Stages(stop, errors))
     encode_started = time.perf_counter()
     summary = run_threads(threads, stop, errors, lambda: encode_video(
-        progress_frames(channels[3], info.frames, config, input_path.name), input_path, output,
-        encoder_config(config, output), info))
-    encode_busy = time.perf_counter() - encode_started - channels[3].get_wait
+        progress_frames(frames, info.frames, config, input_path.name), input_path, output, encoder, info))
+    encode_busy = time.perf_counter() - encode_started - frames.get_wait
     warn_if_faceless(input_path, counts.faces_found, "the output is the input re-encoded")
     return ProcessResult(output, "video", summary.frames, counts.faces_found, counts.faces_edited,
                          time.perf_counter() - started, stage_times(threads, counts, encode_busy))
+
+
+@dataclass(frozen=True)
+class Stages:
+    """What every stage thread of one run shares: the stop signal and the list its errors go to."""
+
+    stop: threading.Event
+    errors: list[BaseException]
+
+
+def video_stages(input_path: Path, info: StreamInfo, models: Models, config: ProcessConfig, counts: RunCounts,
+                 shared: Stages) -> tuple[list[StageThread], Channel]:
+    """The decode, detect, synthesize and blend threads (not started) and the channel of finished frames."""
+    channels = [Channel(config.queue_size, shared.stop) for _ in range(4)]
+    works: list[Callable[[Iterable[Any]], Iterable[Any]]] = [
+        lambda _: decode_stage(input_path, info.rotation),
+        lambda frames: face_stage(frames, models, config, info.start_time, counts),
+        lambda jobs: synthesize_stage(jobs, models.synthesizer, config.batch_size),
+        lambda edited: blend_stage(edited, models.mask, config, info.rotation, counts),
+    ]
+    sources: list[Iterable[Any]] = [(), *channels[:3]]
+    threads = [StageThread(name, work, source, sink, shared.errors)
+               for name, work, source, sink in zip(("decode", "detect", "synthesize", "blend"), works, sources,
+                                                   channels)]
+    return threads, channels[3]
 
 
 def run_threads(threads: Sequence[StageThread], stop: threading.Event, errors: list[BaseException],
