@@ -14,7 +14,6 @@ row mixes two expressions (weights summing to 1), which the generator takes as a
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import torch
 from numpy.typing import NDArray
 
 from pipeline.types import BACKENDS, Backend
-from usgan.checkpoint import WeightsInfo, load_generator
+from usgan.checkpoint import WeightsInfo, file_sha256, load_generator
 from usgan.errors import UserError
 from usgan.expressions import EXPRESSIONS
 from usgan.inference import apply_generator, resize_residual, resize_to_generator
@@ -113,14 +112,6 @@ def from_model_output(images: NDArray[np.float32]) -> NDArray[np.uint8]:
     """(N, 3, S, S) float RGB in [-1, 1] -> (N, S, S, 3) uint8 BGR; the exact inverse of to_model_input on its range."""
     pixels = np.clip(np.rint((images + np.float32(1.0)) * np.float32(127.5)), 0, 255).astype(np.uint8)
     return np.ascontiguousarray(pixels.transpose(0, 2, 3, 1)[..., ::-1])
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def onnx_cache_path(weights: Path, fp16: bool, cache_dir: Path) -> Path:

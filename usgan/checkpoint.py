@@ -209,7 +209,8 @@ def _official_generator(path: Path, state: dict[str, torch.Tensor]) -> Generator
     return generator.eval()
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -246,7 +247,7 @@ def import_official(
         image_size=image_size,
         dataset=OFFICIAL_DATASET,
         license=OFFICIAL_LICENSE,
-        notes={"source_file": ckpt_path.name, "source_sha256": _sha256(ckpt_path),
+        notes={"source_file": ckpt_path.name, "source_sha256": file_sha256(ckpt_path),
                "source_label_order": list(label_order)},
     )
     save_generator(out_path, generator, info)
