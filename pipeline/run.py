@@ -33,7 +33,9 @@ from pipeline.errors import InputError, OutputError, check_input_file, check_out
 from pipeline.faces import DetectorConfig, FaceDetector, TrackerConfig, align_face, select_faces, track_faces
 from pipeline.images import image_format, is_image_path, read_image, write_image
 from pipeline.schedule import Mix, Schedule, parse_schedule
-from pipeline.synthesize import FaceSynthesizer, SynthesizerConfig, build_synthesizer, resolve_weights
+from pipeline.synthesize import (
+    TORCH_PRECISIONS, FaceSynthesizer, SynthesizerConfig, build_synthesizer, resolve_weights,
+)
 from pipeline.types import (
     BACKENDS, BLEND_MODES, FACE_SELECTIONS, AlignedCrop, BlendMode, Face, FaceSelection, Frame, Mask, StreamInfo,
     VideoFrame,
@@ -48,6 +50,8 @@ from usgan.expressions import EXPRESSIONS, expression_index
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pipeline" / "default.yaml"
+FAST_PRESET = DEFAULT_CONFIG.with_name("fast.yaml")
+"""The `--fast` preset: a partial config whose keys override the base config (explicit options override both)."""
 STAGES: tuple[str, ...] = ("decode", "detect", "align", "synthesize", "blend", "encode")
 _POLL_S = 0.1  # how often a blocked queue wait checks whether the run was stopped
 _JOIN_S = 10.0  # how long the caller waits for a stopped worker (one generator batch at most)
@@ -108,6 +112,11 @@ def check_config(config: ProcessConfig, where: str = "config") -> ProcessConfig:
         ("faces", config.faces in FACE_SELECTIONS, f"one of {', '.join(FACE_SELECTIONS)}"),
         ("blend", config.blend in BLEND_MODES, f"one of {', '.join(BLEND_MODES)}"),
         ("synthesizer.backend", config.synthesizer.backend in BACKENDS, f"one of {', '.join(BACKENDS)}"),
+        ("synthesizer.precision", config.synthesizer.precision in TORCH_PRECISIONS,
+         f"one of {', '.join(TORCH_PRECISIONS)}"),
+        ("synthesizer.precision", config.synthesizer.precision != "bf16" or config.synthesizer.backend == "torch",
+         "fp32 or auto with the onnx back-end (bf16 is torch-only; ONNX Runtime uses synthesizer.onnx.fp16 on GPUs)"),
+        ("detector.input_size", 32 <= config.detector.input_size <= 4096, "in [32, 4096]"),
         ("video_codec", config.video_codec in ("auto", *VIDEO_CODECS), f"auto or one of {', '.join(VIDEO_CODECS)}"),
         ("intensity", 0.0 <= config.intensity <= 1.0, "in [0, 1]"),
         ("fade", config.fade >= 0.0, ">= 0 seconds"),
@@ -124,10 +133,38 @@ def check_config(config: ProcessConfig, where: str = "config") -> ProcessConfig:
     return config
 
 
-def load_process_config(path: Path | None = DEFAULT_CONFIG, overrides: dict[str, Any] | None = None) -> ProcessConfig:
-    """ProcessConfig from a YAML file (default: configs/pipeline/default.yaml) with dotted-key overrides."""
-    config = load_config(ProcessConfig, path, overrides)
+def load_process_config(path: Path | None = DEFAULT_CONFIG, overrides: dict[str, Any] | None = None,
+                        preset: Path | None = None) -> ProcessConfig:
+    """ProcessConfig from a YAML file (default: configs/pipeline/default.yaml), then a preset's keys (e.g.
+    FAST_PRESET), then dotted-key overrides (None values leave the key to the file and preset)."""
+    given = {key: value for key, value in (overrides or {}).items() if value is not None}
+    merged = {**(preset_overrides(preset) if preset else {}), **given}
+    config = load_config(ProcessConfig, path, merged)
     return check_config(config, str(path) if path else "ProcessConfig")
+
+
+def preset_overrides(path: Path) -> dict[str, Any]:
+    """A partial config YAML flattened to dotted keys ({'detector': {'input_size': 320}} -> 'detector.input_size')."""
+    import yaml
+
+    try:
+        mapping = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"{path}: cannot read preset: {str(error).splitlines()[0]}") from error
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"{path}: a preset must be a mapping of config keys")
+    return flatten_keys(mapping)
+
+
+def flatten_keys(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping -> {dotted key: leaf value}."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            flat.update(flatten_keys(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def schedule_label(schedule: Schedule) -> str:

@@ -26,6 +26,7 @@ from clips import face_frame, leftovers, make_clip, portrait, psnr
 from pipeline.faces import FaceDetector
 from pipeline.run import load_process_config
 from pipeline.video import probe_video
+from usgan.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 TRACEBACK = "Traceback"
@@ -299,3 +300,33 @@ def test_shared_clip_end_to_end(shared_dir, weights, tmp_path, name, blend):
         changed = np.abs(frames_out[index][inside].astype(int) - frames_in[index][inside]).mean()
         assert changed > 5.0, (index, changed)
         assert psnr(frames_out[index][outside], frames_in[index][outside]) >= 35.0
+
+
+class Captured(UserError):
+    """Raised by a stand-in for the pipeline once it has recorded the config the CLI built."""
+
+
+def capture_config(seen: list, position: int):
+    def stand_in(*args, **kwargs):
+        seen.append(args[position])
+        raise Captured("config captured")
+    return stand_in
+
+
+def test_fast_preset_and_precision_reach_the_config(weights, tmp_path, monkeypatch):
+    """--fast loads configs/pipeline/fast.yaml under the explicit options; process and convert both take it."""
+    import pipeline.batch
+    import pipeline.run
+
+    seen: list = []
+    monkeypatch.setattr(pipeline.run, "process_file", capture_config(seen, 2))
+    monkeypatch.setattr(pipeline.batch, "convert_dir", capture_config(seen, 2))
+    source = tmp_path / "in.png"
+    cv2.imwrite(str(source), face_frame(120, 90, 0))
+    invoke("process", source, "-e", "sad", "--weights", weights["random"], "--fast", "--detect-every", "5")
+    invoke("process", source, "-e", "sad", "--weights", weights["random"], "--precision", "bf16")
+    invoke("convert", tmp_path, tmp_path / "out", "-e", "sad", "--weights", weights["random"], "--fast")
+    fast, bf16, converted = seen
+    assert (fast.tracker.detect_every, fast.detector.input_size, fast.synthesizer.precision) == (5, 320, "auto")
+    assert (bf16.synthesizer.precision, bf16.detector.input_size) == ("bf16", 640)
+    assert converted.clone_scale == 0.25 and converted.tracker.detect_every == 3

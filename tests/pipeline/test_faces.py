@@ -20,6 +20,7 @@ from pipeline.faces import (
     TrackerConfig,
     align_face,
     crop_template,
+    detector_input_size,
     estimate_affine,
     face_area,
     resolve_detector_path,
@@ -162,13 +163,38 @@ def test_padding_maps_landmarks_back_to_the_frame(detector, padded_detector, por
     np.testing.assert_allclose(padded[0].bbox, plain[0].bbox, atol=2 * tolerance)
 
 
-def test_tight_crop_needs_padding(detector, padded_detector, portrait):
+def test_tight_crop_needs_padding_when_letterboxed_to_640(detector, padded_detector, portrait):
     x1, y1, x2, y2 = detector.detect_faces(portrait)[0].bbox.astype(int)
     tight = np.ascontiguousarray(portrait[y1 + 10 : y2 - 5, x1 + 5 : x2 - 5])
-    assert detector.detect_faces(tight) == []
+    letterboxed = FaceDetector(DetectorConfig(fit_frame=False))  # InsightFace's way: upscaled into 640 x 640
+    assert letterboxed.detect_faces(tight) == []
     faces = padded_detector.detect_faces(tight)
     assert len(faces) == 1
     assert np.all((faces[0].landmarks > 0) & (faces[0].landmarks < tight.shape[1::-1]))
+
+
+def test_tight_crop_is_found_at_its_own_size(detector, padded_detector, portrait):
+    x1, y1, x2, y2 = detector.detect_faces(portrait)[0].bbox.astype(int)
+    tight = np.ascontiguousarray(portrait[y1 + 10 : y2 - 5, x1 + 5 : x2 - 5])
+    faces, padded = detector.detect_faces(tight), padded_detector.detect_faces(tight)
+    assert len(faces) == len(padded) == 1
+    np.testing.assert_allclose(faces[0].landmarks, padded[0].landmarks, atol=0.05 * tight.shape[1])
+
+
+@pytest.mark.parametrize(
+    "shape, size, fit, expected",
+    [
+        ((480, 480, 3), 640, True, (480, 480)),  # never upscaled
+        ((720, 1280, 3), 640, True, (640, 384)),  # aspect kept, rounded up to a multiple of 32
+        ((1280, 720, 3), 640, True, (384, 640)),
+        ((1080, 1920, 3), 320, True, (320, 192)),
+        ((100, 80, 3), 640, True, (96, 128)),
+        ((20, 20, 3), 640, True, (32, 32)),
+        ((480, 480, 3), 640, False, (640, 640)),  # InsightFace's square letterbox
+    ],
+)
+def test_detector_input_size(shape, size, fit, expected):
+    assert detector_input_size(shape, size, fit) == expected
 
 
 def test_tfeid_photo_is_found_with_padding(padded_detector, tfeid_dir):
@@ -328,10 +354,57 @@ def test_track_faces_detects_every_nth_frame(detector, portrait):
         image = canvas.copy()
         image[10 : 10 + portrait.shape[0], 20 + 4 * n : 20 + 4 * n + portrait.shape[1]] = portrait
         frames.append(VideoFrame(index=n, image=image, pts=n, time_base=Fraction(1, 30), time=n / 30))
-    results = list(track_faces(frames, detector, TrackerConfig(detect_every=3)))
+    results = list(track_faces(frames, detector, TrackerConfig(detect_every=3, interpolate=False)))
     assert [len(faces) for _, faces in results] == [1] * 6
     assert len({faces[0].track_id for _, faces in results}) == 1
-    # Frames 1, 2 and 4, 5 reuse the last smoothed faces instead of detecting.
+    # Frames 1, 2 and 4, 5 hold the last smoothed faces instead of detecting.
     assert results[1][1][0] is results[0][1][0] and results[2][1][0] is results[0][1][0]
     assert results[3][1][0] is not results[0][1][0]
     assert results[3][1][0].landmarks[0, 0] > results[0][1][0].landmarks[0, 0]
+
+
+class CountingDetector:
+    """A real detector that counts its calls."""
+
+    def __init__(self, detector: FaceDetector):
+        self.detector, self.calls = detector, 0
+
+    def detect_faces(self, image: np.ndarray) -> list[Face]:
+        self.calls += 1
+        return self.detector.detect_faces(image)
+
+
+def test_track_faces_interpolates_between_detections(detector, portrait):
+    canvas = np.full((320, 420, 3), 200, np.uint8)
+    frames = []
+    for n in range(7):
+        image = canvas.copy()
+        image[10 : 10 + portrait.shape[0], 20 + 6 * n : 20 + 6 * n + portrait.shape[1]] = portrait
+        frames.append(VideoFrame(index=n, image=image, pts=n, time_base=Fraction(1, 30), time=n / 30))
+    counting = CountingDetector(detector)
+    config = TrackerConfig(detect_every=3, smooth=False)
+    results = list(track_faces(frames, counting, config))
+    assert counting.calls == 3  # frames 0, 3 and 6
+    assert [frame.index for frame, _ in results] == list(range(7))  # waiting frames keep their order
+    x = [faces[0].landmarks[0, 0] for _, faces in results]
+    np.testing.assert_allclose(x[1], x[0] + (x[3] - x[0]) / 3, atol=1e-3)
+    np.testing.assert_allclose(x[2], x[0] + 2 * (x[3] - x[0]) / 3, atol=1e-3)
+    assert x[0] < x[1] < x[2] < x[3] < x[4] < x[5] < x[6]
+    assert len({faces[0].track_id for _, faces in results}) == 1
+
+
+def test_track_faces_holds_after_the_last_detection(detector, portrait):
+    frames = [VideoFrame(index=n, image=portrait, pts=n, time_base=Fraction(1, 30), time=n / 30) for n in range(5)]
+    results = list(track_faces(frames, detector, TrackerConfig(detect_every=3)))
+    assert len(results) == 5
+    assert results[4][1][0] is results[3][1][0]  # no later detection to interpolate towards
+
+
+def test_a_face_lost_at_the_next_detection_is_held_not_interpolated(detector, portrait):
+    blank = np.full_like(portrait, 200)
+    images = [portrait, portrait, blank]
+    frames = [VideoFrame(index=n, image=image, pts=n, time_base=Fraction(1, 30), time=n / 30)
+              for n, image in enumerate(images)]
+    results = list(track_faces(frames, detector, TrackerConfig(detect_every=2)))
+    assert results[1][1][0] is results[0][1][0]
+    assert results[2][1] == []

@@ -15,7 +15,7 @@ import pytest
 
 import pipeline.run as run
 from clips import decode_frames, face_frame, leftovers, make_clip, psnr, tight_crop
-from pipeline.faces import FaceDetector
+from pipeline.faces import DetectorConfig, FaceDetector
 from pipeline.run import (
     FaceJob,
     ProcessConfig,
@@ -80,6 +80,42 @@ def test_default_yaml_is_the_dataclass_defaults_and_overrides_apply():
     assert load_process_config() == ProcessConfig()
     config = load_process_config(overrides={"blend": "feather", "tracker.detect_every": 3, "encoder.crf": 23})
     assert (config.blend, config.tracker.detect_every, config.encoder.crf) == ("feather", 3, 23)
+
+
+def test_fast_preset_sits_between_the_config_file_and_explicit_options():
+    fast = load_process_config(preset=run.FAST_PRESET)
+    default = load_process_config()
+    assert fast.tracker.detect_every > default.tracker.detect_every
+    assert fast.detector.input_size < default.detector.input_size
+    assert (fast.synthesizer.precision, fast.clone_scale) == ("auto", 0.25)
+    assert (fast.blend, fast.crop_size, fast.encoder) == (default.blend, default.crop_size, default.encoder)
+    explicit = load_process_config(preset=run.FAST_PRESET, overrides={"tracker.detect_every": 1, "clone_scale": None})
+    assert (explicit.tracker.detect_every, explicit.clone_scale) == (1, 0.25)  # None leaves the preset's value
+
+
+def test_preset_with_an_unknown_key_is_a_config_error(tmp_path):
+    preset = tmp_path / "preset.yaml"
+    preset.write_text("detector:\n  size: 320\n")
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_process_config(preset=preset)
+    preset.write_text("- just a list\n")
+    with pytest.raises(ConfigError, match="preset.yaml: a preset must be a mapping"):
+        load_process_config(preset=preset)
+
+
+def test_flatten_keys():
+    assert run.flatten_keys({"a": 1, "b": {"c": 2, "d": {"e": [3]}}}) == {"a": 1, "b.c": 2, "b.d.e": [3]}
+
+
+@pytest.mark.parametrize("change, name", [
+    ({"synthesizer": SynthesizerConfig(precision="fp16")}, "synthesizer.precision"),
+    ({"synthesizer": SynthesizerConfig(backend="onnx", precision="bf16")}, "bf16 is torch-only"),
+    ({"detector": DetectorConfig(input_size=16)}, "detector.input_size"),
+])
+def test_bad_generator_and_detector_settings_are_config_errors(change, name):
+    with pytest.raises(ConfigError, match=name):
+        check_config(replace(ProcessConfig(), **change))
+    assert check_config(replace(ProcessConfig(), synthesizer=SynthesizerConfig(backend="onnx", precision="auto")))
 
 
 @pytest.mark.parametrize("change, name", [

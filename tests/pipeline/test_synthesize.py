@@ -135,3 +135,20 @@ def test_torch_thread_count_is_restored_after_a_call(weights):
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not synthesize.bf16_native("cpu"), reason="this CPU has no native bfloat16")
+def test_bf16_is_close_to_fp32_and_zero_intensity_stays_exact(weights):
+    fp32 = TorchSynthesizer(weights["random"]).synthesize(crops(32), TARGETS, INTENSITY)
+    bf16 = TorchSynthesizer(weights["random"], precision="bf16")
+    out = bf16.synthesize(crops(32), TARGETS, INTENSITY)
+    difference = np.abs(out.astype(int) - fp32.astype(int))
+    assert bf16.precision == "bf16" and 0 < difference.max() <= 8 and difference.mean() < 1.0
+    np.testing.assert_array_equal(out[2], crops(32)[2])  # intensity 0: the crop itself, bit-exact
+
+
+def test_auto_precision_is_bf16_exactly_where_it_is_native(weights, monkeypatch):
+    for native in (True, False):
+        monkeypatch.setattr(synthesize, "bf16_native", lambda device_type, native=native: native)
+        assert TorchSynthesizer(weights["random"], precision="auto").precision == ("bf16" if native else "fp32")
+
