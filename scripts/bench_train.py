@@ -3,7 +3,8 @@
 cycles) for the paper's setup (128², batch 8) on the CPU, with 2 DDP processes on the CPU, and on CUDA when present.
 
 Synthetic batches, so only the model maths is timed (data loading runs in parallel workers in real training).
-Prints a markdown table.
+Prints a markdown table and writes it into docs/BENCHMARKS.md (section "train"; --no-write to skip). Another training
+run on the same CPU halves these numbers: pause it for the measurement.
 
     .venv/bin/python scripts/bench_train.py --steps 10
     .venv/bin/python scripts/bench_train.py --steps 20 --config configs/train/tfeid.yaml --skip-ddp
@@ -26,6 +27,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+import bench_common as bc  # noqa: E402
 
 from usgan.distributed import DistInfo, barrier, init_distributed, shutdown_distributed  # noqa: E402
 from usgan.expressions import EXPRESSIONS  # noqa: E402
@@ -114,6 +118,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=10, help="timed iterations (rounded up to whole n_critic cycles)")
     parser.add_argument("--config", type=Path, default=None, help="training config (default: paper's 128² b8)")
     parser.add_argument("--skip-ddp", action="store_true", help="skip the 2-process CPU DDP row")
+    parser.add_argument("--note", default="", help="a line added to the section (e.g. what else ran)")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--setup", default="", help=argparse.SUPPRESS)
     parser.add_argument("--cpu", action="store_true", help=argparse.SUPPRESS)
@@ -129,6 +135,7 @@ def main() -> None:
         if result is not None:
             print(RESULT_TAG + json.dumps(result.__dict__), flush=True)
         return
+    clock = bc.RunClock()
     results = [measure(config, args.steps, "CPU, 1 process", use_cuda=False)]
     if not args.skip_ddp:
         results.append(run_torchrun(args, 2, "CPU, DDP gloo", use_cuda=False))
@@ -136,9 +143,15 @@ def main() -> None:
         results.append(measure(config, args.steps, "CUDA, 1 GPU", use_cuda=True))
         if torch.cuda.device_count() > 1:
             results.append(run_torchrun(args, torch.cuda.device_count(), "CUDA, DDP NCCL", use_cuda=True))
-    print(f"threads: torch {torch.get_num_threads()} (CPU cores {os.cpu_count()}); DDP CPU ranks use 1 thread each")
-    print(HEADER)
-    print("\n".join(r.row() for r in results if r is not None))
+    table = HEADER + "\n" + "\n".join(r.row() for r in results if r is not None)
+    notes = (f"- threads: torch {torch.get_num_threads()} (CPU cores {os.cpu_count()}); DDP CPU ranks use 1 thread "
+             f"each. Synthetic batches; config: {args.config or 'the paper defaults'}; "
+             f"{'no GPU on this machine.' if not torch.cuda.is_available() else 'GPU rows included.'}")
+    body = bc.section(f"Training: iterations/s at {config.model.image_size}², batch {config.optim.batch_size}",
+                      bc.command_line(), clock, [table, notes], args.note)
+    print(body)
+    if not args.no_write:
+        bc.write_section("train", body)
 
 
 if __name__ == "__main__":
