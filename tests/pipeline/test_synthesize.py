@@ -151,4 +151,3 @@ def test_auto_precision_is_bf16_exactly_where_it_is_native(weights, monkeypatch)
     for native in (True, False):
         monkeypatch.setattr(synthesize, "bf16_native", lambda device_type, native=native: native)
         assert TorchSynthesizer(weights["random"], precision="auto").precision == ("bf16" if native else "fp32")
-
