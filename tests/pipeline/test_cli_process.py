@@ -237,13 +237,13 @@ def test_ctrl_c_exits_130_and_leaves_no_file(weights, tmp_path):
                str(weights["random"]), "-o", str(output), "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     child = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 600  # generous: model loading on a loaded 2-core CI machine can take minutes
     while not leftovers(tmp_path) and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)  # the encoder's temp file appears once frames flow
-    assert leftovers(tmp_path), "processing never started"
+    assert leftovers(tmp_path), f"processing never started (exit code {child.poll()})"
     time.sleep(0.5)
     child.send_signal(signal.SIGINT)
-    stdout, stderr = child.communicate(timeout=60)
+    stdout, stderr = child.communicate(timeout=300)
     assert child.returncode == 130, stderr
     assert TRACEBACK not in stderr and stderr.strip().splitlines()[-1] == "interrupted: no output was written"
     assert not output.exists() and leftovers(tmp_path) == []
