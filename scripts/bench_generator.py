@@ -193,16 +193,19 @@ def convert_rows(args: argparse.Namespace, files: list[Path], in_dir: Path, work
     """
     reference = reference_loop(files, weights[REFERENCE_SIZE], work / "reference")
     reference()  # warm-up: first-call allocations, file cache
-    jobs = {f"{variant} @ {size}²": (VARIANT_FLAGS[variant], weights[size])
+    jobs = {f"{variant} @ {size}²": (args.cli, VARIANT_FLAGS[variant], weights[size])
             for variant in args.variants for size in args.sizes}
+    if args.before:
+        jobs = {**{f"default @ {size}², before ({args.before_label})": (args.before / "cli.py", [], weights[size])
+                   for size in args.sizes}, **jobs}
     best: dict[str, tuple[float, ConvertRun | None]] = {}
     for round_index in range(args.rounds):
         started = time.perf_counter()
         reference()
         seconds = time.perf_counter() - started
         best["reference"] = min(best.get("reference", (math.inf, None)), (seconds, None), key=lambda x: x[0])
-        for label, (flags, path) in jobs.items():
-            run = run_convert(args.cli, in_dir, work / f"out-{round_index}-{len(best)}-{label[:4]}", path, flags)
+        for n, (label, (cli, flags, path)) in enumerate(jobs.items()):
+            run = run_convert(cli, in_dir, work / f"out-{round_index}-{n}", path, flags)
             if run.per_file_s < best.get(label, (math.inf, None))[0]:
                 best[label] = (run.per_file_s, run)
     count = len(files)
@@ -241,6 +244,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--weights", type=Path, default=None, help="a real generator file (speed is the same)")
     parser.add_argument("--variants", nargs="+", default=["default", "fast"], choices=list(VARIANT_FLAGS))
     parser.add_argument("--cli", type=Path, default=bc.REPO / "cli.py", help="the cli.py whose convert is timed")
+    parser.add_argument("--before", type=Path, default=None, help="an older checkout whose convert is timed too")
+    parser.add_argument("--before-label", default="before", help="how the older checkout is named in the table")
     parser.add_argument("--note", default="", help="a line added to the section (e.g. what else ran)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
     args = parser.parse_args()
