@@ -184,10 +184,8 @@ def one_line(error: BaseException) -> str:
     return text if isinstance(error, UserError) else f"{type(error).__name__}: {text}"
 
 
-def convert_chunk(sources: Sequence[Source], out_dir: Path, config: ProcessConfig, settings: str,
-                  jobs: int = 1) -> list[FileResult]:
+def convert_chunk(sources: Sequence[Source], out_dir: Path, config: ProcessConfig, settings: str) -> list[FileResult]:
     """Convert several files with one set of models (a worker's unit of work)."""
-    config = worker_config(config, jobs, images_only(sources))
     try:
         models = load_models(config)
     except UserError as error:  # weights or detector unusable: every file of the chunk fails with that reason
@@ -195,16 +193,11 @@ def convert_chunk(sources: Sequence[Source], out_dir: Path, config: ProcessConfi
     return [convert_file(source, out_dir, config, models, settings) for source in sources]
 
 
-def worker_config(config: ProcessConfig, jobs: int, images: bool = False) -> ProcessConfig:
-    """Per-worker config: no progress bars, and the cores shared out between the workers (and, for videos, between
-    the detector and the generator, which then run at once; a worker with only still images runs them in turn)."""
+def worker_config(config: ProcessConfig, jobs: int) -> ProcessConfig:
+    """Per-worker config: no progress bars, and the cores shared out between the workers."""
     cpus = max(1, (os.cpu_count() or 1) // jobs)
     encoder = replace(config.encoder, threads=config.encoder.threads or cpus)
-    return share_threads(replace(config, progress=False, encoder=encoder), cpus, models_at_once=1 if images else 2)
-
-
-def images_only(sources: Sequence[Source]) -> bool:
-    return all(is_image_path(source.path) for source in sources)
+    return share_threads(replace(config, progress=False, encoder=encoder), cpus)
 
 
 def chunked(items: Sequence[Source], jobs: int) -> list[list[Source]]:
@@ -216,16 +209,16 @@ def run_chunks(todo: Sequence[Source], out_dir: Path, config: ProcessConfig, job
                settings: str) -> Iterator[list[FileResult]]:
     """Results as they finish: file by file in this process (jobs 1), chunk by chunk from joblib workers."""
     if jobs <= 1:
-        chunk_config = worker_config(config, 1, images_only(todo))
+        chunk_config = worker_config(config, 1)
         models = load_models(chunk_config) if todo else None
         for source in todo:
             yield [convert_file(source, out_dir, chunk_config, models, settings)]
         return
     from joblib import Parallel, delayed
 
+    worker = worker_config(config, jobs)
     parallel = Parallel(n_jobs=jobs, return_as="generator_unordered")
-    yield from parallel(delayed(convert_chunk)(chunk, out_dir, config, settings, jobs)
-                        for chunk in chunked(todo, jobs))
+    yield from parallel(delayed(convert_chunk)(chunk, out_dir, worker, settings) for chunk in chunked(todo, jobs))
 
 
 def convert_dir(in_dir: Path, out_dir: Path, config: ProcessConfig, recursive: bool = False,

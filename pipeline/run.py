@@ -210,14 +210,13 @@ class Models:
     mask: Mask
 
 
-def share_threads(config: ProcessConfig, cpus: int, models_at_once: int = 2) -> ProcessConfig:
-    """Fill automatic (0) thread counts of the detector and the generator with cpus // models_at_once each.
+def share_threads(config: ProcessConfig, cpus: int) -> ProcessConfig:
+    """Fill automatic (0) thread counts of the detector and the generator with half of `cpus` each.
 
-    In a video both run at once in their own stage threads, so each library's default (all cores) oversubscribes the
-    CPU: on the 2-core dev box, d18.mp4 ran at 10.8 fps with the defaults and 14.5 fps with one thread each.
-    A batch of still images runs them one after the other (models_at_once=1): each may use every core.
+    Both run at once in their own stage threads, so each library's default (all cores) oversubscribes the CPU:
+    on the 2-core dev box, d18.mp4 ran at 10.8 fps with the defaults and 14.5 fps with one thread each.
     """
-    share = max(1, cpus // max(1, models_at_once))
+    share = max(1, cpus // 2)
     synthesizer, onnx = config.synthesizer, config.synthesizer.onnx
     return replace(
         config, detector=replace(config.detector, threads=config.detector.threads or share),

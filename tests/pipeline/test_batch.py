@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from clips import face_frame, make_clip, portrait, tight_crop
-import pipeline.batch as batch
 from pipeline.batch import BatchError, convert_dir, summary_lines
 from pipeline.run import ProcessConfig
 from pipeline.synthesize import SynthesizerConfig
@@ -115,15 +114,3 @@ def test_two_worker_processes_give_the_same_outputs(weights, photos, tmp_path):
     assert [(r.source, r.status) for r in one.results] == [(r.source, r.status) for r in two.results]
     for name in ("tight.jpg", "sub/portrait.png", "wall.png"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
-
-
-def test_worker_threads_follow_the_kind_of_files(monkeypatch):
-    """Videos run detector and generator at once (half the worker's cores each); still images one after the other."""
-    monkeypatch.setattr(batch.os, "cpu_count", lambda: 8)
-    images = [batch.Source(Path(f"{n}.jpg"), f"{n}.jpg", 1, 1) for n in range(2)]
-    mixed = [*images, batch.Source(Path("clip.mp4"), "clip.mp4", 1, 1)]
-    assert batch.images_only(images) and not batch.images_only(mixed)
-    for jobs, images_flag, expected in ((1, True, 8), (1, False, 4), (2, True, 4), (2, False, 2)):
-        config = batch.worker_config(ProcessConfig(), jobs, images_flag)
-        assert (config.detector.threads, config.synthesizer.threads, config.synthesizer.onnx.threads) == (expected,) * 3
-        assert config.encoder.threads == 8 // jobs and not config.progress
