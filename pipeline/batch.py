@@ -26,7 +26,7 @@ from typing import Literal
 
 from pipeline.errors import nearest_existing_folder
 from pipeline.images import is_image_path
-from pipeline.run import ProcessConfig, load_models, process_file, share_threads
+from pipeline.run import ImageOutcome, ProcessConfig, load_models, process_file, process_images, share_threads
 from pipeline.schedule import parse_schedule
 from pipeline.synthesize import resolve_weights
 from pipeline.video import is_video_path
@@ -169,14 +169,42 @@ def is_complete(source: Source, previous: FileResult | None, out_dir: Path, sett
 def convert_file(source: Source, out_dir: Path, config: ProcessConfig, models, settings: str) -> FileResult:
     """Process one file; any failure becomes a failed result with a one-line reason (the batch goes on)."""
     started = time.perf_counter()
-    stamp = {"settings": settings, "size": source.size, "mtime_ns": source.mtime_ns}
     try:
         result = process_file(source.path, out_dir / source.relative, config, models)
     except Exception as error:  # noqa: BLE001 - one bad file must not stop the batch; its reason is recorded
-        log.debug("%s failed", source.path, exc_info=True)
-        return FileResult(source.relative, "failed", one_line(error), 0, time.perf_counter() - started, **stamp)
+        return file_result(source, settings, ImageOutcome(source.path, error=error), time.perf_counter() - started)
+    return file_result(source, settings, ImageOutcome(source.path, result))
+
+
+def convert_images(sources: Sequence[Source], out_dir: Path, config: ProcessConfig, models,
+                   settings: str) -> Iterator[FileResult]:
+    """Still images through process_images' overlapping stages (generator batched across images), in order."""
+    if not sources:
+        return
+    pairs = [(source.path, out_dir / source.relative) for source in sources]
+    for source, outcome in zip(sources, process_images(pairs, config, models)):
+        yield file_result(source, settings, outcome)
+
+
+def file_result(source: Source, settings: str, outcome: ImageOutcome, seconds: float = 0.0) -> FileResult:
+    """The manifest entry for one file's outcome: done (with a note when no face was found) or failed and why."""
+    stamp = {"settings": settings, "size": source.size, "mtime_ns": source.mtime_ns}
+    if outcome.result is None:
+        log.debug("%s failed", source.path, exc_info=outcome.error)
+        return FileResult(source.relative, "failed", one_line(outcome.error), 0, seconds, **stamp)
+    result = outcome.result
     reason = "" if result.faces_found else "no face found; written unchanged"
     return FileResult(source.relative, "done", reason, result.faces_edited, result.seconds, **stamp)
+
+
+def convert_sources(sources: Sequence[Source], out_dir: Path, config: ProcessConfig, models,
+                    settings: str) -> Iterator[FileResult]:
+    """Every file with one set of models: the still images streamed together, then the videos one by one."""
+    images = [source for source in sources if is_image_path(source.path)]
+    yield from convert_images(images, out_dir, config, models, settings)
+    for source in sources:
+        if not is_image_path(source.path):
+            yield convert_file(source, out_dir, config, models, settings)
 
 
 def one_line(error: BaseException) -> str:
@@ -190,7 +218,7 @@ def convert_chunk(sources: Sequence[Source], out_dir: Path, config: ProcessConfi
         models = load_models(config)
     except UserError as error:  # weights or detector unusable: every file of the chunk fails with that reason
         return [FileResult(s.relative, "failed", one_line(error), settings=settings) for s in sources]
-    return [convert_file(source, out_dir, config, models, settings) for source in sources]
+    return list(convert_sources(sources, out_dir, config, models, settings))
 
 
 def worker_config(config: ProcessConfig, jobs: int) -> ProcessConfig:
@@ -211,8 +239,7 @@ def run_chunks(todo: Sequence[Source], out_dir: Path, config: ProcessConfig, job
     if jobs <= 1:
         chunk_config = worker_config(config, 1)
         models = load_models(chunk_config) if todo else None
-        for source in todo:
-            yield [convert_file(source, out_dir, chunk_config, models, settings)]
+        yield from ([result] for result in convert_sources(todo, out_dir, chunk_config, models, settings))
         return
     from joblib import Parallel, delayed
 

@@ -42,6 +42,9 @@ MAX_IMAGE_PIXELS = 178_956_970
 limit (2 x Image.MAX_IMAGE_PIXELS), so Pillow's global is left alone. A BGR frame this size takes ~540 MB."""
 JPEG_QUALITY = 95
 WEBP_QUALITY = 95
+# PNG is lossless at any level; level 1 wrote 256 px faces 5x faster than Pillow's default 6 (4.3 vs 21 ms) for files
+# 9 % larger (94 vs 86 KiB), and the writer is part of convert's per-image time.
+PNG_COMPRESS_LEVEL = 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -218,6 +221,8 @@ def save_options(format: str, meta: ImageMeta) -> dict[str, object]:
     if format == "JPEG":
         # 4:4:4 chroma: edited faces put sharp colour edges (lips, eyes) where 4:2:0 would bleed.
         options.update(quality=JPEG_QUALITY, subsampling=0)
+    elif format == "PNG":
+        options.update(compress_level=PNG_COMPRESS_LEVEL)
     elif format == "WEBP":
         options.update(quality=WEBP_QUALITY, method=4)
     elif format == "TIFF":

@@ -31,7 +31,7 @@ from numpy.typing import NDArray
 from pipeline.blend import FaceEdit, blend_faces, build_face_mask
 from pipeline.errors import InputError, OutputError, check_input_file, check_output_path
 from pipeline.faces import DetectorConfig, FaceDetector, TrackerConfig, align_face, select_faces, track_faces
-from pipeline.images import image_format, is_image_path, read_image, write_image
+from pipeline.images import ImageMeta, image_format, is_image_path, read_image, write_image
 from pipeline.schedule import Mix, Schedule, parse_schedule
 from pipeline.synthesize import (
     TORCH_PRECISIONS, FaceSynthesizer, SynthesizerConfig, build_synthesizer, resolve_weights,
@@ -561,6 +561,136 @@ def run_threads(threads: Sequence[StageThread], stop: threading.Event, errors: l
         if errors:
             raise errors[0]
     raise RuntimeError("pipeline stopped without an error")  # unreachable: Stopped only follows a worker error
+
+
+# ---------------------------------------------------------------- many still images (convert)
+
+
+IMAGE_QUEUE = 2  # images held between two stages: enough to overlap them, few enough for very large photos
+
+
+@dataclass(frozen=True)
+class ImageTask:
+    """One still image on its way through the stages; the first stage that fails on it sets error, later ones pass
+    it on untouched (one bad file must not stop the others)."""
+
+    index: int
+    source: Path
+    output: Path
+    started: float
+    image: Frame | None = None
+    meta: ImageMeta | None = None
+    job: FaceJob | None = None
+    edited: EditedFrame | None = None
+    error: Exception | None = None
+
+
+@dataclass(frozen=True)
+class ImageOutcome:
+    """One image of process_images: its result, or the error that stopped it."""
+
+    source: Path
+    result: ProcessResult | None = None
+    error: Exception | None = None
+
+
+def attempt(task: ImageTask, step: Callable[[], dict[str, Any]]) -> ImageTask:
+    """task with the fields step() returns, or with the error it raised; a task that already failed is passed on."""
+    if task.error is not None:
+        return task
+    try:
+        return replace(task, **step())
+    except Exception as error:  # noqa: BLE001 - recorded on the task and reported by the caller, file by file
+        return replace(task, error=error)
+
+
+def read_tasks(pairs: Iterable[tuple[Path, Path]]) -> Iterator[ImageTask]:
+    """(input, output) pairs as tasks holding the decoded image and its metadata."""
+    for index, (source, output) in enumerate(pairs):
+        task = ImageTask(index, Path(source), Path(output), time.perf_counter())
+        yield attempt(task, lambda: read_task(task))
+
+
+def read_task(task: ImageTask) -> dict[str, Any]:
+    source, output = check_paths(task.source, task.output, "image")
+    image, meta = read_image(source)
+    return {"image": image, "meta": meta}
+
+
+def plan_tasks(tasks: Iterable[ImageTask], models: Models, config: ProcessConfig) -> Iterator[ImageTask]:
+    """Find and align each image's faces (still-image detection: padded retry for tight crops)."""
+    for task in tasks:
+        frame = VideoFrame(task.index, task.image, None, Fraction(1), 0.0)
+        yield attempt(task, lambda: {"job": plan_faces(frame, models.finder.image_faces(frame.image),
+                                                       models.schedule.mix_at(0.0), config)})
+
+
+def synthesize_tasks(tasks: Iterable[ImageTask], synthesizer: FaceSynthesizer, batch_size: int) -> Iterator[ImageTask]:
+    """Batch crops across consecutive images (up to batch_size crops or images), in order."""
+    pending: list[ImageTask] = []
+    crops = 0
+    for task in tasks:
+        pending.append(task)
+        crops += len(task.job.crops) if task.job else 0
+        if crops >= batch_size or len(pending) >= batch_size:
+            yield from synthesize_pending(pending, synthesizer, batch_size)
+            pending, crops = [], 0
+    yield from synthesize_pending(pending, synthesizer, batch_size)
+
+
+def synthesize_pending(tasks: Sequence[ImageTask], synthesizer: FaceSynthesizer, batch_size: int) -> list[ImageTask]:
+    ready = [task for task in tasks if task.error is None]
+    try:
+        edited = iter(synthesize_jobs([task.job for task in ready], synthesizer, batch_size))
+    except Exception as error:  # noqa: BLE001 - the images of this batch fail with it; the next batch goes on
+        return [replace(task, error=error) if task.error is None else task for task in tasks]
+    return [replace(task, edited=next(edited)) if task.error is None else task for task in tasks]
+
+
+def finish_task(task: ImageTask, models: Models, config: ProcessConfig) -> ImageOutcome:
+    """Blend and write one image (atomically); its outcome."""
+    task = attempt(task, lambda: write_task(task, models, config))
+    if task.error is not None:
+        return ImageOutcome(task.source, error=task.error)
+    warn_if_faceless(task.source, task.job.faces_found, "written unchanged")
+    result = ProcessResult(task.output, "image", 1, task.job.faces_found, len(task.job.crops),
+                           time.perf_counter() - task.started)
+    return ImageOutcome(task.source, result)
+
+
+def write_task(task: ImageTask, models: Models, config: ProcessConfig) -> dict[str, Any]:
+    write_image(task.output, blend_frame(task.edited, models.mask, config), task.meta)
+    return {}
+
+
+def process_images(pairs: Sequence[tuple[Path, Path]], config: ProcessConfig,
+                   models: Models | None = None) -> Iterator[ImageOutcome]:
+    """Edit many still images (input, output), in order, with overlapping stages like a video's: read, faces and
+    the generator (batched across images) in threads, blend and write here. A bad image gives an outcome with its
+    error and the others go on; result.seconds is each image's time from read to written (the stages overlap)."""
+    models = models or load_models(config)
+    stop, errors = threading.Event(), []
+    channels = [Channel(IMAGE_QUEUE, stop) for _ in range(3)]
+    works: list[Callable[[Iterable[Any]], Iterable[Any]]] = [
+        lambda _: read_tasks(pairs),
+        lambda tasks: plan_tasks(tasks, models, config),
+        lambda tasks: synthesize_tasks(tasks, models.synthesizer, config.batch_size),
+    ]
+    threads = [StageThread(name, work, source, sink, errors) for name, work, source, sink in
+               zip(("read", "faces", "synthesize"), works, [(), *channels[:2]], channels)]
+    for thread in threads:
+        thread.start()
+    try:
+        for task in channels[2]:
+            yield finish_task(task, models, config)
+    except Stopped:
+        pass  # a worker failed outside any one image; raised below
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(_JOIN_S)
+    if errors:
+        raise errors[0]
 
 
 def stage_times(threads: Sequence[StageThread], counts: RunCounts, encode_busy: float) -> dict[str, float]:

@@ -37,7 +37,7 @@ def portrait() -> np.ndarray:
 
 
 def tight_crop() -> np.ndarray:
-    """The portrait's face cut tightly (no margin, like TFEID photos): unpadded detection misses it."""
+    """The portrait's face cut tightly (no margin, like TFEID photos): InsightFace's 640 letterbox misses it unpadded."""
     return np.ascontiguousarray(portrait()[70:230, 40:195])
 
 

@@ -188,7 +188,7 @@ def test_save_options_carry_metadata_where_the_format_can():
                                         "subsampling": 0}
     assert save_options("TIFF", meta) == {"icc_profile": b"icc", "dpi": (72.0, 72.0), "compression": "tiff_lzw"}
     assert save_options("BMP", meta) == {"dpi": (72.0, 72.0)}
-    assert save_options("PNG", ImageMeta()) == {}
+    assert save_options("PNG", ImageMeta()) == {"compress_level": 1}  # lossless; fast zlib level (see images.py)
 
 
 def png_header_only(path: Path, width: int, height: int) -> None:
