@@ -566,9 +566,6 @@ def run_threads(threads: Sequence[StageThread], stop: threading.Event, errors: l
 # ---------------------------------------------------------------- many still images (convert)
 
 
-IMAGE_QUEUE = 2  # images held between two stages: enough to overlap them, few enough for very large photos
-
-
 @dataclass(frozen=True)
 class ImageTask:
     """One still image on its way through the stages; the first stage that fails on it sets error, later ones pass
@@ -670,7 +667,9 @@ def process_images(pairs: Sequence[tuple[Path, Path]], config: ProcessConfig,
     error and the others go on; result.seconds is each image's time from read to written (the stages overlap)."""
     models = models or load_models(config)
     stop, errors = threading.Event(), []
-    channels = [Channel(IMAGE_QUEUE, stop) for _ in range(3)]
+    # queue_size (>= batch_size by default) images between stages: the generator finds a full batch waiting and can
+    # hand all of it on without waiting for the writer; with 2 it waited on both sides (1.0 core busy of 2).
+    channels = [Channel(max(config.queue_size, config.batch_size), stop) for _ in range(3)]
     works: list[Callable[[Iterable[Any]], Iterable[Any]]] = [
         lambda _: read_tasks(pairs),
         lambda tasks: plan_tasks(tasks, models, config),
