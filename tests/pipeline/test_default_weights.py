@@ -1,0 +1,41 @@
+"""The shipped default weights: what their header says, and that `process` uses them and changes the face."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+from click.testing import CliRunner
+
+from cli import cli
+from clips import PORTRAIT
+from pipeline.faces import DetectorConfig, FaceDetector
+from pipeline.synthesize import DEFAULT_WEIGHTS
+from usgan.checkpoint import load_generator, load_tensors
+from usgan.expressions import EXPRESSIONS
+from usgan.model import GeneratorConfig, count_parameters
+
+
+def test_default_weights_are_the_papers_generator_trained_on_tfeid() -> None:
+    generator, info = load_generator(DEFAULT_WEIGHTS)
+    assert info.generator == GeneratorConfig() and count_parameters(generator) == 2_533_440
+    assert info.expressions == EXPRESSIONS and info.dataset == "tfeid" and info.step > 0
+    assert "research" in info.license.lower()
+    tensors, _ = load_tensors(DEFAULT_WEIGHTS)
+    assert tensors["main.0.weight"].dtype == torch.float16  # shipped in fp16 to keep the repository small
+    assert DEFAULT_WEIGHTS.stat().st_size < 8_000_000
+
+
+def test_process_uses_the_shipped_weights_and_changes_the_face(tmp_path) -> None:
+    output = tmp_path / "smile.png"
+    result = CliRunner().invoke(cli, ["process", str(PORTRAIT), "-e", "happy", "-o", str(output), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    before, after = cv2.imread(str(PORTRAIT)), cv2.imread(str(output))
+    assert before.shape == after.shape
+    face = FaceDetector(DetectorConfig()).detect_faces(before)[0]
+    x1, y1, x2, y2 = face.bbox.astype(int)
+    inside = np.abs(after[y1:y2, x1:x2].astype(int) - before[y1:y2, x1:x2]).mean()
+    outside = after.astype(int) - before
+    outside[max(0, y1 - 40):y2 + 40, max(0, x1 - 40):x2 + 40] = 0
+    assert inside > 2.0  # the expression edit is visible, not a rounding-level change
+    assert np.abs(outside).max() <= 3  # JPEG round-off only, away from the face
