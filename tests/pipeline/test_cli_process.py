@@ -131,7 +131,7 @@ def test_missing_default_weights_says_to_pass_weights(tmp_path, monkeypatch):
     source = make_clip(tmp_path / "in.mp4", frames=2)
     result = invoke("process", source, "-e", "sad")
     assert result.exit_code == 1
-    assert "default weights not found (the file ships with the repository): pass --weights W.safetensors" in error_line(result)
+    assert "default weights missing from this checkout: pass --weights W.safetensors" in error_line(result)
     assert not (tmp_path / "in_sad.mp4").exists()
 
 
