@@ -266,10 +266,10 @@ def processing_options(command):
                           "pixels by at most a few levels; auto = bf16 where native.  [default: fp32]"),
         click.option("--fast", is_flag=True,
                      help="Speed preset (configs/pipeline/fast.yaml): detector at 320 px on every 3rd frame, "
-                          "bf16 generator where native, Poisson blend at 1/4 scale. About 1.5x the default's fps on "
-                          "a 2-core CPU, for an output within ~43 dB PSNR of the default's (about what x264 at CRF 18 "
-                          "itself changes); faces under ~1/20 of the frame may be missed. Explicit options win. "
-                          "Measured in docs/BENCHMARKS.md."),
+                          "bf16 generator where native, Poisson blend at 1/4 scale. About 1.7x the default's fps on "
+                          "a 2-core CPU; the output stays within 43 dB PSNR of the default's (what x264 at CRF 18 "
+                          "itself changes); faces under ~1/20 of the frame's longer side may be missed. Explicit "
+                          "options win. Measured in docs/BENCHMARKS.md."),
         click.option("--crf", type=click.IntRange(0, 51), default=None,
                      help="Video quality (x264 CRF; lower is better).  [default: 18]"),
         click.option("--preset", type=click.Choice(list(X264_PRESETS)), default=None,

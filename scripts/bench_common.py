@@ -27,8 +27,20 @@ SHARED = REPO.parent / "shared"
 DOC_HEADER = """# Benchmarks
 
 Every table below is written by a script in `scripts/` (`bench_generator.py`, `bench_e2e.py`, `bench_memory.py`,
-`bench_blend.py`, `bench_train.py`); re-run a script to refresh its own section. Each section names the machine,
-its load average when the run started, and the date. Ratios compare numbers measured side by side in the same run.
+`bench_blend.py`, `bench_train.py`); re-run a script to refresh its own section (it rewrites only the text between
+its markers). Each section names the command, the machine, its load average when the run started, how much CPU other
+processes used during the run, and the date. Ratios compare numbers measured side by side in the same run.
+
+The dev box has 2 cores shared with other work; a long training run usually takes most of them, so the timing runs
+paused it (noted in each section). Generators are randomly initialised or partly trained files of the real size:
+speed does not depend on the weight values.
+
+Goals (issue 5) and where to read them:
+- bulk `convert` >= 2x the paper's test loop per generated image: "Generator and bulk convert", column "vs reference";
+- `process` on d18.mp4 >= 1.0x real time with efficiency >= 0.8: "End to end", first table;
+- peak RSS on d6.mp4 / d18.mp4 <= 1.15: "Memory";
+- what the faster settings (`--fast`, bf16, detector size and interval) cost in output quality: "Presets";
+- blend ms per face and training iterations/s (no goal): "Blend", "Training".
 """
 
 
