@@ -99,13 +99,15 @@ def pair_loss(x_fake: Tensor, x_pair: Tensor, pair_mask: Tensor, pool: int) -> T
 
 def generator_loss(
     generator: Translator, critic: Critic, x_real: Tensor, c_org: Tensor, c_trg: Tensor, label_trg: Tensor,
-    config: LossConfig, x_pair: Tensor | None = None, pair_mask: Tensor | None = None,
+    config: LossConfig, x_pair: Tensor | None = None, pair_mask: Tensor | None = None, x_fake: Tensor | None = None,
 ) -> LossTerms:
     """G loss: -D(G(x, c_trg)) + lambda_cls * CE(fake, target) + lambda_rec * |G(G(x, c_trg), c_org) - x|_1.
 
     With x_pair (N, 3, H, W) and pair_mask (N,) bool, adds lambda_pair * pair_loss for the paired samples.
+    x_fake, when given, is G(x_real, c_trg) already computed with its graph (the train step shares it with D's update).
     """
-    x_fake = generator(x_real, c_trg)
+    if x_fake is None:
+        x_fake = generator(x_real, c_trg)
     fake_scores, fake_logits = critic(x_fake)
     x_rec = generator(x_fake, c_org)
     adv = -fake_scores.float().mean()

@@ -32,7 +32,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from usgan import losses
-from usgan.checkpoint import CheckpointError, WeightsInfo, atomic_write, load_tensors, save_generator, save_tensors
+from usgan.checkpoint import (
+    CheckpointError, WeightsInfo, atomic_write, load_generator, load_tensors, save_generator, save_tensors,
+)
 from usgan.config import ConfigError, load_config, to_mapping
 from usgan.data import (
     DataConfig, DataError, FaceDataset, ResumableSampler, Sample, flip_mask, load_image, partner_table, scan_dataset,
@@ -147,6 +149,8 @@ class RunOptions:
     resume: bool = False
     max_steps: int | None = None  # stop at this global step (the LR schedule still follows optim.total_steps)
     use_cuda: bool = True
+    # Fine-tune: a fresh run starts its generator from these weights (D and the optimisers start fresh).
+    init_generator: Path | None = None
 
 
 def parse_set_options(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -400,9 +404,13 @@ def prepare_batch(
     )
 
 
-def update_discriminator(state: TrainState, batch: StepBatch, config: TrainConfig, device: torch.device) -> dict:
-    with torch.no_grad(), autocast(config, device):
-        x_fake = state.raw_generator(batch.x_real, batch.c_trg)
+def update_discriminator(
+    state: TrainState, batch: StepBatch, config: TrainConfig, device: torch.device, x_fake: Tensor | None = None,
+) -> dict:
+    """One D update on the batch's fakes: x_fake when given (the G update of this step reuses it), else G's output."""
+    if x_fake is None:
+        with torch.no_grad(), autocast(config, device):
+            x_fake = state.raw_generator(batch.x_real, batch.c_trg)
     grad_scale = state.d_scaler.get_scale() if state.d_scaler is not None else 1.0
     state.d_optim.zero_grad(set_to_none=True)
     with autocast(config, device):
@@ -413,7 +421,10 @@ def update_discriminator(state: TrainState, batch: StepBatch, config: TrainConfi
     return result.terms
 
 
-def update_generator(state: TrainState, batch: StepBatch, config: TrainConfig, device: torch.device) -> dict:
+def update_generator(
+    state: TrainState, batch: StepBatch, config: TrainConfig, device: torch.device, x_fake: Tensor | None = None,
+) -> dict:
+    """One G update; x_fake is G(x_real, c_trg) with its graph, when the step computed it already."""
     # D is frozen and called unwrapped: its gradients are not needed and DDP would all-reduce them for nothing.
     critic = state.raw_discriminator.requires_grad_(False)
     try:
@@ -421,7 +432,7 @@ def update_generator(state: TrainState, batch: StepBatch, config: TrainConfig, d
         with autocast(config, device):
             result = losses.generator_loss(
                 state.generator, critic, batch.x_real, batch.c_org, batch.c_trg, batch.label_trg, config.loss,
-                batch.x_pair, batch.pair_mask,
+                batch.x_pair, batch.pair_mask, x_fake,
             )
         apply_gradients(result.total, state.g_optim, state.g_scaler)
     finally:
@@ -432,13 +443,19 @@ def update_generator(state: TrainState, batch: StepBatch, config: TrainConfig, d
 def train_step(
     state: TrainState, batch: tuple[Tensor, ...], config: TrainConfig, info: DistInfo, pairs: PairSource | None = None,
 ) -> dict:
-    """One iteration at state.step: a D update, plus a G update every n_critic-th step; returns loss terms."""
+    """One iteration at state.step: a D update, plus a G update every n_critic-th step; returns loss terms.
+
+    On a step with a G update, G(x, c_trg) runs once, with its graph: D trains on it detached, then G's loss
+    back-propagates through it (G has not changed in between, so this equals two separate forward passes).
+    """
     set_learning_rates(state, config.optim)
     step_batch = prepare_batch(batch, config, info, state.step, pairs)
-    terms = update_discriminator(state, step_batch, config, info.device)
-    if (state.step + 1) % config.optim.n_critic == 0:
-        terms |= update_generator(state, step_batch, config, info.device)
-    return terms
+    if (state.step + 1) % config.optim.n_critic:
+        return update_discriminator(state, step_batch, config, info.device)
+    with autocast(config, info.device):
+        x_fake = state.generator(step_batch.x_real, step_batch.c_trg)
+    terms = update_discriminator(state, step_batch, config, info.device, x_fake.detach())
+    return terms | update_generator(state, step_batch, config, info.device, x_fake)
 
 
 def advance(state: TrainState, batches_per_epoch: int) -> None:
@@ -616,6 +633,15 @@ def load_checkpoint(state: TrainState, config: TrainConfig, path: Path, info: Di
                     "uninterrupted run", path, metadata["world_size"], info.world_size)
 
 
+def init_generator(state: TrainState, config: TrainConfig, path: Path) -> None:
+    """Start a fresh run's generator from a generator file (fine-tuning); its architecture must match the config."""
+    generator, _ = load_generator(path)
+    if generator.config != config.model.generator:
+        raise ConfigError(f"{path}: generator {generator.config} differs from the config's {config.model.generator}")
+    device = next(state.raw_generator.parameters()).device
+    state.raw_generator.load_state_dict({k: v.to(device) for k, v in generator.state_dict().items()}, strict=True)
+
+
 # ------------------------------------------------------------------------------------------------- loop
 
 
@@ -760,6 +786,9 @@ def train(config: TrainConfig, options: RunOptions) -> TrainResult:
         if resume_from is not None:
             load_checkpoint(state, config, resume_from, info)
             log.info("resumed from %s (step %d)", resume_from, state.step)
+        elif options.init_generator is not None:
+            init_generator(state, config, options.init_generator)
+            log.info("generator initialised from %s", options.init_generator)
         write_run_config(config, options.run_dir, info)
         end = min(config.optim.total_steps, options.max_steps or config.optim.total_steps)
         logger = RunLogger.open(options.run_dir, info, state.step, end)

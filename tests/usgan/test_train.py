@@ -90,6 +90,30 @@ def test_run_dir_with_checkpoints_needs_resume_and_same_config(tiny_faces: Path,
     assert train(changed, RunOptions(tiny_faces, run, resume=True, max_steps=2)).step == 2
 
 
+def test_init_generator_starts_a_fresh_run_from_weights(tiny_faces: Path, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    train(tiny_config(), RunOptions(tiny_faces, source, max_steps=2))
+    start, _ = load_generator(source / "generator.safetensors")
+    # one step with n_critic 2 is a D update only: the new run's G must still be the initial weights
+    tuned = tmp_path / "tuned"
+    train(tiny_config(seed=7), RunOptions(tiny_faces, tuned, max_steps=1, init_generator=source / "generator.safetensors"))
+    after, _ = load_generator(tuned / "generator.safetensors")
+    fresh = tmp_path / "fresh"
+    train(tiny_config(seed=7), RunOptions(tiny_faces, fresh, max_steps=1))
+    baseline, _ = load_generator(fresh / "generator.safetensors")
+    for (name, a), b, c in zip(start.named_parameters(), after.parameters(), baseline.parameters()):
+        assert torch.equal(a, b), name
+    assert not all(torch.equal(a, c) for a, c in zip(start.parameters(), baseline.parameters()))
+
+
+def test_init_generator_must_match_the_config(tiny_faces: Path, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    train(tiny_config(), RunOptions(tiny_faces, source, max_steps=1))
+    wider = tiny_config(**{"model.generator.conv_dim": 16})
+    with pytest.raises(ConfigError, match="differs from the config"):
+        train(wider, RunOptions(tiny_faces, tmp_path / "wide", max_steps=1, init_generator=source / "generator.safetensors"))
+
+
 @pytest.mark.parametrize(("step", "factor"), [(0, 1.0), (100, 1.0), (150, 0.5), (199, 0.01), (200, 0.0)])
 def test_lr_decays_linearly_over_the_second_half(step: int, factor: float) -> None:
     assert lr_factor(step, OptimConfig(total_steps=200, decay_start=100)) == pytest.approx(factor)
@@ -110,7 +134,7 @@ def test_set_options_parse_yaml_values() -> None:
         parse_set_options(("nonsense",))
 
 
-@pytest.mark.parametrize("configs", ["default.yaml", "tfeid.yaml", "smoke.yaml"])
+@pytest.mark.parametrize("configs", ["default.yaml", "tfeid.yaml", "tfeid_finetune.yaml", "smoke.yaml"])
 def test_shipped_configs_load(configs: str) -> None:
     config = load_train_config(REPO / "configs" / "train" / configs, {})
     assert config.optim.betas == (0.5, 0.999) and config.loss.lambda_gp == 10.0
