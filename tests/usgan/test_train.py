@@ -20,8 +20,8 @@ from usgan.errors import UserError
 from usgan.data import load_image, partner_table, scan_dataset
 from usgan.distributed import init_distributed
 from usgan.train import (
-    OptimConfig, PairSource, RunOptions, TrainConfig, list_checkpoints, load_train_config, lr_factor,
-    parse_set_options, prepare_batch, train,
+    OptimConfig, PairSource, RunOptions, TrainConfig, build_state, list_checkpoints, load_train_config, lr_factor,
+    parse_set_options, prepare_batch, train, train_step, update_discriminator, update_generator,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,6 +88,24 @@ def test_run_dir_with_checkpoints_needs_resume_and_same_config(tiny_faces: Path,
     # logging and the schedule length may change on resume
     changed = tiny_config(**{"logging.log_every": 1, "optim.total_steps": 10})
     assert train(changed, RunOptions(tiny_faces, run, resume=True, max_steps=2)).step == 2
+
+
+def test_step_sharing_one_generator_forward_equals_separate_updates(tiny_faces: Path) -> None:
+    config = tiny_config(**{"optim.n_critic": 1})
+    info = init_distributed(use_cuda=False)
+    images = torch.stack([load_image(s.path, 32) for s in scan_dataset(tiny_faces)[:4]])
+    batch = (images, torch.tensor([0, 3, 5, 6]))
+    shared, separate = build_state(config, info), build_state(config, info)
+    train_step(shared, batch, config, info)
+    step_batch = prepare_batch(batch, config, info, 0)
+    update_discriminator(separate, step_batch, config, info.device)  # G runs again inside each update
+    update_generator(separate, step_batch, config, info.device)
+    for state in (shared, separate):
+        assert state.raw_generator.main[0].weight.grad is not None
+    for (name, a), b in zip(shared.raw_generator.named_parameters(), separate.raw_generator.parameters()):
+        assert torch.equal(a, b), name
+    for (name, a), b in zip(shared.raw_discriminator.named_parameters(), separate.raw_discriminator.parameters()):
+        assert torch.equal(a, b), name
 
 
 def test_init_generator_starts_a_fresh_run_from_weights(tiny_faces: Path, tmp_path: Path) -> None:
