@@ -90,6 +90,10 @@ class OptimConfig:
     batch_size: int = 8
     total_steps: int = 200_000
     decay_start: int = 100_000
+    # For fine-tuning (--init-generator): the first warmup_steps steps update D only, so a fresh critic learns the
+    # given generator's fakes before G follows it; then G's LR ramps linearly from 0 over another warmup_steps.
+    # Without it, a fresh critic's arbitrary gradients wreck a trained G within ~100 updates (checkerboards).
+    warmup_steps: int = 0
 
     def __post_init__(self) -> None:
         for name in ("g_lr", "d_lr"):
@@ -97,6 +101,8 @@ class OptimConfig:
                 raise ConfigError(f"optim.{name} must be a number, got {getattr(self, name)!r} (write 2.0e-4)")
         if self.n_critic < 1 or self.batch_size < 1 or self.total_steps < 1:
             raise ConfigError("optim.n_critic, optim.batch_size and optim.total_steps must be >= 1")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0 <= self.decay_start <= self.total_steps:
             raise ConfigError(f"optim.decay_start {self.decay_start} must be in [0, total_steps {self.total_steps}]")
         if len(self.betas) != 2:
@@ -314,10 +320,22 @@ def lr_factor(step: int, optim: OptimConfig) -> float:
     return max(0.0, (optim.total_steps - step) / (optim.total_steps - optim.decay_start))
 
 
+def g_warmup_factor(step: int, optim: OptimConfig) -> float:
+    """G's LR ramp after the D-only warm-up: 1/w at step w, reaching 1 at step 2w - 1 (1 without warm-up)."""
+    if optim.warmup_steps == 0:
+        return 1.0
+    return min(1.0, max(0.0, (step - optim.warmup_steps + 1) / optim.warmup_steps))
+
+
+def updates_generator(step: int, optim: OptimConfig) -> bool:
+    """Whether step (0-based) ends with a G update: every n_critic-th step, none during the D-only warm-up."""
+    return step >= optim.warmup_steps and (step + 1) % optim.n_critic == 0
+
+
 def set_learning_rates(state: TrainState, optim: OptimConfig) -> None:
     factor = lr_factor(state.step, optim)
     for group in state.g_optim.param_groups:
-        group["lr"] = optim.g_lr * factor
+        group["lr"] = optim.g_lr * factor * g_warmup_factor(state.step, optim)
     for group in state.d_optim.param_groups:
         group["lr"] = optim.d_lr * factor
 
@@ -450,7 +468,7 @@ def train_step(
     """
     set_learning_rates(state, config.optim)
     step_batch = prepare_batch(batch, config, info, state.step, pairs)
-    if (state.step + 1) % config.optim.n_critic:
+    if not updates_generator(state.step, config.optim):
         return update_discriminator(state, step_batch, config, info.device)
     with autocast(config, info.device):
         x_fake = state.generator(step_batch.x_real, step_batch.c_trg)

@@ -20,8 +20,9 @@ from usgan.errors import UserError
 from usgan.data import load_image, partner_table, scan_dataset
 from usgan.distributed import init_distributed
 from usgan.train import (
-    OptimConfig, PairSource, RunOptions, TrainConfig, build_state, list_checkpoints, load_train_config, lr_factor,
-    parse_set_options, prepare_batch, train, train_step, update_discriminator, update_generator,
+    OptimConfig, PairSource, RunOptions, TrainConfig, build_state, g_warmup_factor, list_checkpoints,
+    load_train_config, lr_factor, parse_set_options, prepare_batch, train, train_step, update_discriminator,
+    update_generator, updates_generator,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -137,7 +138,30 @@ def test_lr_decays_linearly_over_the_second_half(step: int, factor: float) -> No
     assert lr_factor(step, OptimConfig(total_steps=200, decay_start=100)) == pytest.approx(factor)
 
 
-@pytest.mark.parametrize("bad", [{"amp": "fp8"}, {"optim.g_lr": "2e-4"},
+def test_warmup_updates_d_only_then_ramps_g_learning_rate() -> None:
+    optim = OptimConfig(n_critic=2, total_steps=100, decay_start=50, warmup_steps=10)
+    assert [s for s in range(16) if updates_generator(s, optim)] == [11, 13, 15]
+    assert [g_warmup_factor(s, optim) for s in (0, 9, 10, 14, 19, 40)] == pytest.approx([0, 0, 0.1, 0.5, 1, 1])
+    plain = OptimConfig(n_critic=2, total_steps=100, decay_start=50)
+    assert [s for s in range(6) if updates_generator(s, plain)] == [1, 3, 5]
+    assert g_warmup_factor(0, plain) == 1.0
+
+
+def test_warmup_leaves_an_initialised_generator_untouched(tiny_faces: Path, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    train(tiny_config(), RunOptions(tiny_faces, source, max_steps=2))
+    start, _ = load_generator(source / "generator.safetensors")
+    tuned = tmp_path / "tuned"
+    config = tiny_config(**{"optim.warmup_steps": 4})
+    train(config, RunOptions(tiny_faces, tuned, max_steps=4, init_generator=source / "generator.safetensors"))
+    after, _ = load_tensors(list_checkpoints(tuned)[-1][1])
+    for name, value in start.named_parameters():
+        assert torch.equal(after[f"G.{name}"], value), name
+    assert not [k for k in after if k.startswith("optim_g.")]  # G's Adam never stepped
+    assert [k for k in after if k.startswith("optim_d.")]
+
+
+@pytest.mark.parametrize("bad", [{"amp": "fp8"}, {"optim.warmup_steps": -1}, {"optim.g_lr": "2e-4"},
                                  {"optim.decay_start": 10, "optim.total_steps": 5},
                                  {"model.image_size": 36}, {"optim.learning_rate": 1.0}])
 def test_bad_configs_are_rejected(bad: dict) -> None:
