@@ -282,6 +282,14 @@ def spread_over_expressions(samples: tuple[Sample, ...], count: int) -> list[Sam
     return ordered[:count]
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader worker init: Ctrl-C and SLURM/kill send SIGINT/SIGTERM to the whole process group. Workers ignore
+    them, so the main process finishes its step and checkpoints (a worker dying first would crash it instead);
+    the loader shuts its workers down when the main process exits."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def setup_data(config: TrainConfig, data_dir: Path, info: DistInfo) -> DataBundle:
     split = split_samples(scan_dataset(data_dir), config.data, data_dir)
     global_batch = config.optim.batch_size * info.world_size
@@ -292,6 +300,7 @@ def setup_data(config: TrainConfig, data_dir: Path, info: DistInfo) -> DataBundl
     loader = DataLoader(
         dataset, batch_size=config.optim.batch_size, sampler=sampler, num_workers=config.data.workers,
         drop_last=True, pin_memory=info.device.type == "cuda", persistent_workers=config.data.workers > 0,
+        worker_init_fn=ignore_stop_signals,
     )
     rows = spread_over_expressions(split.val or split.train, config.logging.sample_rows)
     fixed = torch.stack([load_image(s.path, config.model.image_size) for s in rows])

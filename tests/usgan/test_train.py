@@ -227,15 +227,27 @@ def test_cli_bad_data_is_one_line_error(tiny_faces: Path, tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
-def test_sigterm_finishes_the_step_and_saves(tiny_faces: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("workers", "to_group", "signum"), [
+    (0, False, signal.SIGTERM),
+    (1, True, signal.SIGTERM),  # SLURM / kill -- -PGID: the loader's worker gets the signal too
+    (1, True, signal.SIGINT),  # Ctrl-C in a terminal signals the whole foreground group
+])
+def test_stop_signal_finishes_the_step_and_saves(
+    tiny_faces: Path, tmp_path: Path, workers: int, to_group: bool, signum: int,
+) -> None:
     run = tmp_path / "run"
     command = [sys.executable, str(REPO / "cli.py"), "train", "--config", str(SMOKE), "--data", str(tiny_faces),
-               "--out", str(run), "--set", "optim.total_steps=100000", "--set", "optim.decay_start=0"]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               "--out", str(run), "--set", "optim.total_steps=100000", "--set", "optim.decay_start=0",
+               "--set", f"data.workers={workers}"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
     deadline = time.monotonic() + 60
     while not list_checkpoints(run) and time.monotonic() < deadline:  # the first checkpoint is at step 10
         time.sleep(0.2)
-    os.kill(process.pid, signal.SIGTERM)
+    if to_group:
+        os.killpg(process.pid, signum)
+    else:
+        os.kill(process.pid, signum)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 0, stderr
     last_step, last_path = list_checkpoints(run)[-1]
