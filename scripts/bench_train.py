@@ -8,6 +8,10 @@ run on the same CPU halves these numbers: pause it for the measurement.
 
     .venv/bin/python scripts/bench_train.py --steps 10
     .venv/bin/python scripts/bench_train.py --steps 20 --config configs/train/tfeid.yaml --skip-ddp
+    .venv/bin/python scripts/bench_train.py --recipes configs/train/tfeid.yaml configs/train/tfeid_finetune.yaml
+
+--recipes times each config in this one process, alternating over --rounds (best of each kept), and writes the
+section "train-recipes": generator updates per second side by side, the figure that matters for a recipe's speed.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ def synthetic_batch(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
 def time_iterations(config: TrainConfig, info: DistInfo, steps: int) -> float:
     """Seconds per iteration over whole n_critic cycles, after one warm-up cycle."""
     state = build_state(config, info)
+    state.step = 2 * config.optim.warmup_steps  # past a fine-tuning warm-up: G updates at its full rate
     batch = synthetic_batch(config)
     n_critic = config.optim.n_critic
     cycles = max(1, math.ceil(steps / n_critic))
@@ -101,6 +106,28 @@ def measure(config: TrainConfig, steps: int, setup: str, use_cuda: bool) -> Benc
                        config.optim.batch_size, amp, seconds)
 
 
+RECIPE_HEADER = ("| recipe | image | batch | D base channels | n_critic | s/iter (n_critic-avg) | G updates/s | "
+                 "vs first |\n|---|---|---|---|---|---|---|---|")
+
+
+def compare_recipes(paths: list[Path], steps: int, rounds: int) -> str:
+    """Time each recipe in turn, `rounds` times (best kept, so a burst of other load hurts no single one)."""
+    configs = [load_train_config(path, {}) for path in paths]
+    info = init_distributed(use_cuda=False)
+    best = [math.inf] * len(configs)
+    for _ in range(rounds):
+        for index, config in enumerate(configs):
+            best[index] = min(best[index], time_iterations(config, info, steps))
+    rows = []
+    for path, config, seconds in zip(paths, configs, best):
+        g_rate = 1 / (seconds * config.optim.n_critic)
+        first = 1 / (best[0] * configs[0].optim.n_critic)
+        rows.append(f"| {path.name} | {config.model.image_size}² | {config.optim.batch_size} | "
+                    f"{config.model.d_conv_dim} | {config.optim.n_critic} | {seconds:.3f} | {g_rate:.3f} | "
+                    f"{g_rate / first:.2f}x |")
+    return RECIPE_HEADER + "\n" + "\n".join(rows)
+
+
 def run_torchrun(args: argparse.Namespace, processes: int, setup: str, use_cuda: bool) -> BenchResult:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
                __file__, "--worker", "--steps", str(args.steps), "--setup", setup]
@@ -117,6 +144,9 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=10, help="timed iterations (rounded up to whole n_critic cycles)")
     parser.add_argument("--config", type=Path, default=None, help="training config (default: paper's 128² b8)")
+    parser.add_argument("--recipes", type=Path, nargs="+", default=None, metavar="CONFIG",
+                        help="compare these training configs side by side on the CPU (section train-recipes)")
+    parser.add_argument("--rounds", type=int, default=2, help="with --recipes: alternating rounds, best kept")
     parser.add_argument("--skip-ddp", action="store_true", help="skip the 2-process CPU DDP row")
     parser.add_argument("--note", default="", help="a line added to the section (e.g. what else ran)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
@@ -136,6 +166,17 @@ def main() -> None:
             print(RESULT_TAG + json.dumps(result.__dict__), flush=True)
         return
     clock = bc.RunClock()
+    if args.recipes:
+        table = compare_recipes(args.recipes, args.steps, args.rounds)
+        notes = (f"- threads: torch {torch.get_num_threads()} (CPU cores {os.cpu_count()}); synthetic batches; "
+                 f"best of {args.rounds} alternating rounds of {args.steps} steps (whole n_critic cycles, after a "
+                 "warm-up cycle); one step's D and G updates share G's forward.")
+        body = bc.section("Training recipes: generator updates per second", bc.command_line(), clock,
+                          [table, notes], args.note)
+        print(body)
+        if not args.no_write:
+            bc.write_section("train-recipes", body)
+        return
     results = [measure(config, args.steps, "CPU, 1 process", use_cuda=False)]
     if not args.skip_ddp:
         results.append(run_torchrun(args, 2, "CPU, DDP gloo", use_cuda=False))
