@@ -195,7 +195,8 @@ def train_command(config_path: Path | None, data_dir: Path, run_dir: Path, resum
 
 @cli.command("evaluate")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Generator weights (.safetensors) to evaluate.")
+              help="Generator weights to evaluate: a generator .safetensors or a training checkpoint "
+                   "(RUN_DIR/checkpoints/step_N.safetensors).")
 @click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Aligned crops: DIR/<expression>/*.png (+ index.csv), e.g. prepare-data's OUT/256.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -250,7 +251,8 @@ def processing_options(command):
                           "such as smile, or paper codes such as HAS), 'happy:0.5', a schedule in seconds "
                           "'happy@0-3,sad@3-6' (uncovered times stay unchanged) or a JSON schedule file."),
         click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                     help="Generator weights (.safetensors); default: weights/usgan_tfeid.safetensors."),
+                     help="Generator weights (.safetensors, or a training checkpoint); "
+                          "default: weights/usgan_tfeid.safetensors."),
         click.option("--backend", type=click.Choice(list(get_args(Backend))), default=None,
                      help="Generator back-end (onnx: ONNX Runtime, TensorRT -> CUDA -> CPU).  [default: torch]"),
         click.option("--blend", type=click.Choice(list(get_args(BlendMode))), default=None,

@@ -23,6 +23,7 @@ from usgan.expressions import EXPRESSIONS, OFFICIAL_LABEL_ORDER
 from usgan.model import Generator, GeneratorConfig
 
 FORMAT_GENERATOR = "usgan-generator"
+FORMAT_TRAIN_STATE = "usgan-train-state"  # usgan.train's checkpoints: G.*, D.*, optimisers, RNG, config
 METADATA_KEY = "usgan"
 NORMALIZATION = "RGB, float in [-1, 1] = pixel / 127.5 - 1"
 DEFAULT_LICENSE = "research use only (trained on TFEID; see MODEL_CARD.md)"
@@ -116,10 +117,27 @@ def read_weights_info(path: Path, metadata: dict[str, Any]) -> WeightsInfo:
         raise CheckpointError(f"{path}: bad metadata: {error}") from error
 
 
+def train_state_generator(
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any],
+) -> tuple[dict[str, torch.Tensor], WeightsInfo]:
+    """The generator tensors and a WeightsInfo from a training checkpoint (RUN_DIR/checkpoints/step_N.safetensors)."""
+    try:
+        model = metadata["config"]["model"]
+        config = from_mapping(GeneratorConfig, model["generator"], f"{path}: config.model.generator")
+        info = WeightsInfo(generator=config, image_size=model["image_size"], step=metadata["step"],
+                           dataset=metadata.get("dataset", "unknown"))
+    except (KeyError, TypeError, ConfigError) as error:
+        raise CheckpointError(f"{path}: training checkpoint with a bad header ({error})") from error
+    return {k[2:]: v for k, v in tensors.items() if k.startswith("G.")}, info
+
+
 def load_generator(path: Path, device: str | torch.device = "cpu") -> tuple[Generator, WeightsInfo]:
-    """Load one of our generator files as an fp32 Generator in eval mode."""
+    """Load a generator file, or the generator of a training checkpoint, as an fp32 Generator in eval mode."""
     tensors, metadata = load_tensors(path)
-    info = read_weights_info(Path(path), metadata)
+    if metadata.get("format") == FORMAT_TRAIN_STATE:
+        tensors, info = train_state_generator(Path(path), tensors, metadata)
+    else:
+        info = read_weights_info(Path(path), metadata)
     if tuple(info.expressions) != EXPRESSIONS:
         raise CheckpointError(f"{path}: expression list {list(info.expressions)} differs from {list(EXPRESSIONS)}")
     generator = Generator(info.generator)

@@ -33,7 +33,8 @@ from torch.utils.data import DataLoader
 
 from usgan import losses
 from usgan.checkpoint import (
-    CheckpointError, WeightsInfo, atomic_write, load_generator, load_tensors, save_generator, save_tensors,
+    FORMAT_TRAIN_STATE, CheckpointError, WeightsInfo, atomic_write, load_generator, load_tensors, save_generator,
+    save_tensors,
 )
 from usgan.config import ConfigError, load_config, to_mapping
 from usgan.data import (
@@ -49,7 +50,6 @@ log = logging.getLogger(__name__)
 
 AmpMode = Literal["none", "bf16", "fp16"]
 TargetMode = Literal["permute", "random"]
-STATE_FORMAT = "usgan-train-state"
 CHECKPOINT_NAME = re.compile(r"^step_(\d+)\.safetensors$")
 # Config keys a resumed run may change: they do not alter what has been learned so far.
 MUTABLE_ON_RESUME = ("logging.", "data.workers", "amp", "optim.total_steps", "optim.decay_start")
@@ -604,7 +604,7 @@ def save_checkpoint(state: TrainState, config: TrainConfig, run_dir: Path, info:
     """Write checkpoints/step_N.safetensors, RUN_DIR/generator.safetensors, and prune old checkpoints."""
     tensors, extra = state_tensors(state, info.device)
     metadata = {
-        "format": STATE_FORMAT, "version": 1, "step": state.step, "epoch": state.epoch,
+        "format": FORMAT_TRAIN_STATE, "version": 1, "step": state.step, "epoch": state.epoch,
         "batches_done": state.batches_done, "world_size": info.world_size, "dataset": dataset,
         "lr": {"g": state.g_optim.param_groups[0]["lr"], "d": state.d_optim.param_groups[0]["lr"]},
         "config": to_mapping(config), "rng": rng_metadata(), **extra,
@@ -642,7 +642,7 @@ def check_resumable(config: TrainConfig, saved: dict[str, Any], path: Path) -> N
 def load_checkpoint(state: TrainState, config: TrainConfig, path: Path, info: DistInfo) -> None:
     """Restore models, optimisers, scalers, RNG, step and sampler position from a checkpoint (in place)."""
     tensors, metadata = load_tensors(path)
-    if metadata.get("format") != STATE_FORMAT:
+    if metadata.get("format") != FORMAT_TRAIN_STATE:
         raise CheckpointError(f"{path}: not a US-GAN training checkpoint (format {metadata.get('format')!r})")
     check_resumable(config, metadata["config"], path)
     pick = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731

@@ -79,6 +79,17 @@ def test_run_dir_outputs_and_checkpoint_rotation(tiny_faces: Path, tmp_path: Pat
     assert generator.config.conv_dim == 8
 
 
+def test_a_training_checkpoint_loads_as_generator_weights(tiny_faces: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(tiny_config(**{"logging.checkpoint_every": 2}), RunOptions(tiny_faces, run, max_steps=3))
+    (_, path), = [c for c in list_checkpoints(run) if c[0] == 2]
+    generator, info = load_generator(path)  # what evaluate/process --weights RUN/checkpoints/step_N.safetensors do
+    assert (info.step, info.image_size, info.dataset, generator.config.conv_dim) == (2, 32, "smoke", 8)
+    tensors, _ = load_tensors(path)
+    for name, value in generator.state_dict().items():
+        assert torch.equal(value, tensors[f"G.{name}"]), name
+
+
 def test_run_dir_with_checkpoints_needs_resume_and_same_config(tiny_faces: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     train(tiny_config(), RunOptions(tiny_faces, run, resume=True, max_steps=1))  # --resume on an empty dir starts
