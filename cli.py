@@ -172,7 +172,7 @@ def train_command(config_path: Path | None, data_dir: Path, run_dir: Path, resum
       python cli.py train --config configs/train/smoke.yaml --data data/tfeid/128 --out runs/smoke
       python cli.py train --config configs/train/tfeid.yaml --data data/tfeid/128 --out runs/tfeid --resume
       python cli.py train --config configs/train/tfeid.yaml --data data/tfeid/128 --out runs/x --dry-run
-      python cli.py train --config configs/train/tfeid.yaml --data data/tfeid/128 --out runs/ft \\
+      python cli.py train --config configs/train/tfeid_finetune.yaml --data data/tfeid/128 --out runs/ft \\
           --init-generator weights/usgan_tfeid.safetensors --resume
       torchrun --nproc_per_node 4 cli.py train --config configs/train/default.yaml --data D --out R --resume
     """

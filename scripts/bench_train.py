@@ -118,10 +118,10 @@ def compare_recipes(paths: list[Path], steps: int, rounds: int) -> str:
     for _ in range(rounds):
         for index, config in enumerate(configs):
             best[index] = min(best[index], time_iterations(config, info, steps))
+    first = 1 / (best[0] * configs[0].optim.n_critic)
     rows = []
     for path, config, seconds in zip(paths, configs, best):
         g_rate = 1 / (seconds * config.optim.n_critic)
-        first = 1 / (best[0] * configs[0].optim.n_critic)
         rows.append(f"| {path.name} | {config.model.image_size}² | {config.optim.batch_size} | "
                     f"{config.model.d_conv_dim} | {config.optim.n_critic} | {seconds:.3f} | {g_rate:.3f} | "
                     f"{g_rate / first:.2f}x |")

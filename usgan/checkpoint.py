@@ -117,6 +117,11 @@ def read_weights_info(path: Path, metadata: dict[str, Any]) -> WeightsInfo:
         raise CheckpointError(f"{path}: bad metadata: {error}") from error
 
 
+def strip_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors whose names start with prefix ('G.', 'D.'), with the prefix removed."""
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
 def train_state_generator(
     path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any],
 ) -> tuple[dict[str, torch.Tensor], WeightsInfo]:
@@ -128,7 +133,7 @@ def train_state_generator(
                            dataset=metadata.get("dataset", "unknown"))
     except (KeyError, TypeError, ConfigError) as error:
         raise CheckpointError(f"{path}: training checkpoint with a bad header ({error})") from error
-    return {k[2:]: v for k, v in tensors.items() if k.startswith("G.")}, info
+    return strip_prefix(tensors, "G."), info
 
 
 def load_generator(path: Path, device: str | torch.device = "cpu") -> tuple[Generator, WeightsInfo]:

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 from usgan import losses
 from usgan.checkpoint import (
     FORMAT_TRAIN_STATE, CheckpointError, WeightsInfo, atomic_write, load_generator, load_tensors, save_generator,
-    save_tensors,
+    save_tensors, strip_prefix,
 )
 from usgan.config import ConfigError, load_config, to_mapping
 from usgan.data import (
@@ -645,9 +645,8 @@ def load_checkpoint(state: TrainState, config: TrainConfig, path: Path, info: Di
     if metadata.get("format") != FORMAT_TRAIN_STATE:
         raise CheckpointError(f"{path}: not a US-GAN training checkpoint (format {metadata.get('format')!r})")
     check_resumable(config, metadata["config"], path)
-    pick = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
-    state.raw_generator.load_state_dict(pick("G."), strict=True)
-    state.raw_discriminator.load_state_dict(pick("D."), strict=True)
+    state.raw_generator.load_state_dict(strip_prefix(tensors, "G."), strict=True)
+    state.raw_discriminator.load_state_dict(strip_prefix(tensors, "D."), strict=True)
     restore_optimizer(state.g_optim, "optim_g", tensors, metadata["optim_groups"]["g"])
     restore_optimizer(state.d_optim, "optim_d", tensors, metadata["optim_groups"]["d"])
     for scaler, saved in ((state.g_scaler, metadata["scalers"]["g"]), (state.d_scaler, metadata["scalers"]["d"])):
@@ -665,8 +664,7 @@ def init_generator(state: TrainState, config: TrainConfig, path: Path) -> None:
     generator, _ = load_generator(path)
     if generator.config != config.model.generator:
         raise ConfigError(f"{path}: generator {generator.config} differs from the config's {config.model.generator}")
-    device = next(state.raw_generator.parameters()).device
-    state.raw_generator.load_state_dict({k: v.to(device) for k, v in generator.state_dict().items()}, strict=True)
+    state.raw_generator.load_state_dict(generator.state_dict(), strict=True)  # copies onto the run's device
 
 
 # ------------------------------------------------------------------------------------------------- loop
