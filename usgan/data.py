@@ -221,6 +221,25 @@ def flip_mask(count: int, generator: torch.Generator) -> Tensor:
     return (torch.rand(count, generator=generator) < 0.5)[:, None, None, None]
 
 
+def colour_params(count: int, strength: float, generator: torch.Generator) -> Tensor:
+    """(count, 5, 1, 1): per-image R, G, B gains, brightness and contrast, drawn uniformly around identity.
+
+    strength 1 gives gains and contrast in [0.75, 1.25] and brightness shifts in [-0.3, 0.3] (images in [-1, 1]).
+    """
+    spread = torch.tensor([0.5, 0.5, 0.5, 0.6, 0.5]) * strength
+    return ((torch.rand(count, 5, generator=generator) - 0.5) * spread)[:, :, None, None]
+
+
+def colour_jitter(images: Tensor, params: Tensor) -> Tensor:
+    """Apply colour_params to (N, 3, H, W) images in [-1, 1]; the same params on two photos change them alike.
+
+    TFEID is shot under one studio light; jittering white balance, exposure and contrast makes the generator's
+    edit less dependent on the colours it was trained on (faces in users' videos).
+    """
+    gains, bright, contrast = 1 + params[:, :3], params[:, 3:4], 1 + params[:, 4:5]
+    return (((images + 1) * gains - 1) * contrast + bright).clamp(-1.0, 1.0)
+
+
 class ResumableSampler(DistributedSampler):
     """DistributedSampler that can start part-way into an epoch (to resume exactly where a run stopped)."""
 

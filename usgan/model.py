@@ -5,12 +5,14 @@ Module layout and parameter names follow the official code so that its state_dic
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from usgan.config import ConfigError
 from usgan.expressions import EXPRESSIONS
 
 
@@ -21,6 +23,21 @@ class GeneratorConfig:
     conv_dim: int = 64
     num_expressions: int = len(EXPRESSIONS)
     residual_blocks: int = 1
+    # Ours, off (0) in the paper: a fixed binomial low-pass with this many taps (3: [1, 2, 1]) on the residual, in
+    # training and inference alike. It removes the period-2 checkerboard that a generator trained at 64² adds and
+    # that upsampling the residual to the full-resolution crop turns into blotches. It has no weights.
+    residual_blur: int = 0
+
+    def __post_init__(self) -> None:
+        if self.residual_blur not in (0, 3, 5, 7):
+            raise ConfigError(f"generator.residual_blur must be 0 (off), 3, 5 or 7 taps, got {self.residual_blur}")
+
+
+def binomial_kernel(taps: int, channels: int) -> torch.Tensor:
+    """(channels, 1, taps, taps) normalised 2-D binomial filter (row of Pascal's triangle, outer product)."""
+    row = torch.tensor([math.comb(taps - 1, k) for k in range(taps)], dtype=torch.float32)
+    kernel = torch.outer(row, row) / row.sum() ** 2
+    return kernel.expand(channels, 1, taps, taps).contiguous()
 
 
 @dataclass(frozen=True)
@@ -90,11 +107,19 @@ class Generator(nn.Module):
             dim //= 2
         layers += [nn.Conv2d(dim, 3, kernel_size=7, stride=1, padding=3, bias=False), nn.Tanh()]
         self.main = nn.Sequential(*layers)
+        if config.residual_blur:
+            # Not persistent: state_dict keys stay the official ones.
+            self.register_buffer("blur_kernel", binomial_kernel(config.residual_blur, 3), persistent=False)
 
     def residual(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """The change the generator adds: (N, 3, H, W) in [-1, 1] for x (N, 3, H, W) and c (N, E)."""
         c_map = c[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
-        return self.main(torch.cat([x, c_map], dim=1))
+        residual = self.main(torch.cat([x, c_map], dim=1))
+        if not self.config.residual_blur:
+            return residual
+        pad = self.config.residual_blur // 2
+        kernel = self.blur_kernel.to(residual.dtype)
+        return F.conv2d(F.pad(residual, (pad, pad, pad, pad), mode="replicate"), kernel, groups=3)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) float in [-1, 1] plus (N, E) one-hot -> (N, 3, H, W), unclamped as in the paper."""

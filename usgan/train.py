@@ -11,6 +11,7 @@ run must use the same config, except logging.*, data.workers, amp, optim.total_s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import random
@@ -38,8 +39,8 @@ from usgan.checkpoint import (
 )
 from usgan.config import ConfigError, load_config, to_mapping
 from usgan.data import (
-    DataConfig, DataError, FaceDataset, ResumableSampler, Sample, flip_mask, load_image, partner_table, scan_dataset,
-    split_samples, summarize_split,
+    DataConfig, DataError, FaceDataset, ResumableSampler, Sample, colour_jitter, colour_params, flip_mask, load_image,
+    partner_table, scan_dataset, split_samples, summarize_split,
 )
 from usgan.distributed import DistInfo, any_process, barrier, init_distributed, shutdown_distributed
 from usgan.errors import UserError
@@ -135,10 +136,15 @@ class TrainConfig:
     # Share of each batch whose target is the expression of another photo of the same person, which then gets
     # loss.lambda_pair's paired guidance (0 = the paper's unpaired recipe).
     pair_fraction: float = 0.0
+    # Per-image colour jitter (white balance, exposure, contrast; usgan.data.colour_params), the same on an image
+    # and its paired target. 0 = off (the paper); 1 = gains in [0.75, 1.25].
+    colour_jitter: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.pair_fraction <= 1:
             raise ConfigError(f"pair_fraction must be in [0, 1], got {self.pair_fraction}")
+        if not 0 <= self.colour_jitter <= 2:
+            raise ConfigError(f"colour_jitter must be in [0, 2], got {self.colour_jitter}")
         if self.amp not in get_args(AmpMode):
             raise ConfigError(f"amp must be one of {', '.join(get_args(AmpMode))}, got {self.amp!r}")
         if self.target_labels not in get_args(TargetMode):
@@ -420,8 +426,13 @@ def prepare_batch(
     x_pair = pair_mask = None
     if pairs is not None and rest and config.pair_fraction > 0:
         targets, x_pair, pair_mask = draw_pairs(rest[0], targets, pairs, config.pair_fraction, rng)
-        x_pair = torch.where(flip, x_pair.flip(3), x_pair).to(info.device)  # mirrored with its source
-        pair_mask = pair_mask.to(info.device)
+        x_pair = torch.where(flip, x_pair.flip(3), x_pair)  # mirrored with its source
+    if config.colour_jitter > 0:  # drawn last, so runs without jitter keep their random stream
+        colour = colour_params(images.shape[0], config.colour_jitter, rng)
+        images = colour_jitter(images, colour)
+        x_pair = None if x_pair is None else colour_jitter(x_pair, colour)
+    if x_pair is not None:
+        x_pair, pair_mask = x_pair.to(info.device), pair_mask.to(info.device)
     to = dict(device=info.device, non_blocking=True)
     labels, targets = labels.to(**to), targets.to(**to)
     return StepBatch(
@@ -660,9 +671,12 @@ def load_checkpoint(state: TrainState, config: TrainConfig, path: Path, info: Di
 
 
 def init_generator(state: TrainState, config: TrainConfig, path: Path) -> None:
-    """Start a fresh run's generator from a generator file (fine-tuning); its architecture must match the config."""
+    """Start a fresh run's generator from a generator file (fine-tuning); its architecture must match the config.
+
+    Only residual_blur (no weights) may differ: a generator trained without the low-pass can be fine-tuned with it.
+    """
     generator, _ = load_generator(path)
-    if generator.config != config.model.generator:
+    if dataclasses.replace(generator.config, residual_blur=config.model.generator.residual_blur) != config.model.generator:
         raise ConfigError(f"{path}: generator {generator.config} differs from the config's {config.model.generator}")
     state.raw_generator.load_state_dict(generator.state_dict(), strict=True)  # copies onto the run's device
 

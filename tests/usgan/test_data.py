@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from usgan.data import (
-    DataConfig, DataError, FaceDataset, ResumableSampler, identity_from_filename, load_image, random_flip,
+    DataConfig, DataError, FaceDataset, ResumableSampler, colour_jitter, colour_params, identity_from_filename,
+    load_image, random_flip,
     scan_dataset, split_samples, summarize_split,
 )
 from usgan.expressions import EXPRESSIONS
@@ -113,6 +114,16 @@ def test_random_flip_is_reproducible_and_mirrors() -> None:
     flipped = [torch.equal(o, i.flip(2)) for o, i in zip(out, images)]
     kept = [torch.equal(o, i) for o, i in zip(out, images)]
     assert all(f != k for f, k in zip(flipped, kept)) and any(flipped) and any(kept)
+
+
+def test_colour_jitter_is_a_per_image_affine_colour_map_and_identity_at_zero() -> None:
+    images = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1)) - 0.5  # nothing clamps
+    assert torch.allclose(colour_jitter(images, colour_params(4, 0.0, torch.Generator())), images, atol=1e-6)
+    params = colour_params(4, 1.0, torch.Generator().manual_seed(2))
+    assert params.shape == (4, 5, 1, 1) and params[:, :3].abs().max() <= 0.25 and params[:, 3].abs().max() <= 0.3
+    gains, bright, contrast = 1 + params[:, :3], params[:, 3:4], 1 + params[:, 4:5]
+    assert torch.allclose(colour_jitter(images, params), ((images + 1) * gains - 1) * contrast + bright)
+    assert colour_jitter(torch.ones(4, 3, 2, 2), params).max() <= 1.0
 
 
 def test_resumable_sampler_continues_the_same_epoch_order() -> None:

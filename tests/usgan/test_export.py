@@ -14,7 +14,8 @@ from click.testing import CliRunner
 
 from cli import cli
 from official_reference import canonical_to_official, make_official, official_test_output, sample_inputs
-from usgan.checkpoint import CheckpointError, import_official, load_generator
+from usgan.checkpoint import CheckpointError, WeightsInfo, import_official, load_generator, save_generator
+from usgan.model import Generator, GeneratorConfig
 from usgan.export import (
     CPU,
     CUDA,
@@ -195,3 +196,17 @@ def test_tensorrt_session_builds_cached_engine(exported, tmp_path):
     with torch.no_grad():
         torch_out = load_generator(exported["weights"])[0](x, c).numpy()
     assert np.abs(trt_out - torch_out).max() <= 1e-2  # TensorRT may use TF32 convolutions
+
+
+def test_residual_blur_is_in_the_exported_graph(tmp_path):
+    generator = Generator(GeneratorConfig(conv_dim=8, residual_blur=3)).eval()
+    save_generator(tmp_path / "g.safetensors", generator, WeightsInfo(generator=generator.config, image_size=IMAGE_SIZE))
+    result = export_onnx(tmp_path / "g.safetensors", tmp_path / "g.onnx")
+    x, c = sample_inputs(batch=2, size=IMAGE_SIZE)
+    onnx_out = run_generator(_cpu_session(tmp_path / "g.onnx"), x.numpy(), c.numpy())
+    plain = Generator(GeneratorConfig(conv_dim=8)).eval()
+    plain.load_state_dict(generator.state_dict())
+    with torch.no_grad():
+        blurred, unblurred = generator(x, c).numpy(), plain(x, c).numpy()
+    assert np.abs(onnx_out - blurred).max() <= 1e-4 and result.max_abs_diff <= 1e-4
+    assert np.abs(onnx_out - unblurred).max() > 1e-3

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from official_reference import make_official, official_test_output, sample_inputs
-from usgan.model import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, count_parameters
+from usgan.config import ConfigError
+from usgan.model import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, binomial_kernel, count_parameters
 
 
 def test_generator_parameter_count_matches_paper_configuration():
@@ -62,3 +63,26 @@ def test_eval_output_equals_official_test_time_output(conv_dim, blocks, size):
         running_stats = official.eval()(x, c)  # what a naive eval() port of the official code would give
     assert (ours - expected).abs().max().item() <= 1e-6
     assert (running_stats - expected).abs().max().item() > 1e-2  # the reference weights make the difference visible
+
+
+def test_residual_blur_removes_the_checkerboard_and_keeps_official_keys():
+    plain = Generator(GeneratorConfig(conv_dim=8)).eval()
+    blurred = Generator(GeneratorConfig(conv_dim=8, residual_blur=3)).eval()
+    assert list(blurred.state_dict()) == list(plain.state_dict())  # the filter has no weights
+    blurred.load_state_dict(plain.state_dict(), strict=True)
+    x, c = sample_inputs(batch=2, size=16)
+    with torch.no_grad():
+        raw, smooth = plain.residual(x, c), blurred.residual(x, c)
+    expected = torch.nn.functional.conv2d(torch.nn.functional.pad(raw, (1, 1, 1, 1), mode="replicate"),
+                                          binomial_kernel(3, 3), groups=3)
+    assert torch.allclose(smooth, expected, atol=1e-6)
+    # [1, 2, 1] zeroes the period-2 checkerboard and keeps a constant.
+    board = (torch.arange(6)[:, None] + torch.arange(6)[None]) % 2 * 2.0 - 1
+    kernel = binomial_kernel(3, 1)
+    assert torch.allclose(torch.nn.functional.conv2d(board[None, None], kernel), torch.zeros(1, 1, 4, 4))
+    assert torch.allclose(torch.nn.functional.conv2d(torch.ones(1, 1, 5, 5), binomial_kernel(5, 1)), torch.ones(1, 1, 1, 1))
+
+
+def test_residual_blur_rejects_even_taps():
+    with pytest.raises(ConfigError, match="residual_blur"):
+        GeneratorConfig(residual_blur=4)

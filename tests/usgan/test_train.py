@@ -43,7 +43,9 @@ def scramble_global_rng() -> None:
     random.seed(12345)
 
 
-@pytest.mark.parametrize("pairing", [{}, {"pair_fraction": 0.5, "loss.lambda_pair": 1.0}])
+@pytest.mark.parametrize("pairing", [{}, {"pair_fraction": 0.5, "loss.lambda_pair": 1.0},
+                                     {"pair_fraction": 0.5, "loss.lambda_pair": 1.0, "colour_jitter": 1.0,
+                                      "model.generator.residual_blur": 3}])
 def test_resume_matches_an_uninterrupted_run(tiny_faces: Path, tmp_path: Path, pairing: dict) -> None:
     config = tiny_config(**pairing)
     straight, split = tmp_path / "straight", tmp_path / "split"
@@ -142,6 +144,11 @@ def test_init_generator_must_match_the_config(tiny_faces: Path, tmp_path: Path) 
     wider = tiny_config(**{"model.generator.conv_dim": 16})
     with pytest.raises(ConfigError, match="differs from the config"):
         train(wider, RunOptions(tiny_faces, tmp_path / "wide", max_steps=1, init_generator=source / "generator.safetensors"))
+    # residual_blur has no weights: a generator trained without it can be fine-tuned with it, and the result says so.
+    blurred = tiny_config(**{"model.generator.residual_blur": 3})
+    train(blurred, RunOptions(tiny_faces, tmp_path / "blur", max_steps=1, init_generator=source / "generator.safetensors"))
+    tuned, _ = load_generator(tmp_path / "blur" / "generator.safetensors")
+    assert tuned.config.residual_blur == 3
 
 
 @pytest.mark.parametrize(("step", "factor"), [(0, 1.0), (100, 1.0), (150, 0.5), (199, 0.01), (200, 0.0)])
@@ -219,6 +226,31 @@ def test_paired_targets_come_from_the_same_person_and_are_mirrored_with_their_so
                                    else load_image(samples[j].path, 32))]
             assert len(partner) == 1 and partner[0].identity == source.identity
             assert partner[0].label == int(batch.label_trg[i]) != source.label
+
+
+def test_colour_jitter_changes_an_image_and_its_paired_target_alike(tiny_faces: Path) -> None:
+    plain = tiny_config(pair_fraction=1.0, **{"loss.lambda_pair": 1.0, "optim.batch_size": 8})
+    jittered = tiny_config(pair_fraction=1.0, colour_jitter=1.0, **{"loss.lambda_pair": 1.0, "optim.batch_size": 8})
+    samples = tuple(scan_dataset(tiny_faces))
+    pairs = PairSource(samples, partner_table(samples), plain.model.image_size)
+    indices = torch.arange(8)
+    images = torch.stack([load_image(samples[i].path, 32) for i in indices])
+    labels = torch.tensor([samples[i].label for i in indices])
+    info = init_distributed(use_cuda=False)
+    a = prepare_batch((images, labels, indices), plain, info, 3, pairs)
+    b = prepare_batch((images, labels, indices), jittered, info, 3, pairs)
+    # The jitter is drawn after everything else: same flips, targets and partners as without it.
+    assert torch.equal(a.label_trg, b.label_trg) and torch.equal(a.alpha, b.alpha)
+    assert not torch.allclose(a.x_real, b.x_real, atol=1e-2)
+    for i in range(8):  # per channel, the affine map that took x_real to its jittered self also took x_pair to its
+        for ch in range(3):
+            src, dst = a.x_real[i, ch].flatten(), b.x_real[i, ch].flatten()
+            keep = dst.abs() < 0.999  # not clamped
+            slope, offset = torch.linalg.lstsq(torch.stack([src[keep], torch.ones_like(src[keep])], 1),
+                                               dst[keep, None]).solution.flatten()
+            pair_src, pair_dst = a.x_pair[i, ch].flatten(), b.x_pair[i, ch].flatten()
+            expected = (slope * pair_src + offset).clamp(-1, 1)
+            assert torch.allclose(expected, pair_dst, atol=1e-4), (i, ch)
 
 
 def test_cli_dry_run_prints_config_and_summary(tiny_faces: Path, tmp_path: Path) -> None:
