@@ -1,4 +1,5 @@
-"""US-GAN training losses: WGAN-GP adversarial, expression classification and L1 cycle reconstruction.
+"""US-GAN training losses: WGAN-GP adversarial, expression classification and L1 cycle reconstruction
+(plus our optional paired guidance and residual smoothness).
 
 This module owns the maths only (as stylegan3's training/loss.py); optimisers, AMP scalers and DDP live in
 usgan.train. All reductions are done in float32 so the losses are the same under autocast.
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from usgan.config import ConfigError
+from usgan.model import binomial_kernel
 
 # (N, 3, H, W) -> (patch scores (N, 1, h, w), expression logits (N, E)), as usgan.model.Discriminator.
 Critic = Callable[[Tensor], tuple[Tensor, Tensor]]
@@ -33,11 +35,15 @@ class LossConfig:
     # the coarse expression change (mouth, brows) and ignores the small misalignment between two photos.
     lambda_pair: float = 0.0
     pair_pool: int = 4
+    # Residual smoothness (ours, off in the paper): L1 of the high-pass of the change G makes (fake - real minus its
+    # 5-tap binomial blur). It leaves broad shape changes (a smile, lowered brows) almost free and penalises the
+    # speckle and stripes with which a generator fools a small critic's expression head (residual_high_pass).
+    lambda_smooth: float = 0.0
 
     def __post_init__(self) -> None:
         if self.pair_pool < 1:
             raise ConfigError(f"loss.pair_pool must be >= 1, got {self.pair_pool}")
-        for name in ("lambda_gp", "lambda_cls", "lambda_rec", "lambda_pair"):
+        for name in ("lambda_gp", "lambda_cls", "lambda_rec", "lambda_pair", "lambda_smooth"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
 
@@ -97,13 +103,23 @@ def pair_loss(x_fake: Tensor, x_pair: Tensor, pair_mask: Tensor, pool: int) -> T
     return (F.avg_pool2d(fake, pool) - F.avg_pool2d(target, pool)).abs().mean()
 
 
+def residual_high_pass(residual: Tensor) -> Tensor:
+    """Mean |r - binomial5(r)| of an (N, C, H, W) residual: period-2 texture counts fully, period 4 at 3/4, a
+    16-pixel-wide shape at under 1/10."""
+    channels = residual.shape[1]
+    kernel = binomial_kernel(5, channels).to(device=residual.device, dtype=torch.float32)
+    r = residual.float()
+    return (r - F.conv2d(F.pad(r, (2, 2, 2, 2), mode="replicate"), kernel, groups=channels)).abs().mean()
+
+
 def generator_loss(
     generator: Translator, critic: Critic, x_real: Tensor, c_org: Tensor, c_trg: Tensor, label_trg: Tensor,
     config: LossConfig, x_pair: Tensor | None = None, pair_mask: Tensor | None = None, x_fake: Tensor | None = None,
 ) -> LossTerms:
     """G loss: -D(G(x, c_trg)) + lambda_cls * CE(fake, target) + lambda_rec * |G(G(x, c_trg), c_org) - x|_1.
 
-    With x_pair (N, 3, H, W) and pair_mask (N,) bool, adds lambda_pair * pair_loss for the paired samples.
+    With x_pair (N, 3, H, W) and pair_mask (N,) bool, adds lambda_pair * pair_loss for the paired samples, and
+    lambda_smooth * residual_high_pass(G(x, c_trg) - x) when that weight is set.
     x_fake, when given, is G(x_real, c_trg) already computed with its graph (the train step shares it with D's update).
     """
     if x_fake is None:
@@ -118,5 +134,8 @@ def generator_loss(
     if x_pair is not None and pair_mask is not None and config.lambda_pair > 0:
         terms["g/pair"] = pair_loss(x_fake, x_pair, pair_mask, config.pair_pool)
         total = total + config.lambda_pair * terms["g/pair"]
+    if config.lambda_smooth > 0:
+        terms["g/smooth"] = residual_high_pass(x_fake - x_real)
+        total = total + config.lambda_smooth * terms["g/smooth"]
     terms["g/total"] = total
     return LossTerms(total, {k: v.detach() for k, v in terms.items()})

@@ -127,3 +127,30 @@ def test_generator_loss_adds_weighted_pair_term() -> None:
                                     labels, config)
     assert float(with_pair.terms["g/pair"]) == 1.0
     assert float(with_pair.total) == float(without.total) + 2.0
+
+
+def test_residual_high_pass_penalises_texture_not_broad_changes() -> None:
+    y, x = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    board = ((x + y) % 2 * 2 - 1).expand(1, 3, 32, 32)  # period-2 checkerboard, amplitude 1
+    stripes = torch.cos(math.pi / 2 * y).expand(1, 3, 32, 32)  # period-4 horizontal stripes
+    blob = torch.exp(-((x - 16) ** 2 + (y - 20) ** 2) / 50).expand(1, 3, 32, 32)  # a mouth-sized smooth change
+    assert float(losses.residual_high_pass(torch.full((1, 3, 32, 32), 0.3))) == pytest.approx(0.0, abs=1e-6)
+    assert float(losses.residual_high_pass(board)) == pytest.approx(1.0, rel=0.05)
+    assert float(losses.residual_high_pass(stripes)) == pytest.approx(0.75 * stripes.abs().mean().item(), rel=0.05)
+    assert float(losses.residual_high_pass(blob)) < 0.1 * float(blob.abs().mean())
+
+
+def test_generator_loss_adds_weighted_smoothness_of_the_residual() -> None:
+    labels = torch.tensor([0, 1])
+    x_real = torch.rand(2, 3, 8, 8)
+    noise = torch.rand(2, 3, 8, 8) * 0.2
+    textured = lambda x, c: x + noise  # noqa: E731
+    config = losses.LossConfig(lambda_smooth=3.0)
+    result = losses.generator_loss(textured, mean_critic(labels), x_real, torch.zeros(2, 7), torch.zeros(2, 7),
+                                   labels, config)
+    plain = losses.generator_loss(textured, mean_critic(labels), x_real, torch.zeros(2, 7), torch.zeros(2, 7),
+                                  labels, losses.LossConfig())
+    smooth = float(losses.residual_high_pass(noise))
+    assert float(result.terms["g/smooth"]) == pytest.approx(smooth, rel=1e-4) and smooth > 0.01
+    assert float(result.total) == pytest.approx(float(plain.total) + 3.0 * smooth, rel=1e-4)
+    assert "g/smooth" not in plain.terms

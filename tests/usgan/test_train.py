@@ -207,6 +207,12 @@ def test_tfeid_recipe() -> None:
     assert (config.pair_fraction, config.loss.lambda_pair, config.data.val_identity_count) == (0.5, 2.0, 3)
 
 
+def test_tfeid_refine_recipe() -> None:
+    config = load_train_config(REPO / "configs" / "train" / "tfeid_refine.yaml", {})
+    assert (config.model.generator.residual_blur, config.loss.lambda_smooth, config.colour_jitter) == (3, 10.0, 1.0)
+    assert (config.optim.warmup_steps, config.pair_fraction, config.model.d_conv_dim) == (300, 1.0, 32)
+
+
 def test_paired_targets_come_from_the_same_person_and_are_mirrored_with_their_source(tiny_faces: Path) -> None:
     config = tiny_config(pair_fraction=1.0, **{"loss.lambda_pair": 1.0, "optim.batch_size": 8})
     samples = tuple(scan_dataset(tiny_faces))
