@@ -213,16 +213,22 @@ def test_tfeid_refine_recipe() -> None:
     assert (config.optim.warmup_steps, config.pair_fraction, config.model.d_conv_dim) == (300, 1.0, 32)
 
 
-def test_paired_targets_come_from_the_same_person_and_are_mirrored_with_their_source(tiny_faces: Path) -> None:
-    config = tiny_config(pair_fraction=1.0, **{"loss.lambda_pair": 1.0, "optim.batch_size": 8})
+def paired_loader_batch(tiny_faces: Path) -> tuple[tuple, tuple, PairSource]:
+    """The first 8 tiny faces as a loader batch (images, labels, indices), the samples, and their pair source."""
     samples = tuple(scan_dataset(tiny_faces))
-    pairs = PairSource(samples, partner_table(samples), config.model.image_size)
     indices = torch.arange(8)
     images = torch.stack([load_image(samples[i].path, 32) for i in indices])
     labels = torch.tensor([samples[i].label for i in indices])
+    return (images, labels, indices), samples, PairSource(samples, partner_table(samples), 32)
+
+
+def test_paired_targets_come_from_the_same_person_and_are_mirrored_with_their_source(tiny_faces: Path) -> None:
+    config = tiny_config(pair_fraction=1.0, **{"loss.lambda_pair": 1.0, "optim.batch_size": 8})
+    loader_batch, samples, pairs = paired_loader_batch(tiny_faces)
+    images = loader_batch[0]
     info = init_distributed(use_cuda=False)
     for step in range(4):
-        batch = prepare_batch((images, labels, indices), config, info, step, pairs)
+        batch = prepare_batch(loader_batch, config, info, step, pairs)
         assert bool(batch.pair_mask.all())
         for i in range(8):
             source = samples[i]
@@ -237,14 +243,10 @@ def test_paired_targets_come_from_the_same_person_and_are_mirrored_with_their_so
 def test_colour_jitter_changes_an_image_and_its_paired_target_alike(tiny_faces: Path) -> None:
     plain = tiny_config(pair_fraction=1.0, **{"loss.lambda_pair": 1.0, "optim.batch_size": 8})
     jittered = tiny_config(pair_fraction=1.0, colour_jitter=1.0, **{"loss.lambda_pair": 1.0, "optim.batch_size": 8})
-    samples = tuple(scan_dataset(tiny_faces))
-    pairs = PairSource(samples, partner_table(samples), plain.model.image_size)
-    indices = torch.arange(8)
-    images = torch.stack([load_image(samples[i].path, 32) for i in indices])
-    labels = torch.tensor([samples[i].label for i in indices])
+    loader_batch, _, pairs = paired_loader_batch(tiny_faces)
     info = init_distributed(use_cuda=False)
-    a = prepare_batch((images, labels, indices), plain, info, 3, pairs)
-    b = prepare_batch((images, labels, indices), jittered, info, 3, pairs)
+    a = prepare_batch(loader_batch, plain, info, 3, pairs)
+    b = prepare_batch(loader_batch, jittered, info, 3, pairs)
     # The jitter is drawn after everything else: same flips, targets and partners as without it.
     assert torch.equal(a.label_trg, b.label_trg) and torch.equal(a.alpha, b.alpha)
     assert not torch.allclose(a.x_real, b.x_real, atol=1e-2)
