@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from usgan.config import ConfigError
-from usgan.model import binomial_kernel
+from usgan.model import binomial_kernel, blur
 
 # (N, 3, H, W) -> (patch scores (N, 1, h, w), expression logits (N, E)), as usgan.model.Discriminator.
 Critic = Callable[[Tensor], tuple[Tensor, Tensor]]
@@ -106,10 +106,8 @@ def pair_loss(x_fake: Tensor, x_pair: Tensor, pair_mask: Tensor, pool: int) -> T
 def residual_high_pass(residual: Tensor) -> Tensor:
     """Mean |r - binomial5(r)| of an (N, C, H, W) residual: period-2 texture counts fully, period 4 at 3/4, a
     16-pixel-wide shape at under 1/10."""
-    channels = residual.shape[1]
-    kernel = binomial_kernel(5, channels).to(device=residual.device, dtype=torch.float32)
     r = residual.float()
-    return (r - F.conv2d(F.pad(r, (2, 2, 2, 2), mode="replicate"), kernel, groups=channels)).abs().mean()
+    return (r - blur(r, binomial_kernel(5, r.shape[1]).to(r.device))).abs().mean()
 
 
 def generator_loss(

@@ -40,6 +40,12 @@ def binomial_kernel(taps: int, channels: int) -> torch.Tensor:
     return kernel.expand(channels, 1, taps, taps).contiguous()
 
 
+def blur(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Per-channel low-pass of (N, C, H, W) x with a binomial_kernel (C, 1, k, k); borders replicated, size kept."""
+    pad = kernel.shape[-1] // 2
+    return F.conv2d(F.pad(x, (pad, pad, pad, pad), mode="replicate"), kernel.to(x.dtype), groups=x.shape[1])
+
+
 @dataclass(frozen=True)
 class DiscriminatorConfig:
     """StarGAN PatchGAN discriminator with an expression head; defaults are the paper's at 128²."""
@@ -115,11 +121,7 @@ class Generator(nn.Module):
         """The change the generator adds: (N, 3, H, W) in [-1, 1] for x (N, 3, H, W) and c (N, E)."""
         c_map = c[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
         residual = self.main(torch.cat([x, c_map], dim=1))
-        if not self.config.residual_blur:
-            return residual
-        pad = self.config.residual_blur // 2
-        kernel = self.blur_kernel.to(residual.dtype)
-        return F.conv2d(F.pad(residual, (pad, pad, pad, pad), mode="replicate"), kernel, groups=3)
+        return blur(residual, self.blur_kernel) if self.config.residual_blur else residual
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) float in [-1, 1] plus (N, E) one-hot -> (N, 3, H, W), unclamped as in the paper."""
