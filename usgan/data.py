@@ -20,6 +20,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset, DistributedSampler
@@ -238,6 +239,28 @@ def colour_jitter(images: Tensor, params: Tensor) -> Tensor:
     """
     gains, bright, contrast = 1 + params[:, :3], params[:, 3:4], 1 + params[:, 4:5]
     return (((images + 1) * gains - 1) * contrast + bright).clamp(-1.0, 1.0)
+
+
+def geometry_params(count: int, strength: float, generator: torch.Generator) -> Tensor:
+    """(count, 4): per-image rotation (radians), scale, x and y shift (fractions of the half-width), uniform.
+
+    strength 1 gives rotations in [-6, 6] degrees, scales in [0.94, 1.06] and shifts of up to 4% of the crop.
+    """
+    spread = torch.tensor([np.radians(6.0), 0.06, 0.08, 0.08]) * strength  # shifts: grid units, 1 = half-width
+    return (torch.rand(count, 4, generator=generator) * 2 - 1) * spread
+
+
+def geometry_jitter(images: Tensor, params: Tensor) -> Tensor:
+    """Rotate, scale and shift (N, 3, H, W) images about their centre by geometry_params (edges repeat outwards).
+
+    The pipeline's crops of users' faces are never aligned as exactly as TFEID's frontal studio photos (head
+    turns, tracker jitter); the same params on a photo and its paired target keep the pair aligned to each other.
+    """
+    angle, scale, shift = params[:, 0], 1 + params[:, 1], params[:, 2:]
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 class ResumableSampler(DistributedSampler):

@@ -39,11 +39,15 @@ class LossConfig:
     # 5-tap binomial blur). It leaves broad shape changes (a smile, lowered brows) almost free and penalises the
     # speckle and stripes with which a generator fools a small critic's expression head (residual_high_pass).
     lambda_smooth: float = 0.0
+    # Residual colourfulness (ours, off in the paper): L1 of the change's deviation from grey (each channel minus
+    # the mean of the three). Real expression changes are mostly shading (chroma ~1/6 of |change| between two TFEID
+    # photos of one person); a generator's stray colour (pink cheeks, yellow eyes, purple bands) is not.
+    lambda_chroma: float = 0.0
 
     def __post_init__(self) -> None:
         if self.pair_pool < 1:
             raise ConfigError(f"loss.pair_pool must be >= 1, got {self.pair_pool}")
-        for name in ("lambda_gp", "lambda_cls", "lambda_rec", "lambda_pair", "lambda_smooth"):
+        for name in ("lambda_gp", "lambda_cls", "lambda_rec", "lambda_pair", "lambda_smooth", "lambda_chroma"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
 
@@ -110,6 +114,12 @@ def residual_high_pass(residual: Tensor) -> Tensor:
     return (r - blur(r, binomial_kernel(5, r.shape[1]).to(r.device))).abs().mean()
 
 
+def residual_chroma(residual: Tensor) -> Tensor:
+    """Mean |r - mean over channels of r| of an (N, 3, H, W) residual: 0 for a grey (pure shading) change."""
+    r = residual.float()
+    return (r - r.mean(dim=1, keepdim=True)).abs().mean()
+
+
 def generator_loss(
     generator: Translator, critic: Critic, x_real: Tensor, c_org: Tensor, c_trg: Tensor, label_trg: Tensor,
     config: LossConfig, x_pair: Tensor | None = None, pair_mask: Tensor | None = None, x_fake: Tensor | None = None,
@@ -117,7 +127,8 @@ def generator_loss(
     """G loss: -D(G(x, c_trg)) + lambda_cls * CE(fake, target) + lambda_rec * |G(G(x, c_trg), c_org) - x|_1.
 
     With x_pair (N, 3, H, W) and pair_mask (N,) bool, adds lambda_pair * pair_loss for the paired samples, and
-    lambda_smooth * residual_high_pass(G(x, c_trg) - x) when that weight is set.
+    lambda_smooth * residual_high_pass(G(x, c_trg) - x) and lambda_chroma * residual_chroma(G(x, c_trg) - x) when
+    those weights are set.
     x_fake, when given, is G(x_real, c_trg) already computed with its graph (the train step shares it with D's update).
     """
     if x_fake is None:
@@ -135,5 +146,8 @@ def generator_loss(
     if config.lambda_smooth > 0:
         terms["g/smooth"] = residual_high_pass(x_fake - x_real)
         total = total + config.lambda_smooth * terms["g/smooth"]
+    if config.lambda_chroma > 0:
+        terms["g/chroma"] = residual_chroma(x_fake - x_real)
+        total = total + config.lambda_chroma * terms["g/chroma"]
     terms["g/total"] = total
     return LossTerms(total, {k: v.detach() for k, v in terms.items()})

@@ -39,7 +39,7 @@ from usgan.checkpoint import (
 )
 from usgan.config import ConfigError, load_config, to_mapping
 from usgan.data import (
-    DataConfig, DataError, FaceDataset, ResumableSampler, Sample, colour_jitter, colour_params, flip_mask, load_image,
+    DataConfig, DataError, FaceDataset, ResumableSampler, Sample, colour_jitter, colour_params, flip_mask, geometry_jitter, geometry_params, load_image,
     partner_table, scan_dataset, split_samples, summarize_split,
 )
 from usgan.distributed import DistInfo, any_process, barrier, init_distributed, shutdown_distributed
@@ -139,12 +139,17 @@ class TrainConfig:
     # Per-image colour jitter (white balance, exposure, contrast; usgan.data.colour_params), the same on an image
     # and its paired target. 0 = off (the paper); 1 = gains in [0.75, 1.25].
     colour_jitter: float = 0.0
+    # Per-image rotation / scale / shift (usgan.data.geometry_params), the same on an image and its paired target.
+    # 0 = off (the paper); 1 = up to 6 degrees, 6% scale and 4% shift.
+    geometry_jitter: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.pair_fraction <= 1:
             raise ConfigError(f"pair_fraction must be in [0, 1], got {self.pair_fraction}")
         if not 0 <= self.colour_jitter <= 2:
             raise ConfigError(f"colour_jitter must be in [0, 2], got {self.colour_jitter}")
+        if not 0 <= self.geometry_jitter <= 2:
+            raise ConfigError(f"geometry_jitter must be in [0, 2], got {self.geometry_jitter}")
         if self.amp not in get_args(AmpMode):
             raise ConfigError(f"amp must be one of {', '.join(get_args(AmpMode))}, got {self.amp!r}")
         if self.target_labels not in get_args(TargetMode):
@@ -431,6 +436,10 @@ def prepare_batch(
         colour = colour_params(images.shape[0], config.colour_jitter, rng)
         images = colour_jitter(images, colour)
         x_pair = None if x_pair is None else colour_jitter(x_pair, colour)
+    if config.geometry_jitter > 0:  # drawn after colour, so runs without it keep their random stream
+        geometry = geometry_params(images.shape[0], config.geometry_jitter, rng)
+        images = geometry_jitter(images, geometry)
+        x_pair = None if x_pair is None else geometry_jitter(x_pair, geometry)
     if x_pair is not None:
         x_pair, pair_mask = x_pair.to(info.device), pair_mask.to(info.device)
     to = dict(device=info.device, non_blocking=True)

@@ -1,14 +1,17 @@
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import Tensor
 
 from usgan.data import (
-    DataConfig, DataError, FaceDataset, ResumableSampler, colour_jitter, colour_params, identity_from_filename,
+    DataConfig, DataError, FaceDataset, ResumableSampler, colour_jitter, colour_params, geometry_jitter,
+    geometry_params, identity_from_filename,
     load_image, random_flip,
     scan_dataset, split_samples, summarize_split,
 )
@@ -124,6 +127,31 @@ def test_colour_jitter_is_a_per_image_affine_colour_map_and_identity_at_zero() -
     gains, bright, contrast = 1 + params[:, :3], params[:, 3:4], 1 + params[:, 4:5]
     assert torch.allclose(colour_jitter(images, params), ((images + 1) * gains - 1) * contrast + bright)
     assert colour_jitter(torch.ones(4, 3, 2, 2), params).max() <= 1.0
+
+
+def test_geometry_jitter_moves_content_by_its_params_and_is_identity_at_zero() -> None:
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    assert torch.allclose(geometry_jitter(images, geometry_params(3, 0.0, torch.Generator())), images, atol=1e-5)
+    params = geometry_params(500, 1.0, torch.Generator().manual_seed(2))
+    limits = torch.tensor([math.radians(6), 0.06, 0.08, 0.08])
+    assert params.shape == (500, 4) and bool((params.abs() <= limits).all()) and bool((params.abs() > 0.8 * limits).any(0).all())
+    dot = torch.full((1, 1, 32, 32), -1.0)
+    dot[..., 10:12, 20:22] = 1.0  # a bright 2x2 square centred at x = 20.5, y = 10.5
+
+    def centre(image: Tensor) -> tuple[float, float]:
+        weight = (image[0, 0] + 1).clamp(min=0)
+        y, x = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+        return float((weight * x).sum() / weight.sum()), float((weight * y).sum() / weight.sum())
+
+    # Shift by +0.125 grid units (2 pixels of 32) samples from 2 pixels right: the content moves 2 pixels left.
+    x, y = centre(geometry_jitter(dot, torch.tensor([[0.0, 0.0, 0.125, 0.0]])))
+    assert (x, y) == (pytest.approx(18.5, abs=0.05), pytest.approx(10.5, abs=0.05))
+    # A quarter turn about the centre (15.5, 15.5) takes it from offset (5, -5) to (5, 5) or (-5, -5).
+    x, y = centre(geometry_jitter(dot, torch.tensor([[math.pi / 2, 0.0, 0.0, 0.0]])))
+    assert min(abs(x - 20.5) + abs(y - 20.5), abs(x - 10.5) + abs(y - 10.5)) < 0.1
+    # Scale 1.1 magnifies about the centre: offset (5, -5) becomes (5.5, -5.5).
+    x, y = centre(geometry_jitter(dot, torch.tensor([[0.0, 0.1, 0.0, 0.0]])))
+    assert (x, y) == (pytest.approx(21.0, abs=0.1), pytest.approx(10.0, abs=0.1))
 
 
 def test_resumable_sampler_continues_the_same_epoch_order() -> None:

@@ -154,3 +154,19 @@ def test_generator_loss_adds_weighted_smoothness_of_the_residual() -> None:
     assert float(result.terms["g/smooth"]) == pytest.approx(smooth, rel=1e-4) and smooth > 0.01
     assert float(result.total) == pytest.approx(float(plain.total) + 3.0 * smooth, rel=1e-4)
     assert "g/smooth" not in plain.terms
+
+
+def test_residual_chroma_counts_colour_not_shading_and_is_weighted_into_the_loss() -> None:
+    shading = torch.linspace(-0.5, 0.5, 64).reshape(1, 1, 8, 8).expand(2, 3, 8, 8)
+    assert float(losses.residual_chroma(shading)) == pytest.approx(0.0, abs=1e-6)
+    pink = torch.tensor([0.3, -0.15, -0.15]).reshape(1, 3, 1, 1).expand(2, 3, 8, 8)  # mean 0: all colour
+    assert float(losses.residual_chroma(pink)) == pytest.approx(0.2, rel=1e-5)
+    assert float(losses.residual_chroma(shading + pink)) == pytest.approx(0.2, rel=1e-5)
+    labels = torch.tensor([0, 1])
+    x_real = torch.rand(2, 3, 8, 8)
+    tinted = lambda x, c: x + pink  # noqa: E731
+    args = (tinted, mean_critic(labels), x_real, torch.zeros(2, 7), torch.zeros(2, 7), labels)
+    result = losses.generator_loss(*args, losses.LossConfig(lambda_chroma=2.0))
+    plain = losses.generator_loss(*args, losses.LossConfig())
+    assert float(result.terms["g/chroma"]) == pytest.approx(0.2, rel=1e-4) and "g/chroma" not in plain.terms
+    assert float(result.total) == pytest.approx(float(plain.total) + 2.0 * 0.2, rel=1e-4)

@@ -5,6 +5,7 @@ import random
 import signal
 import subprocess
 import sys
+import dataclasses
 import time
 from pathlib import Path
 
@@ -13,11 +14,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+import usgan.train as train_module
 from cli import cli
 from usgan.checkpoint import load_generator, load_tensors
 from usgan.config import ConfigError
 from usgan.errors import UserError
-from usgan.data import load_image, partner_table, scan_dataset
+from usgan.data import geometry_jitter, geometry_params, load_image, partner_table, scan_dataset
 from usgan.distributed import init_distributed
 from usgan.train import (
     OptimConfig, PairSource, RunOptions, TrainConfig, build_state, g_warmup_factor, list_checkpoints,
@@ -45,7 +47,9 @@ def scramble_global_rng() -> None:
 
 @pytest.mark.parametrize("pairing", [{}, {"pair_fraction": 0.5, "loss.lambda_pair": 1.0},
                                      {"pair_fraction": 0.5, "loss.lambda_pair": 1.0, "colour_jitter": 1.0,
-                                      "model.generator.residual_blur": 3}])
+                                      "model.generator.residual_blur": 3},
+                                     {"pair_fraction": 0.5, "loss.lambda_pair": 1.0, "geometry_jitter": 1.0,
+                                      "loss.lambda_chroma": 2.0}])
 def test_resume_matches_an_uninterrupted_run(tiny_faces: Path, tmp_path: Path, pairing: dict) -> None:
     config = tiny_config(**pairing)
     straight, split = tmp_path / "straight", tmp_path / "split"
@@ -238,6 +242,32 @@ def test_paired_targets_come_from_the_same_person_and_are_mirrored_with_their_so
                                    else load_image(samples[j].path, 32))]
             assert len(partner) == 1 and partner[0].identity == source.identity
             assert partner[0].label == int(batch.label_trg[i]) != source.label
+
+
+def test_tfeid_robust_recipe_is_refine_plus_geometry_and_chroma() -> None:
+    refine = load_train_config(REPO / "configs" / "train" / "tfeid_refine.yaml", {})
+    robust = load_train_config(REPO / "configs" / "train" / "tfeid_robust.yaml", {})
+    assert (robust.geometry_jitter, robust.loss.lambda_chroma, robust.colour_jitter) == (1.0, 5.0, 1.0)
+    assert robust.model == refine.model and robust.loss == dataclasses.replace(refine.loss, lambda_chroma=5.0)
+
+
+def test_geometry_jitter_moves_an_image_and_its_paired_target_alike(
+    tiny_faces: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    plain = tiny_config(pair_fraction=1.0, **{"loss.lambda_pair": 1.0, "optim.batch_size": 8})
+    moved = tiny_config(pair_fraction=1.0, geometry_jitter=1.0, **{"loss.lambda_pair": 1.0, "optim.batch_size": 8})
+    loader_batch, _, pairs = paired_loader_batch(tiny_faces)
+    info = init_distributed(use_cuda=False)
+    drawn = []
+    monkeypatch.setattr(train_module, "geometry_params", lambda *args: drawn.append(geometry_params(*args)) or drawn[-1])
+    a = prepare_batch(loader_batch, plain, info, 3, pairs)
+    b = prepare_batch(loader_batch, moved, info, 3, pairs)
+    assert len(drawn) == 1 and drawn[0].shape == (8, 4) and bool((drawn[0] != 0).all())
+    # Drawn after everything else: same flips, targets and partners as without it.
+    assert torch.equal(a.label_trg, b.label_trg) and torch.equal(a.alpha, b.alpha)
+    assert not torch.allclose(a.x_real, b.x_real, atol=1e-2)
+    assert torch.allclose(b.x_real, geometry_jitter(a.x_real, drawn[0]), atol=1e-6)
+    assert torch.allclose(b.x_pair, geometry_jitter(a.x_pair, drawn[0]), atol=1e-6)
 
 
 def test_colour_jitter_changes_an_image_and_its_paired_target_alike(tiny_faces: Path) -> None:
