@@ -67,6 +67,15 @@ class Judgements:
     pair_target: NDArray[np.int64]  # (m,)
     output_probs: NDArray[np.float32]  # (m, 7)
     identity: NDArray[np.float32]  # (m,) ArcFace cosine, input vs output
+    change: NDArray[np.float32] | None = None  # (m, 2): mean |output - input| and mean |its colour part|, levels
+
+
+def change_stats(source: Frame, output: Frame) -> tuple[float, float]:
+    """Mean |output - input| over pixels and channels (grey levels), and the same for its colour part: the change
+    minus its mean over the three channels (0 for a change that only darkens or lightens)."""
+    change = output.astype(np.float32) - source.astype(np.float32)
+    colour = change - change.mean(axis=2, keepdims=True)
+    return float(np.abs(change).mean()), float(np.abs(colour).mean())
 
 
 @dataclass(frozen=True)
@@ -151,8 +160,9 @@ def edit_crops(generator: Generator, info: WeightsInfo, crops: Sequence[Frame], 
 
 
 def judge_batch(generator: Generator, info: WeightsInfo, judges: Judges, crops: Sequence[Frame],
-                labels: Sequence[int]) -> tuple[NDArray, list[tuple[int, int, NDArray, float]]]:
-    """Input probabilities (B, 7) and, for every other target, (source, target, output probs, identity cosine)."""
+                labels: Sequence[int]) -> tuple[NDArray, list[tuple[int, int, NDArray, float, tuple[float, float]]]]:
+    """Input probabilities (B, 7) and, for every other target, (source, target, output probs, identity cosine,
+    change_stats)."""
     landmarks = [crop_template(crops[0].shape[0]).astype(np.float32)] * len(crops)
     input_probs = judges.expression.predict_batch(crops, landmarks)
     input_embeddings = judges.identity.embed_batch(crops, landmarks)
@@ -165,7 +175,8 @@ def judge_batch(generator: Generator, info: WeightsInfo, judges: Judges, crops: 
         out_landmarks = landmarks[: len(chosen)]  # the generator keeps the face where the crop template put it
         probs = judges.expression.predict_batch(outputs, out_landmarks)
         cosines = cosine_similarity(input_embeddings[chosen], judges.identity.embed_batch(outputs, out_landmarks))
-        pairs += [(i, target, p, float(c)) for i, p, c in zip(chosen, probs, cosines)]
+        pairs += [(i, target, p, float(c), change_stats(crops[i], out))
+                  for i, p, c, out in zip(chosen, probs, cosines, outputs)]
     return input_probs, pairs
 
 
@@ -178,7 +189,7 @@ def judge_sources(generator: Generator, info: WeightsInfo, judges: Judges, sampl
         batch = samples[start:start + batch_size]
         probs, batch_pairs = judge_batch(generator, info, judges, read_crops(batch), labels[start:start + batch_size])
         input_probs.append(probs)
-        pairs += [(start + i, t, p, c) for i, t, p, c in batch_pairs]
+        pairs += [(start + i, *rest) for i, *rest in batch_pairs]
         log.info("judged %d/%d sources", min(start + batch_size, len(samples)), len(samples))
     return Judgements(
         labels=labels,
@@ -187,6 +198,7 @@ def judge_sources(generator: Generator, info: WeightsInfo, judges: Judges, sampl
         pair_target=np.array([p[1] for p in pairs], dtype=np.int64),
         output_probs=np.stack([p[2] for p in pairs]).astype(np.float32),
         identity=np.array([p[3] for p in pairs], dtype=np.float32),
+        change=np.array([p[4] for p in pairs], dtype=np.float32).reshape(-1, 2),
     )
 
 
@@ -225,7 +237,12 @@ def summarise(j: Judgements) -> dict[str, Any]:
     if j.identity.size:
         identity = {"mean": float(j.identity.mean()), "p5": float(np.percentile(j.identity, 5)),
                     "min": float(j.identity.min())}
-    return {"identity": identity, "expression": {"per_class": per_class, "overall": overall}}
+    metrics = {"identity": identity, "expression": {"per_class": per_class, "overall": overall}}
+    if j.change is not None and j.change.size:
+        # Colour share: how much of the change is colour rather than shading, over all outputs.
+        metrics["change"] = {"mean_abs": float(j.change[:, 0].mean()),
+                             "colour_share": float(j.change[:, 1].sum() / max(j.change[:, 0].sum(), 1e-9))}
+    return metrics
 
 
 # --- grid -------------------------------------------------------------------------------------------------------------
@@ -371,6 +388,16 @@ def expression_table(expression: dict[str, Any]) -> list[str]:
     return lines
 
 
+def change_lines(change: dict[str, Any] | None) -> list[str]:
+    """report.md lines for how much the outputs differ from their inputs, and how colourful that difference is."""
+    if not change:
+        return []
+    return ["## Change (output - input)", "",
+            f"mean |change| {change['mean_abs']:.1f} grey levels; colour share {_fmt(change['colour_share'])} "
+            "(its colour part, each channel minus the mean of the three, over its size: 0 = pure shading; between "
+            "two photos of one TFEID performer it is about 0.17, stray tints push it up)", ""]
+
+
 def generator_section(metrics: dict[str, Any]) -> list[str]:
     """report.md lines for the generator: what was evaluated, identity, the expression table and the grid."""
     w, data, identity = metrics["weights"], metrics["data"], metrics["identity"]
@@ -382,6 +409,7 @@ def generator_section(metrics: dict[str, Any]) -> list[str]:
         "",
         "## Identity (ArcFace w600k_mbf cosine, input vs output)", "",
         f"mean {_fmt(identity['mean'])}, 5th percentile {_fmt(identity['p5'])}, min {_fmt(identity['min'])}", "",
+        *change_lines(metrics.get("change")),
         "## Expression (fer's FER2013 mini-Xception as judge)", "", *expression_table(metrics["expression"]), "",
         "Judge on real photos: its accuracy on the source crops of that class (its ceiling). Unchanged inputs: how "
         "often it already names the target on the input (the baseline to beat).", "", "![grid](grid.png)", "",
@@ -414,6 +442,10 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
         lines.append(f"judge on outputs {_fmt(overall['output_accuracy'])} vs unchanged inputs "
                      f"{_fmt(overall['baseline'])} (real photos {_fmt(overall['real_accuracy'])}), "
                      f"{overall['count']} outputs")
+    if metrics.get("change"):
+        change = metrics["change"]
+        lines.append(f"change: mean |output - input| {change['mean_abs']:.1f} grey levels, "
+                     f"colour share {_fmt(change['colour_share'])}")
     if metrics.get("flicker"):
         f = metrics["flicker"]
         lines.append(f"flicker: input {f['input']:.2f}, output {f['output']:.2f}, ratio {_fmt(f['ratio'])}")

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from cli import cli
 from pipeline.evaluate import (
-    GRID_HEADER, Judgements, choose_grid_samples, face_mask, flicker_index, grid_image, spread_samples, summarise,
+    GRID_HEADER, Judgements, change_stats, choose_grid_samples, face_mask, flicker_index, grid_image, spread_samples, summarise,
 )
 from pipeline.types import Face
 from pipeline.video import decode_video
@@ -55,6 +55,21 @@ def test_summarise_counts_real_baseline_and_outputs():
     assert per_class["angry"]["output_target_probability"] == pytest.approx(0.94)
     assert metrics["identity"]["mean"] == pytest.approx(0.8) and metrics["identity"]["min"] == pytest.approx(0.7)
     assert 0.7 < metrics["identity"]["p5"] < 0.72
+
+
+def test_change_stats_separate_shading_from_colour_and_summarise_weights_by_size():
+    source = np.full((4, 4, 3), 100, np.uint8)
+    darker = source - np.uint8(10)
+    tinted = source + np.array([0, 0, 30], np.uint8)  # BGR: redder
+    assert change_stats(source, darker) == (pytest.approx(10.0), pytest.approx(0.0))
+    assert change_stats(source, tinted) == (pytest.approx(10.0), pytest.approx(40 / 3))  # |-10|, |-10|, |20|
+    judgements = Judgements(
+        labels=np.array([HAPPY]), input_probs=one_hot_probs([HAPPY]), pair_source=np.array([0, 0]),
+        pair_target=np.array([ANGRY, NEUTRAL]), output_probs=one_hot_probs([ANGRY, HAPPY]),
+        identity=np.array([0.9, 0.8], np.float32), change=np.array([[10, 0], [30, 20]], np.float32),
+    )
+    change = summarise(judgements)["change"]
+    assert change == {"mean_abs": pytest.approx(20.0), "colour_share": pytest.approx(0.5)}
 
 
 def samples_of(spec: str) -> list[Sample]:
@@ -159,7 +174,8 @@ def test_evaluate_command_writes_metrics_report_and_grid(tmp_path, random_weight
                                       "--out", str(out), "--grid-rows", "3", "--batch-size", "3"])
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"identity", "expression", "weights", "data", "timing"}
+    assert set(metrics) == {"identity", "expression", "change", "weights", "data", "timing"}
+    assert metrics["change"]["mean_abs"] > 0 and 0 <= metrics["change"]["colour_share"] <= 1
     assert metrics["data"]["sources"] == 4 and metrics["data"]["outputs"] == 4 * 6
     assert metrics["data"]["crop_size"] == 64 and metrics["data"]["identities"] == ["p1", "p2"]
     assert set(metrics["expression"]["per_class"]) == set(EXPRESSIONS)
@@ -170,7 +186,8 @@ def test_evaluate_command_writes_metrics_report_and_grid(tmp_path, random_weight
     assert grid.shape == (GRID_HEADER + 3 * 128, 8 * 128, 3)
     report = (out / "report.md").read_text()
     assert all(f"| {name} |" in report for name in EXPRESSIONS) and "**overall**" in report
-    assert "identity cosine" in result.output
+    assert "## Change" in report and "colour share" in report
+    assert "identity cosine" in result.output and "colour share" in result.output
 
 
 def test_evaluate_filters_identities(tmp_path, random_weights):
