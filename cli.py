@@ -210,14 +210,18 @@ def train_command(config_path: Path | None, data_dir: Path, run_dir: Path, resum
               metavar="IN OUT", help="Also measure the flicker of a processed video OUT against its input IN.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="Where the generator runs (the judges run on the CPU).")
+@click.option("--edit-gain", type=click.FloatRange(0.0, 4.0, min_open=True), default=None,  # MAX_EDIT_GAIN
+              help="Scale the generator's change by this instead of the weights' own edit_gain (to calibrate it).")
 def evaluate_command(weights: Path | None, data_dir: Path | None, out_dir: Path, identities: str, limit: int | None,
-                     batch_size: int, grid_rows: int, video_pair: tuple[Path, Path] | None, device: str) -> None:
+                     batch_size: int, grid_rows: int, video_pair: tuple[Path, Path] | None, device: str,
+                     edit_gain: float | None) -> None:
     """Judge a generator: ArcFace identity cosine and fer expression accuracy per target class, plus a grid.
 
     \b
     Examples:
       python cli.py evaluate --weights weights/usgan.safetensors --data ~/.cache/usgan/data/tfeid/256 --out reports/v1
       python cli.py evaluate --weights W.safetensors --data D --out R --identities 05,21 --limit 40
+      python cli.py evaluate --weights W.safetensors --data D --out R --edit-gain 1.5
       python cli.py evaluate --video-pair in.mp4 out.mp4 --out reports/flicker
     """
     from pipeline.evaluate import EvaluateConfig, evaluate, summary_lines
@@ -228,7 +232,8 @@ def evaluate_command(weights: Path | None, data_dir: Path | None, out_dir: Path,
         raise click.UsageError("give --weights and --data, or --video-pair, or both")
     config = EvaluateConfig(out=out_dir, weights=weights, data=data_dir, limit=limit, batch_size=batch_size,
                             identities=tuple(i.strip() for i in identities.split(",") if i.strip()),
-                            grid_rows=grid_rows, video_pair=tuple(video_pair) if video_pair else None, device=device)
+                            grid_rows=grid_rows, video_pair=tuple(video_pair) if video_pair else None, device=device,
+                            edit_gain=edit_gain)
     for line in summary_lines(evaluate(config)):
         click.echo(line)
     click.echo(f"wrote {out_dir}/metrics.json, report.md" + (", grid.png" if weights else ""))

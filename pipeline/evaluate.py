@@ -7,6 +7,7 @@ Outputs: REPORT/metrics.json, REPORT/report.md and REPORT/grid.png, each written
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -55,6 +56,7 @@ class EvaluateConfig:
     grid_cell: int = 128
     video_pair: tuple[Path, Path] | None = None  # (input video, its processed output)
     device: str = "cpu"
+    edit_gain: float | None = None  # evaluate the weights at this edit gain instead of their header's
 
 
 @dataclass(frozen=True)
@@ -402,7 +404,8 @@ def generator_section(metrics: dict[str, Any]) -> list[str]:
     """report.md lines for the generator: what was evaluated, identity, the expression table and the grid."""
     w, data, identity = metrics["weights"], metrics["data"], metrics["identity"]
     return [
-        f"- weights: `{w['path']}` (step {w['step']}, {w['image_size']} px, data set {w['dataset']})",
+        f"- weights: `{w['path']}` (step {w['step']}, {w['image_size']} px, data set {w['dataset']}, "
+        f"edit gain {w['edit_gain']:g})",
         f"- data: `{data['path']}`: {data['sources']} aligned crops ({data['crop_size']} px), "
         f"identities {', '.join(data['identities']) or '–'}",
         f"- {data['outputs']} edited outputs, {metrics['timing']['ms_per_output']:.0f} ms each (edit + both judges)",
@@ -478,13 +481,15 @@ def evaluate_generator(config: EvaluateConfig) -> tuple[dict[str, Any], Frame]:
     """Metrics and grid for config.weights on config.data."""
     samples = select_sources(config.data, config.identities, config.limit)
     generator, info = load_generator(config.weights, config.device)
+    if config.edit_gain is not None:
+        info = dataclasses.replace(info, edit_gain=config.edit_gain)
     judges = Judges(ExpressionJudge(), IdentityJudge())
     started = time.perf_counter()
     judgements = judge_sources(generator, info, judges, samples, config.batch_size)
     seconds = time.perf_counter() - started
     metrics = summarise(judgements)
     metrics["weights"] = {"path": str(config.weights), "step": info.step, "image_size": info.image_size,
-                          "dataset": info.dataset}
+                          "dataset": info.dataset, "edit_gain": info.edit_gain}
     metrics["data"] = {"path": str(config.data), "sources": len(samples), "outputs": int(judgements.pair_target.size),
                        "crop_size": int(read_crop(samples[0].path).shape[0]),
                        "identities": sorted({s.identity for s in samples if s.identity})}

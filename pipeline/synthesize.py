@@ -202,7 +202,7 @@ class OnnxSynthesizer:
         # The fp16 graph adds the residual to the fp16-rounded input: subtract that, so a zero residual stays zero.
         base = small.astype(np.float16).astype(np.float32) if self.fp16 else small
         residual = resize_residual(torch.from_numpy(output - base), tuple(x.shape[2:]))
-        scale = torch.from_numpy(np.asarray(intensity, np.float32)).reshape(-1, 1, 1, 1)
+        scale = torch.from_numpy(np.asarray(intensity, np.float32)).reshape(-1, 1, 1, 1) * self.info.edit_gain
         return from_model_output((x + scale * residual).clamp(-1.0, 1.0).numpy())
 
 

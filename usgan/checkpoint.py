@@ -31,6 +31,7 @@ OFFICIAL_DATASET = "official US-GAN checkpoint"
 OFFICIAL_LICENSE = "as published by the US-GAN authors (research use only)"
 # Containers that training scripts commonly wrap a generator state_dict in; the official one saves it bare.
 OFFICIAL_WRAPPER_KEYS = ("state_dict", "generator", "G")
+MAX_EDIT_GAIN = 4.0
 
 
 class CheckpointError(UserError):
@@ -49,6 +50,13 @@ class WeightsInfo:
     dataset: str = "unknown"
     license: str = DEFAULT_LICENSE
     notes: dict[str, Any] = field(default_factory=dict)
+    # Scale on the generator's change (output - input) at inference, calibrated after training on validation
+    # faces (1 = as trained); a user's --intensity multiplies it.
+    edit_gain: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.edit_gain <= MAX_EDIT_GAIN:
+            raise ConfigError(f"edit_gain must be in (0, {MAX_EDIT_GAIN}], got {self.edit_gain}")
 
 
 def atomic_write(path: Path, write: Any) -> None:

@@ -37,7 +37,8 @@ def apply_generator(
 
     The generator runs at info.image_size. For larger crops only its residual (output - input) is upsampled and
     added to the full-resolution crop, so skin and hair detail the generator never saw are kept. intensity scales
-    the residual: 0 returns the crops unchanged, 1 is the generator's own edit; a (N,) tensor scales each crop.
+    the residual: 0 returns the crops unchanged, 1 is the full edit (the generator's change times info.edit_gain);
+    a (N,) tensor scales each crop.
     """
     if crops.ndim != 4 or crops.shape[1] != 3:
         raise ValueError(f"crops: expected (N, 3, H, W), got {tuple(crops.shape)}")
@@ -46,7 +47,7 @@ def apply_generator(
     c = target_vectors(targets, x.shape[0]).to(device)
     small = resize_to_generator(x, info.image_size)
     residual = resize_residual(generator.residual(small, c), tuple(x.shape[2:]))
-    return (x + intensity_scale(intensity, x) * residual).clamp(-1.0, 1.0).to(crops.device)
+    return (x + intensity_scale(intensity, x) * info.edit_gain * residual).clamp(-1.0, 1.0).to(crops.device)
 
 
 def resize_to_generator(crops: torch.Tensor, size: int) -> torch.Tensor:

@@ -190,12 +190,20 @@ def test_evaluate_command_writes_metrics_report_and_grid(tmp_path, random_weight
     assert "identity cosine" in result.output and "colour share" in result.output
 
 
-def test_evaluate_filters_identities(tmp_path, random_weights):
+def test_evaluate_filters_identities_and_takes_an_edit_gain(tmp_path, random_weights):
     write_crop_set(tmp_path / "data")
     result = CliRunner().invoke(cli, ["evaluate", "--weights", str(random_weights), "--data", str(tmp_path / "data"),
                                       "--out", str(tmp_path / "r"), "--identities", "p2", "--grid-rows", "1"])
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["data"]["identities"] == ["p2"]
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["data"]["identities"] == ["p2"] and metrics["weights"]["edit_gain"] == 1.0
+    halved = CliRunner().invoke(cli, ["evaluate", "--weights", str(random_weights), "--data", str(tmp_path / "data"),
+                                      "--out", str(tmp_path / "h"), "--identities", "p2", "--grid-rows", "1",
+                                      "--edit-gain", "0.5"])
+    assert halved.exit_code == 0, halved.output
+    half = json.loads((tmp_path / "h" / "metrics.json").read_text())
+    assert half["weights"]["edit_gain"] == 0.5 and "edit gain 0.5" in (tmp_path / "h" / "report.md").read_text()
+    assert 0.4 < half["change"]["mean_abs"] / metrics["change"]["mean_abs"] < 0.6
 
 
 @pytest.mark.parametrize("args,code,message", [

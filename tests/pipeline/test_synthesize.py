@@ -10,6 +10,7 @@ import torch
 
 import pipeline.synthesize as synthesize
 import usgan.export
+from clips import save_weights
 from usgan.errors import UserError
 from pipeline.synthesize import (
     OnnxConfig,
@@ -78,6 +79,19 @@ def test_intensity_scales_the_change(weights):
     full, half = out[0].astype(float) - batch[0], out[1].astype(float) - batch[1]
     unclipped = (batch[0] > 40) & (batch[0] < 215) & (np.abs(full) < 40)  # away from the clamp at 0 and 255
     np.testing.assert_allclose(half[unclipped], full[unclipped] / 2, atol=1.0)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_the_weights_edit_gain_scales_the_change_like_intensity(weights, tmp_path, backend):
+    gained = save_weights(tmp_path / "gain.safetensors", identity=False, edit_gain=1.5)
+    batch = np.repeat(crops(64, 1), 2, axis=0)
+    targets = np.repeat(TARGETS[:1], 2, axis=0)
+    plain = make(backend, weights["random"], tmp_path).synthesize(batch, targets, np.array([1.0, 0.0], np.float32))
+    out = make(backend, gained, tmp_path).synthesize(batch, targets, np.array([0.5, 0.0], np.float32))
+    full, scaled = plain[0].astype(float) - batch[0], out[0].astype(float) - batch[0]
+    unclipped = (batch[0] > 40) & (batch[0] < 215) & (np.abs(full) < 40)
+    np.testing.assert_allclose(scaled[unclipped], full[unclipped] * 0.75, atol=1.0)  # 0.5 intensity x 1.5 gain
+    np.testing.assert_array_equal(out[1], batch[1])  # intensity 0 still leaves the crop alone
 
 
 def test_onnx_export_is_cached_by_the_weights_content(weights, tmp_path, monkeypatch):

@@ -18,8 +18,11 @@ from usgan.checkpoint import (
     WeightsInfo,
     import_official,
     load_generator,
+    load_tensors,
     save_generator,
+    save_tensors,
 )
+from usgan.config import ConfigError
 from usgan.expressions import EXPRESSIONS, PAPER_CODES
 from usgan.model import Discriminator, Generator, GeneratorConfig
 
@@ -161,6 +164,20 @@ def test_round_trip_fp32_is_exact(tmp_path):
     assert (info.image_size, info.step, info.notes, info.generator) == (64, 5, {"run": "a"}, generator.config)
     original = generator.state_dict()
     assert all(torch.equal(original[k], v) for k, v in loaded.state_dict().items())
+
+
+def test_edit_gain_round_trips_defaults_to_one_and_a_bad_one_is_a_one_line_error(tmp_path):
+    generator = _random_generator()
+    save_generator(tmp_path / "g.safetensors", generator, WeightsInfo(edit_gain=1.6))
+    assert load_generator(tmp_path / "g.safetensors")[1].edit_gain == 1.6
+    assert WeightsInfo().edit_gain == 1.0  # files written before the field existed load as trained
+    with pytest.raises(ConfigError, match="edit_gain"):
+        WeightsInfo(edit_gain=0.0)
+    tensors, metadata = load_tensors(tmp_path / "g.safetensors")
+    save_tensors(tmp_path / "bad.safetensors", tensors, {**metadata, "edit_gain": 9.0})
+    with pytest.raises(CheckpointError, match=r"bad\.safetensors: bad metadata: edit_gain must be in") as error:
+        load_generator(tmp_path / "bad.safetensors")
+    assert "\n" not in str(error.value)
 
 
 def test_round_trip_fp16_is_close(tmp_path):

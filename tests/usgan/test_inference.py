@@ -49,6 +49,12 @@ def test_larger_crops_get_the_upsampled_scaled_residual(generator, intensity):
         torch.testing.assert_close(got, x)
 
 
+def test_edit_gain_multiplies_the_residual_with_the_intensity(generator):
+    x = crops(64)
+    got = apply_generator(generator, WeightsInfo(image_size=32, edit_gain=2.0), x, ["sad", "sad"], intensity=0.25)
+    torch.testing.assert_close(got, upsampled_edit(generator, x, "sad", 0.5), atol=1e-5, rtol=1e-5)
+
+
 def test_targets_are_checked():
     with pytest.raises(ValueError, match="2 expressions"):
         target_vectors(["happy"], 2)
