@@ -1,0 +1,71 @@
+"""Turn a training checkpoint into a shippable generator file: fp16, data set, licence, recipe notes, edit gain.
+
+This is how `weights/usgan_tfeid.safetensors` is made (weights/MODEL_CARD.md has the recipe and the evaluation
+that chose the step and the edit gain). Calibrate the gain first with `cli.py evaluate --edit-gain G`.
+
+Example:
+    python scripts/ship_weights.py ~/.cache/usgan/runs/robust/checkpoints/step_00003000.safetensors \\
+        weights/usgan_tfeid.safetensors --edit-gain 1.5 --dataset tfeid --validation 16,17,30 \\
+        --recipe "configs/train/tfeid_robust.yaml from the stage-3 generator"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import click
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from usgan.checkpoint import (  # noqa: E402
+    DEFAULT_LICENSE, MAX_EDIT_GAIN, WeightsInfo, load_generator, refuse_overwrite, save_generator,
+)
+from usgan.errors import UserError  # noqa: E402
+
+
+def ship(checkpoint: Path, out: Path, edit_gain: float, dataset: str, recipe: str, validation: tuple[str, ...],
+         trained_on: str, fp16: bool = True) -> WeightsInfo:
+    """Write checkpoint's generator to out (atomically) with a header for users; returns that header."""
+    refuse_overwrite(checkpoint, out)
+    generator, info = load_generator(checkpoint)
+    notes = {**info.notes, "source": checkpoint.name, "recipe": recipe, "trained_on": trained_on,
+             "validation_identities": list(validation)}
+    info = dataclasses.replace(info, dataset=dataset, license=DEFAULT_LICENSE, edit_gain=edit_gain,
+                               notes={k: v for k, v in notes.items() if v})
+    save_generator(out, generator, info, fp16=fp16)
+    return info
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--edit-gain", default=1.0, show_default=True,
+              type=click.FloatRange(0.0, MAX_EDIT_GAIN, min_open=True),
+              help="Scale on the generator's change at inference, as calibrated with evaluate --edit-gain.")
+@click.option("--dataset", default="tfeid", show_default=True, help="Training data set, for the header.")
+@click.option("--recipe", default="", help="How the weights were trained (configs, stages), for the header.")
+@click.option("--validation", default="", metavar="ID,ID,...", help="Held-out identities, for the header.")
+@click.option("--trained-on", default="", help="Hardware, for the header (e.g. '2-core CPU').")
+@click.option("--fp32", is_flag=True, help="Keep float32 weights (default: fp16, half the size).")
+def main(checkpoint: Path, out: Path, edit_gain: float, dataset: str, recipe: str, validation: str, trained_on: str,
+         fp32: bool) -> None:
+    """Write CHECKPOINT's generator to OUT with a user-facing header (fp16, licence, recipe notes, edit gain).
+
+    \b
+    Example:
+      python scripts/ship_weights.py RUN/checkpoints/step_00003000.safetensors weights/usgan_tfeid.safetensors \\
+          --edit-gain 1.5 --validation 16,17,30 --recipe "configs/train/tfeid_robust.yaml" --trained-on "2-core CPU"
+    """
+    try:
+        info = ship(checkpoint, out, edit_gain, dataset, recipe,
+                    tuple(v.strip() for v in validation.split(",") if v.strip()), trained_on, fp16=not fp32)
+    except UserError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(f"wrote {out} (step {info.step}, {info.image_size} px, edit gain {info.edit_gain:g}, "
+               f"{'fp32' if fp32 else 'fp16'})")
+
+
+if __name__ == "__main__":
+    main()
