@@ -22,6 +22,7 @@ def test_default_weights_are_the_papers_generator_trained_on_tfeid() -> None:
     assert info.generator == GeneratorConfig(residual_blur=3) and count_parameters(generator) == 2_533_440
     assert info.expressions == EXPRESSIONS and info.dataset == "tfeid" and info.step > 0
     assert "research" in info.license.lower()
+    assert info.edit_gain == 1.5 and info.notes["validation_identities"] == ["16", "17", "30"]  # MODEL_CARD.md
     tensors, _ = load_tensors(DEFAULT_WEIGHTS)
     assert tensors["main.0.weight"].dtype == torch.float16  # shipped in fp16 to keep the repository small
     assert DEFAULT_WEIGHTS.stat().st_size < 8_000_000
