@@ -28,7 +28,7 @@ from pipeline.types import BACKENDS, Backend
 from usgan.checkpoint import WeightsInfo, file_sha256, load_generator
 from usgan.errors import UserError
 from usgan.expressions import EXPRESSIONS
-from usgan.inference import apply_generator, resize_residual, resize_to_generator
+from usgan.inference import add_residual, apply_generator, resize_residual, resize_to_generator
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +202,8 @@ class OnnxSynthesizer:
         # The fp16 graph adds the residual to the fp16-rounded input: subtract that, so a zero residual stays zero.
         base = small.astype(np.float16).astype(np.float32) if self.fp16 else small
         residual = resize_residual(torch.from_numpy(output - base), tuple(x.shape[2:]))
-        scale = torch.from_numpy(np.asarray(intensity, np.float32)).reshape(-1, 1, 1, 1) * self.info.edit_gain
-        return from_model_output((x + scale * residual).clamp(-1.0, 1.0).numpy())
+        scale = torch.from_numpy(np.asarray(intensity, np.float32))
+        return from_model_output(add_residual(x, residual, scale, self.info).numpy())
 
 
 def gpu_provider_usable(preference: OnnxPreference) -> bool:

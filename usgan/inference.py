@@ -47,7 +47,13 @@ def apply_generator(
     c = target_vectors(targets, x.shape[0]).to(device)
     small = resize_to_generator(x, info.image_size)
     residual = resize_residual(generator.residual(small, c), tuple(x.shape[2:]))
-    return (x + intensity_scale(intensity, x) * info.edit_gain * residual).clamp(-1.0, 1.0).to(crops.device)
+    return add_residual(x, residual, intensity, info).to(crops.device)
+
+
+def add_residual(x: torch.Tensor, residual: torch.Tensor, intensity: float | torch.Tensor,
+                 info: WeightsInfo) -> torch.Tensor:
+    """The edit every back-end applies: x + intensity * info.edit_gain * residual, clamped to [-1, 1]."""
+    return (x + intensity_scale(intensity, x) * info.edit_gain * residual).clamp(-1.0, 1.0)
 
 
 def resize_to_generator(crops: torch.Tensor, size: int) -> torch.Tensor:
