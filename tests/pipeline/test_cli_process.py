@@ -236,7 +236,10 @@ def test_ctrl_c_exits_130_and_leaves_no_file(weights, tmp_path):
     command = [sys.executable, str(REPO / "cli.py"), "process", str(source), "-e", "happy", "--weights",
                str(weights["random"]), "-o", str(output), "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    child = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell starts background jobs with SIGINT ignored, and Python then never raises KeyboardInterrupt: give the
+    # child the disposition of a program run in a terminal, where Ctrl-C is pressed.
+    child = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 600  # generous: model loading on a loaded 2-core CI machine can take minutes
     while not leftovers(tmp_path) and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)  # the encoder's temp file appears once frames flow
