@@ -1,11 +1,11 @@
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import signal
 import subprocess
 import sys
-import dataclasses
 import time
 from pathlib import Path
 
