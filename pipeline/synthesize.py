@@ -202,8 +202,8 @@ class OnnxSynthesizer:
         # The fp16 graph adds the residual to the fp16-rounded input: subtract that, so a zero residual stays zero.
         base = small.astype(np.float16).astype(np.float32) if self.fp16 else small
         residual = resize_residual(torch.from_numpy(output - base), tuple(x.shape[2:]))
-        scale = torch.from_numpy(np.asarray(intensity, np.float32))
-        return from_model_output(add_residual(x, residual, scale, self.info).numpy())
+        per_crop = torch.from_numpy(np.asarray(intensity, np.float32))
+        return from_model_output(add_residual(x, residual, per_crop, self.info).numpy())
 
 
 def gpu_provider_usable(preference: OnnxPreference) -> bool:

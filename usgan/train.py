@@ -39,8 +39,8 @@ from usgan.checkpoint import (
 )
 from usgan.config import ConfigError, load_config, to_mapping
 from usgan.data import (
-    DataConfig, DataError, FaceDataset, ResumableSampler, Sample, colour_jitter, colour_params, flip_mask, geometry_jitter, geometry_params, load_image,
-    partner_table, scan_dataset, split_samples, summarize_split,
+    DataConfig, DataError, FaceDataset, ResumableSampler, Sample, colour_jitter, colour_params, flip_mask,
+    geometry_jitter, geometry_params, load_image, partner_table, scan_dataset, split_samples, summarize_split,
 )
 from usgan.distributed import DistInfo, any_process, barrier, init_distributed, shutdown_distributed
 from usgan.errors import UserError

@@ -15,7 +15,8 @@ from click.testing import CliRunner
 
 from cli import cli
 from pipeline.evaluate import (
-    GRID_HEADER, Judgements, change_stats, choose_grid_samples, face_mask, flicker_index, grid_image, spread_samples, summarise,
+    GRID_HEADER, Judgements, change_stats, choose_grid_samples, face_mask, flicker_index, grid_image, spread_samples,
+    summarise,
 )
 from pipeline.types import Face
 from pipeline.video import decode_video

@@ -259,7 +259,8 @@ def test_geometry_jitter_moves_an_image_and_its_paired_target_alike(
     loader_batch, _, pairs = paired_loader_batch(tiny_faces)
     info = init_distributed(use_cuda=False)
     drawn = []
-    monkeypatch.setattr(train_module, "geometry_params", lambda *args: drawn.append(geometry_params(*args)) or drawn[-1])
+    record = lambda *args: drawn.append(geometry_params(*args)) or drawn[-1]  # noqa: E731
+    monkeypatch.setattr(train_module, "geometry_params", record)
     a = prepare_batch(loader_batch, plain, info, 3, pairs)
     b = prepare_batch(loader_batch, moved, info, 3, pairs)
     assert len(drawn) == 1 and drawn[0].shape == (8, 4) and bool((drawn[0] != 0).all())
