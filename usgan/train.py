@@ -40,7 +40,8 @@ from usgan.checkpoint import (
 from usgan.config import ConfigError, load_config, to_mapping
 from usgan.data import (
     DataConfig, DataError, FaceDataset, ResumableSampler, Sample, colour_jitter, colour_params, flip_mask,
-    geometry_jitter, geometry_params, load_image, partner_table, scan_dataset, split_samples, summarize_split,
+    geometry_jitter, geometry_params, load_image, load_warped, partner_table, reference_indices,
+    register_to_reference, scan_dataset, split_samples, summarize_split,
 )
 from usgan.distributed import DistInfo, any_process, barrier, init_distributed, shutdown_distributed
 from usgan.errors import UserError
@@ -52,6 +53,8 @@ log = logging.getLogger(__name__)
 AmpMode = Literal["none", "bf16", "fp16"]
 TargetMode = Literal["permute", "random"]
 CHECKPOINT_NAME = re.compile(r"^step_(\d+)\.safetensors$")
+# Registration warps are fitted at this size whatever the training size (they are in resolution-free units).
+REGISTRATION_SIZE = 64
 # Config keys a resumed run may change: they do not alter what has been learned so far.
 MUTABLE_ON_RESUME = ("logging.", "data.workers", "amp", "optim.total_steps", "optim.decay_start")
 
@@ -142,6 +145,9 @@ class TrainConfig:
     # Per-image rotation / scale / shift (usgan.data.geometry_params), the same on an image and its paired target.
     # 0 = off (the paper); 1 = up to 6 degrees, 6% scale and 4% shift.
     geometry_jitter: float = 0.0
+    # Register every training photo to its person's reference photo (usgan.data.register_to_reference) before
+    # training, so that a paired target differs from its source by the expression rather than by the alignment.
+    register_to_reference: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.pair_fraction <= 1:
@@ -241,6 +247,7 @@ class PairSource:
     samples: tuple[Sample, ...]
     partners: tuple[tuple[int, ...], ...]
     image_size: int
+    warps: Tensor | None = None  # (len(samples), 4) registration warps, as the training images get
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -306,7 +313,8 @@ def setup_data(config: TrainConfig, data_dir: Path, info: DistInfo) -> DataBundl
     global_batch = config.optim.batch_size * info.world_size
     if len(split.train) < global_batch:
         raise DataError(f"{data_dir}: {len(split.train)} training images, fewer than one batch ({global_batch})")
-    dataset = FaceDataset(split.train, config.model.image_size)
+    warps = registration_warps(split.train, info.device) if config.register_to_reference else None
+    dataset = FaceDataset(split.train, config.model.image_size, warps)
     sampler = ResumableSampler(dataset, num_replicas=info.world_size, rank=info.rank, seed=config.data.seed)
     loader = DataLoader(
         dataset, batch_size=config.optim.batch_size, sampler=sampler, num_workers=config.data.workers,
@@ -318,10 +326,22 @@ def setup_data(config: TrainConfig, data_dir: Path, info: DistInfo) -> DataBundl
     name = config.data.name or Path(data_dir).resolve().name
     pairs = None
     if config.pair_fraction > 0:
-        pairs = PairSource(split.train, partner_table(split.train), config.model.image_size)
+        pairs = PairSource(split.train, partner_table(split.train), config.model.image_size, warps)
         log.info("paired guidance: %d of %d training images have a same-person partner",
                  sum(bool(p) for p in pairs.partners), len(split.train))
     return DataBundle(loader, sampler, fixed, sampler.num_samples // config.optim.batch_size, name, pairs)
+
+
+def registration_warps(samples: tuple[Sample, ...], device: torch.device) -> Tensor:
+    """(N, 4) warps aligning each sample to its person's reference photo, fitted at REGISTRATION_SIZE on device."""
+    started = time.perf_counter()
+    images = torch.stack([load_image(s.path, REGISTRATION_SIZE) for s in samples]).to(device)
+    references = images[list(reference_indices(samples))]
+    warps = register_to_reference(images, references).cpu()
+    log.info("registered %d training images to their person's reference photo in %.1f s (mean |rotation| %.1f deg, "
+             "|scale - 1| %.3f, |shift| %.3f)", len(samples), time.perf_counter() - started,
+             float(warps[:, 0].abs().mean().rad2deg()), float(warps[:, 1].abs().mean()), float(warps[:, 2:].abs().mean()))
+    return warps
 
 
 def describe_data(config: TrainConfig, data_dir: Path) -> str:
@@ -408,8 +428,10 @@ def draw_pairs(
     for i in range(round(fraction * len(indices))):
         partners = pairs.partners[int(indices[i])]
         if partners:
-            partner = pairs.samples[partners[int(choices[i] * len(partners))]]
-            targets[i], x_pair[i], mask[i] = partner.label, load_image(partner.path, pairs.image_size), True
+            index = partners[int(choices[i] * len(partners))]
+            warp = None if pairs.warps is None else pairs.warps[index]
+            x_pair[i] = load_warped(pairs.samples[index].path, pairs.image_size, warp)
+            targets[i], mask[i] = pairs.samples[index].label, True
     return targets, x_pair, mask
 
 

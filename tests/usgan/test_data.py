@@ -6,13 +6,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
 from usgan.data import (
-    DataConfig, DataError, FaceDataset, ResumableSampler, colour_jitter, colour_params, geometry_jitter,
+    DataConfig, DataError, FaceDataset, ResumableSampler, Sample, colour_jitter, colour_params, geometry_jitter,
     geometry_params, identity_from_filename,
-    load_image, random_flip,
+    load_image, load_warped, random_flip, reference_indices, register_to_reference,
     scan_dataset, split_samples, summarize_split,
 )
 from usgan.expressions import EXPRESSIONS
@@ -153,6 +154,46 @@ def test_geometry_jitter_moves_content_by_its_params_and_is_identity_at_zero() -
     # Scale 1.1 magnifies about the centre: offset (5, -5) becomes (5.5, -5.5).
     x, y = centre(geometry_jitter(dot, torch.tensor([[0.0, 0.1, 0.0, 0.0]])))
     assert (x, y) == (pytest.approx(21.0, abs=0.1), pytest.approx(10.0, abs=0.1))
+
+
+def test_reference_is_the_persons_first_neutral_photo_else_their_first() -> None:
+    people = [("a", "happy"), ("b", "sad"), ("a", "neutral"), ("a", "neutral"), ("b", "angry"), (None, "happy")]
+    samples = tuple(Sample(Path(f"/{i}.png"), expression, identity) for i, (identity, expression) in enumerate(people))
+    assert reference_indices(samples) == (2, 1, 2, 2, 1, 5)
+
+
+def smooth_faces(count: int, size: int = 32) -> Tensor:
+    """Random smooth images (a blurred 8x8 noise upsampled): content that a small warp changes everywhere."""
+    noise = torch.rand(count, 3, 8, 8, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    return F.interpolate(noise, size=size, mode="bicubic", align_corners=False).clamp(-1, 1)
+
+
+def test_registration_undoes_a_known_warp_and_leaves_an_aligned_image_alone() -> None:
+    references = smooth_faces(4)
+    applied = torch.tensor([[0.05, 0.04, 0.06, -0.05], [-0.06, -0.03, -0.04, 0.03], [0.0, 0.0, 0.08, 0.0],
+                            [0.0, 0.0, 0.0, 0.0]])
+    moved = geometry_jitter(references, applied)
+    warps = register_to_reference(moved, references, iterations=300)
+    assert warps.shape == (4, 4) and not warps.requires_grad
+    error = lambda a: (a - references)[..., 4:-4, 4:-4].abs().mean(dim=(1, 2, 3))  # noqa: E731 (inside the borders)
+    before, after = error(moved), error(geometry_jitter(moved, warps))
+    assert bool((after[:3] < 0.25 * before[:3]).all()), (before, after)
+    assert float(warps[3].abs().max()) < 1e-3  # already aligned: the identity warp
+    # The fitted warp is roughly the inverse of the applied one (signs flip; to first order).
+    assert torch.allclose(warps[:3], -applied[:3], atol=0.02), warps
+
+
+def test_dataset_and_load_warped_apply_a_per_image_warp(tiny_faces: Path) -> None:
+    samples = tuple(scan_dataset(tiny_faces))
+    warps = torch.zeros(len(samples), 4)
+    warps[1] = torch.tensor([0.0, 0.0, 0.25, 0.0])
+    dataset = FaceDataset(samples, 32, warps)
+    assert torch.allclose(dataset[0][0], load_image(samples[0].path, 32), atol=1e-5)
+    expected = geometry_jitter(load_image(samples[1].path, 32)[None], warps[1:2])[0]
+    assert torch.allclose(dataset[1][0], expected) and torch.equal(load_warped(samples[1].path, 32, warps[1]), expected)
+    assert not torch.allclose(dataset[1][0], load_image(samples[1].path, 32), atol=1e-2)
+    with pytest.raises(ValueError, match="warps have shape"):
+        FaceDataset(samples, 32, warps[:3])
 
 
 def test_resumable_sampler_continues_the_same_epoch_order() -> None:

@@ -19,7 +19,9 @@ from cli import cli
 from usgan.checkpoint import load_generator, load_tensors
 from usgan.config import ConfigError
 from usgan.errors import UserError
-from usgan.data import geometry_jitter, geometry_params, load_image, partner_table, scan_dataset
+from usgan.data import (
+    geometry_jitter, geometry_params, load_image, load_warped, partner_table, reference_indices, scan_dataset,
+)
 from usgan.distributed import init_distributed
 from usgan.train import (
     OptimConfig, PairSource, RunOptions, TrainConfig, build_state, g_warmup_factor, list_checkpoints,
@@ -49,7 +51,8 @@ def scramble_global_rng() -> None:
                                      {"pair_fraction": 0.5, "loss.lambda_pair": 1.0, "colour_jitter": 1.0,
                                       "model.generator.residual_blur": 3},
                                      {"pair_fraction": 0.5, "loss.lambda_pair": 1.0, "geometry_jitter": 1.0,
-                                      "loss.lambda_chroma": 2.0}])
+                                      "loss.lambda_chroma": 2.0},
+                                     {"pair_fraction": 1.0, "loss.lambda_pair": 1.0, "register_to_reference": True}])
 def test_resume_matches_an_uninterrupted_run(tiny_faces: Path, tmp_path: Path, pairing: dict) -> None:
     config = tiny_config(**pairing)
     straight, split = tmp_path / "straight", tmp_path / "split"
@@ -249,6 +252,30 @@ def test_tfeid_robust_recipe_is_refine_plus_geometry_and_chroma() -> None:
     robust = load_train_config(REPO / "configs" / "train" / "tfeid_robust.yaml", {})
     assert (robust.geometry_jitter, robust.loss.lambda_chroma, robust.colour_jitter) == (1.0, 5.0, 1.0)
     assert robust.model == refine.model and robust.loss == dataclasses.replace(refine.loss, lambda_chroma=5.0)
+
+
+def test_tfeid_registered_recipe_is_robust_plus_registration_and_a_heavier_pair_term() -> None:
+    robust = load_train_config(REPO / "configs" / "train" / "tfeid_robust.yaml", {})
+    registered = load_train_config(REPO / "configs" / "train" / "tfeid_registered.yaml", {})
+    assert registered.register_to_reference and not robust.register_to_reference
+    assert registered.model == robust.model and registered.loss == dataclasses.replace(robust.loss, lambda_pair=10.0)
+    assert (registered.colour_jitter, registered.geometry_jitter, registered.pair_fraction) == (1.0, 1.0, 1.0)
+
+
+def test_registered_training_images_and_paired_targets_share_one_warp_per_photo(tiny_faces: Path) -> None:
+    config = tiny_config(pair_fraction=1.0, register_to_reference=True, **{"loss.lambda_pair": 1.0})
+    info = init_distributed(use_cuda=False)
+    data = train_module.setup_data(config, tiny_faces, info)
+    dataset, pairs = data.loader.dataset, data.pairs
+    assert pairs.warps is dataset.warps and dataset.warps.shape == (len(dataset), 4)
+    references = set(reference_indices(dataset.samples))
+    assert all(float(dataset.warps[i].abs().max()) < 1e-3 for i in references)  # a reference stays as it is
+    assert float(dataset.warps.abs().max()) > 1e-3  # the random tiny faces do not match their references
+    batch = prepare_batch(next(iter(data.loader)), config, info, 1, pairs)
+    for i in range(config.optim.batch_size):
+        candidates = [load_warped(dataset.samples[j].path, 32, dataset.warps[j]) for j in pairs.partners[i]]
+        pair = batch.x_pair[i]
+        assert any(torch.equal(pair, c) or torch.equal(pair, c.flip(2)) for c in candidates)
 
 
 def test_geometry_jitter_moves_an_image_and_its_paired_target_alike(
