@@ -229,9 +229,10 @@ def register_to_reference(images: Tensor, references: Tensor, iterations: int = 
 
     Fitted jointly by Adam on the L1 between the 2x-pooled warped image and its reference, from the identity.
     The 5-point alignment of prepare-data puts two photos of one person in slightly different frames when the mouth
-    moves (an open mouth shifts the mouth-corner landmarks, and the similarity fit with them): on TFEID at 64 px this
-    halves the L1 between two neutral photos of a performer and lowers it by about 30% between an expressive photo
-    and the neutral one, so a paired target differs from its source mostly by the expression.
+    moves (an open mouth shifts the mouth-corner landmarks, and the similarity fit with them). On TFEID's 1,055 crops
+    at 64 px (mean fitted warp 1.6 degrees, 2.4% scale, 2% shift), the 4x-pooled L1 to the performer's reference
+    drops from 0.048 to 0.024 for their other neutral photos and by 28-36% for the expressive ones (happy 0.189 to
+    0.121, sad 0.165 to 0.119), so a paired target differs from its source mostly by the expression.
     """
     images, references = images.detach().float(), references.detach().float()
     # An image that is its own reference keeps the identity warp: its loss is left out, so Adam never moves it
