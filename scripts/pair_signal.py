@@ -7,7 +7,8 @@ change for E removes, on the training people and on the held-out ones, without a
 
 A small share means the paired L1 is mostly differences no expression-conditioned edit can predict (exposure
 between shots, hair, pose, how each person performs E), so the loss mainly pulls edits towards no change.
-On TFEID (64 px, pool 4) the median change removes 4-7% on training performers, with or without registration.
+On TFEID (64 px, pool 4) it removes 3-9% on the training performers (happy the most) with or without registration,
+and between -9% (sad) and +14% (happy) on the held-out performers 16, 17 and 30.
 
 Example:
     python scripts/pair_signal.py ~/.cache/usgan/data/tfeid/128 --identities 16,17,30

@@ -232,7 +232,8 @@ def register_to_reference(images: Tensor, references: Tensor, iterations: int = 
     moves (an open mouth shifts the mouth-corner landmarks, and the similarity fit with them). On TFEID's 1,055 crops
     at 64 px (mean fitted warp 1.6 degrees, 2.4% scale, 2% shift), the 4x-pooled L1 to the performer's reference
     drops from 0.048 to 0.024 for their other neutral photos and by 28-36% for the expressive ones (happy 0.189 to
-    0.121, sad 0.165 to 0.119), so a paired target differs from its source mostly by the expression.
+    0.121, sad 0.165 to 0.119): a paired target no longer differs from its source by the crop as well. What is left
+    is still mostly not the expression on TFEID (exposure, hair, pose, each person's own way): scripts/pair_signal.py.
     """
     images, references = images.detach().float(), references.detach().float()
     # An image that is its own reference keeps the identity warp: its loss is left out, so Adam never moves it

@@ -146,7 +146,7 @@ class TrainConfig:
     # 0 = off (the paper); 1 = up to 6 degrees, 6% scale and 4% shift.
     geometry_jitter: float = 0.0
     # Register every training photo to its person's reference photo (usgan.data.register_to_reference) before
-    # training, so that a paired target differs from its source by the expression rather than by the alignment.
+    # training, so that a paired target does not also differ from its source by the alignment of the crop.
     register_to_reference: bool = False
 
     def __post_init__(self) -> None:
@@ -338,9 +338,10 @@ def registration_warps(samples: tuple[Sample, ...], device: torch.device) -> Ten
     images = torch.stack([load_image(s.path, REGISTRATION_SIZE) for s in samples]).to(device)
     references = images[list(reference_indices(samples))]
     warps = register_to_reference(images, references).cpu()
+    mean = warps.abs().mean(dim=0)
     log.info("registered %d training images to their person's reference photo in %.1f s (mean |rotation| %.1f deg, "
              "|scale - 1| %.3f, |shift| %.3f)", len(samples), time.perf_counter() - started,
-             float(warps[:, 0].abs().mean().rad2deg()), float(warps[:, 1].abs().mean()), float(warps[:, 2:].abs().mean()))
+             float(mean[0].rad2deg()), float(mean[1]), float(mean[2:].mean()))
     return warps
 
 
