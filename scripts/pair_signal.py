@@ -47,9 +47,9 @@ class PairSignal:
     val_explained: float
 
 
-def neutral_pairs(samples: tuple[Sample, ...], expression: str) -> list[tuple[int, int]]:
-    """(reference neutral photo, photo showing expression) index pairs, one per photo of that expression."""
-    references = reference_indices(samples)
+def neutral_pairs(samples: tuple[Sample, ...], references: tuple[int, ...], expression: str) -> list[tuple[int, int]]:
+    """(reference neutral photo, photo showing expression) index pairs, one per photo of that expression;
+    references is reference_indices(samples)."""
     return [(references[i], i) for i, s in enumerate(samples)
             if s.expression == expression and references[i] != i and samples[references[i]].expression == "neutral"]
 
@@ -66,13 +66,14 @@ def pair_signal(data: Path, val_identities: tuple[str, ...], size: int = 64, poo
     samples = tuple(scan_dataset(data))
     split = split_samples(list(samples), DataConfig(val_identities=val_identities, val_identity_count=3), data)
     held_out = {s.path for s in split.val}
+    references = reference_indices(samples)
     images = torch.stack([load_image(s.path, size) for s in samples])
-    registered = geometry_jitter(images, register_to_reference(images, images[list(reference_indices(samples))]))
+    registered = geometry_jitter(images, register_to_reference(images, images[list(references)]))
     results = []
     for is_registered, batch in ((False, images), (True, registered)):
         pooled = F.avg_pool2d(batch, pool)
         for expression in EXPRESSIONS:
-            pairs = neutral_pairs(samples, expression)
+            pairs = neutral_pairs(samples, references, expression)
             train = [p for p in pairs if samples[p[1]].path not in held_out]
             val = [p for p in pairs if samples[p[1]].path in held_out]
             if not train or not val:
