@@ -271,9 +271,10 @@ def test_registered_training_images_and_paired_targets_share_one_warp_per_photo(
     references = set(reference_indices(dataset.samples))
     assert all(float(dataset.warps[i].abs().max()) < 1e-3 for i in references)  # a reference stays as it is
     assert float(dataset.warps.abs().max()) > 1e-3  # the random tiny faces do not match their references
-    batch = prepare_batch(next(iter(data.loader)), config, info, 1, pairs)
-    for i in range(config.optim.batch_size):
-        candidates = [load_warped(dataset.samples[j].path, 32, dataset.warps[j]) for j in pairs.partners[i]]
+    loader_batch = next(iter(data.loader))
+    batch = prepare_batch(loader_batch, config, info, 1, pairs)
+    for i, index in enumerate(loader_batch[2].tolist()):  # the batch's dataset indices (the sampler shuffles)
+        candidates = [load_warped(dataset.samples[j].path, 32, dataset.warps[j]) for j in pairs.partners[index]]
         pair = batch.x_pair[i]
         assert any(torch.equal(pair, c) or torch.equal(pair, c.flip(2)) for c in candidates)
 
