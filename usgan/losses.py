@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from usgan.config import ConfigError
+from usgan.landmarks import EXPRESSIVE, LandmarkGuide
 from usgan.model import binomial_kernel, blur
 
 # (N, 3, H, W) -> (patch scores (N, 1, h, w), expression logits (N, E)), as usgan.model.Discriminator.
@@ -43,11 +44,17 @@ class LossConfig:
     # the mean of the three). Real expression changes are mostly shading (chroma ~1/6 of |change| between two TFEID
     # photos of one person); a generator's stray colour (pink cheeks, yellow eyes, purple bands) is not.
     lambda_chroma: float = 0.0
+    # Landmark guidance (ours, off in the paper): an L1, in percent of the crop width, between the 106 landmarks
+    # (usgan.landmarks, InsightFace's 2d106det) of G(x, c_trg) and those of x moved by the training people's mean
+    # shape change from x's expression to the target's, over the mouth, brows and eyes. It tells G what the
+    # expression looks like (mouth corners up, brows down, ...) where the critic's small expression head cannot.
+    lambda_landmark: float = 0.0
 
     def __post_init__(self) -> None:
         if self.pair_pool < 1:
             raise ConfigError(f"loss.pair_pool must be >= 1, got {self.pair_pool}")
-        for name in ("lambda_gp", "lambda_cls", "lambda_rec", "lambda_pair", "lambda_smooth", "lambda_chroma"):
+        for name in ("lambda_gp", "lambda_cls", "lambda_rec", "lambda_pair", "lambda_smooth", "lambda_chroma",
+                     "lambda_landmark"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
 
@@ -120,15 +127,27 @@ def residual_chroma(residual: Tensor) -> Tensor:
     return (r - r.mean(dim=1, keepdim=True)).abs().mean()
 
 
+def landmark_loss(guide: LandmarkGuide, x_real: Tensor, x_fake: Tensor, label_org: Tensor, label_trg: Tensor) -> Tensor:
+    """Mean |landmarks(x_fake) - guide.targets(landmarks(x_real), ...)| over the expressive points, in percent of
+    the crop width (1 pixel of a 64 px crop = 1.56)."""
+    with torch.no_grad():
+        real = guide.model(x_real).float()
+    fake = guide.model(x_fake).float()
+    target = guide.targets(real, label_org, label_trg)
+    return 100 * (fake - target)[:, list(EXPRESSIVE)].abs().mean()
+
+
 def generator_loss(
     generator: Translator, critic: Critic, x_real: Tensor, c_org: Tensor, c_trg: Tensor, label_trg: Tensor,
     config: LossConfig, x_pair: Tensor | None = None, pair_mask: Tensor | None = None, x_fake: Tensor | None = None,
+    guide: LandmarkGuide | None = None,
 ) -> LossTerms:
     """G loss: -D(G(x, c_trg)) + lambda_cls * CE(fake, target) + lambda_rec * |G(G(x, c_trg), c_org) - x|_1.
 
     With x_pair (N, 3, H, W) and pair_mask (N,) bool, adds lambda_pair * pair_loss for the paired samples, and
     lambda_smooth * residual_high_pass(G(x, c_trg) - x) and lambda_chroma * residual_chroma(G(x, c_trg) - x) when
     those weights are set.
+    With guide and lambda_landmark set, adds lambda_landmark * landmark_loss.
     x_fake, when given, is G(x_real, c_trg) already computed with its graph (the train step shares it with D's update).
     """
     if x_fake is None:
@@ -149,5 +168,8 @@ def generator_loss(
     if config.lambda_chroma > 0:
         terms["g/chroma"] = residual_chroma(x_fake - x_real)
         total = total + config.lambda_chroma * terms["g/chroma"]
+    if guide is not None and config.lambda_landmark > 0:
+        terms["g/landmark"] = landmark_loss(guide, x_real, x_fake, c_org.argmax(1), label_trg)
+        total = total + config.lambda_landmark * terms["g/landmark"]
     terms["g/total"] = total
     return LossTerms(total, {k: v.detach() for k, v in terms.items()})

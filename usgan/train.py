@@ -46,6 +46,7 @@ from usgan.data import (
 from usgan.distributed import DistInfo, any_process, barrier, init_distributed, shutdown_distributed
 from usgan.errors import UserError
 from usgan.expressions import EXPRESSIONS
+from usgan.landmarks import LandmarkGuide, LandmarkModel, build_guide
 from usgan.model import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
 
 log = logging.getLogger(__name__)
@@ -238,6 +239,7 @@ class DataBundle:
     batches_per_epoch: int
     name: str
     pairs: PairSource | None = None  # set when config.pair_fraction > 0
+    guide: LandmarkGuide | None = None  # set when config.loss.lambda_landmark > 0
 
 
 @dataclass(frozen=True)
@@ -329,7 +331,22 @@ def setup_data(config: TrainConfig, data_dir: Path, info: DistInfo) -> DataBundl
         pairs = PairSource(split.train, partner_table(split.train), config.model.image_size, warps)
         log.info("paired guidance: %d of %d training images have a same-person partner",
                  sum(bool(p) for p in pairs.partners), len(split.train))
-    return DataBundle(loader, sampler, fixed, sampler.num_samples // config.optim.batch_size, name, pairs)
+    guide = landmark_guide(split.train, config.model.image_size, info.device) if config.loss.lambda_landmark > 0 else None
+    return DataBundle(loader, sampler, fixed, sampler.num_samples // config.optim.batch_size, name, pairs, guide)
+
+
+def landmark_guide(samples: tuple[Sample, ...], image_size: int, device: torch.device) -> LandmarkGuide:
+    """The landmark model on device and the training photos' mean shape change per expression."""
+    started = time.perf_counter()
+    model = LandmarkModel.load().to(device)
+    images = torch.stack([load_image(s.path, image_size) for s in samples]).to(device)
+    labels = torch.tensor([s.label for s in samples], device=device)
+    guide = build_guide(model, images, labels, [s.identity for s in samples])
+    size = guide.changes.norm(dim=2).mean(dim=1) * 100
+    log.info("landmark guide from %d training images in %.1f s; mean landmark change from neutral, %% of the crop: %s",
+             len(samples), time.perf_counter() - started,
+             ", ".join(f"{name} {float(v):.2f}" for name, v in zip(EXPRESSIONS, size) if name != "neutral"))
+    return guide
 
 
 def registration_warps(samples: tuple[Sample, ...], device: torch.device) -> Tensor:
@@ -493,6 +510,7 @@ def update_discriminator(
 
 def update_generator(
     state: TrainState, batch: StepBatch, config: TrainConfig, device: torch.device, x_fake: Tensor | None = None,
+    guide: LandmarkGuide | None = None,
 ) -> dict:
     """One G update; x_fake is G(x_real, c_trg) with its graph, when the step computed it already."""
     # D is frozen and called unwrapped: its gradients are not needed and DDP would all-reduce them for nothing.
@@ -502,7 +520,7 @@ def update_generator(
         with autocast(config, device):
             result = losses.generator_loss(
                 state.generator, critic, batch.x_real, batch.c_org, batch.c_trg, batch.label_trg, config.loss,
-                batch.x_pair, batch.pair_mask, x_fake,
+                batch.x_pair, batch.pair_mask, x_fake, guide,
             )
         apply_gradients(result.total, state.g_optim, state.g_scaler)
     finally:
@@ -512,6 +530,7 @@ def update_generator(
 
 def train_step(
     state: TrainState, batch: tuple[Tensor, ...], config: TrainConfig, info: DistInfo, pairs: PairSource | None = None,
+    guide: LandmarkGuide | None = None,
 ) -> dict:
     """One iteration at state.step: a D update, plus a G update every n_critic-th step; returns loss terms.
 
@@ -525,7 +544,7 @@ def train_step(
     with autocast(config, info.device):
         x_fake = state.generator(step_batch.x_real, step_batch.c_trg)
     terms = update_discriminator(state, step_batch, config, info.device, x_fake.detach())
-    return terms | update_generator(state, step_batch, config, info.device, x_fake)
+    return terms | update_generator(state, step_batch, config, info.device, x_fake, guide)
 
 
 def advance(state: TrainState, batches_per_epoch: int) -> None:
@@ -812,7 +831,7 @@ def run_loop(state: TrainState, config: TrainConfig, ctx: RunContext, end: int) 
     stream = batches(ctx.data, state, config.optim.batch_size)
     with StopRequest() as stop:
         while state.step < end:
-            terms = train_step(state, next(stream), config, ctx.info, ctx.data.pairs)
+            terms = train_step(state, next(stream), config, ctx.info, ctx.data.pairs, ctx.data.guide)
             advance(state, ctx.data.batches_per_epoch)
             after_step(state, terms, config, ctx)
             if any_process(stop.requested, ctx.info):

@@ -52,7 +52,8 @@ def scramble_global_rng() -> None:
                                       "model.generator.residual_blur": 3},
                                      {"pair_fraction": 0.5, "loss.lambda_pair": 1.0, "geometry_jitter": 1.0,
                                       "loss.lambda_chroma": 2.0},
-                                     {"pair_fraction": 1.0, "loss.lambda_pair": 1.0, "register_to_reference": True}])
+                                     {"pair_fraction": 1.0, "loss.lambda_pair": 1.0, "register_to_reference": True},
+                                     {"loss.lambda_landmark": 2.0}])
 def test_resume_matches_an_uninterrupted_run(tiny_faces: Path, tmp_path: Path, pairing: dict) -> None:
     config = tiny_config(**pairing)
     straight, split = tmp_path / "straight", tmp_path / "split"
@@ -260,6 +261,26 @@ def test_tfeid_registered_recipe_is_robust_plus_registration_and_a_heavier_pair_
     assert registered.register_to_reference and not robust.register_to_reference
     assert registered.model == robust.model and registered.loss == dataclasses.replace(robust.loss, lambda_pair=10.0)
     assert (registered.colour_jitter, registered.geometry_jitter, registered.pair_fraction) == (1.0, 1.0, 1.0)
+
+
+def test_tfeid_landmark_recipe_is_robust_plus_landmark_guidance() -> None:
+    robust = load_train_config(REPO / "configs" / "train" / "tfeid_robust.yaml", {})
+    landmark = load_train_config(REPO / "configs" / "train" / "tfeid_landmark.yaml", {})
+    assert landmark.model == robust.model and landmark.loss == dataclasses.replace(robust.loss, lambda_landmark=2.0)
+    assert (landmark.colour_jitter, landmark.geometry_jitter, landmark.pair_fraction) == (1.0, 1.0, 1.0)
+    assert not landmark.register_to_reference
+
+
+def test_landmark_guidance_builds_a_guide_from_the_training_split_and_trains_on_it(tiny_faces: Path) -> None:
+    config = tiny_config(**{"loss.lambda_landmark": 2.0})
+    info = init_distributed(use_cuda=False)
+    data = train_module.setup_data(config, tiny_faces, info)
+    assert data.guide is not None and data.guide.changes.shape == (7, 106, 2)
+    assert train_module.setup_data(tiny_config(), tiny_faces, info).guide is None  # off by default
+    state = train_module.build_state(config, info)
+    state.step = 1  # a step with a G update (n_critic 2)
+    terms = train_step(state, next(iter(data.loader)), config, info, data.pairs, data.guide)
+    assert float(terms["g/landmark"]) > 0
 
 
 def test_registered_training_images_and_paired_targets_share_one_warp_per_photo(tiny_faces: Path) -> None:
