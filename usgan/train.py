@@ -331,7 +331,9 @@ def setup_data(config: TrainConfig, data_dir: Path, info: DistInfo) -> DataBundl
         pairs = PairSource(split.train, partner_table(split.train), config.model.image_size, warps)
         log.info("paired guidance: %d of %d training images have a same-person partner",
                  sum(bool(p) for p in pairs.partners), len(split.train))
-    guide = landmark_guide(split.train, config.model.image_size, info.device) if config.loss.lambda_landmark > 0 else None
+    guide = None
+    if config.loss.lambda_landmark > 0:
+        guide = landmark_guide(split.train, config.model.image_size, info.device)
     return DataBundle(loader, sampler, fixed, sampler.num_samples // config.optim.batch_size, name, pairs, guide)
 
 

@@ -52,7 +52,8 @@ def test_landmarks_of_a_real_aligned_face_match_its_crop_template(shared_dir, mo
 
     from pipeline.faces import DetectorConfig, FaceDetector, align_face, crop_template, select_faces
 
-    frame = cv2.imread(str(shared_dir / "data/tfeid/faces_256x256/0101a02.jpg"))  # neutral; BGR, as the pipeline's frames
+    # A neutral photo, read as BGR like the pipeline's frames.
+    frame = cv2.imread(str(shared_dir / "data/tfeid/faces_256x256/0101a02.jpg"))
     face = select_faces(FaceDetector(DetectorConfig(pad=0.5)).detect_faces(frame), "largest")[0]
     rgb = np.ascontiguousarray(align_face(frame, face, 128).image[..., ::-1])
     image = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 127.5 - 1
