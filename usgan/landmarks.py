@@ -31,6 +31,8 @@ NET_INPUT = 192
 # pipeline.faces.CROP_TEMPLATE) spans about the face box, so it is resized to NET_INPUT / 1.5 and edge-padded.
 CROP_IN_INPUT = 128
 
+LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R BT.601
+
 # Landmark index groups of the 2d106 layout (InsightFace's 2d106 markup).
 MOUTH = tuple(range(52, 72))
 BROWS = tuple(range(43, 52)) + tuple(range(97, 106))
@@ -162,8 +164,15 @@ def load_landmark_net(path: Path) -> nn.Sequential:
     return nn.Sequential(*layers).eval().requires_grad_(False)
 
 
-def crop_to_net_input(images: Tensor) -> Tensor:
-    """(N, 3, S, S) crops in [-1, 1] -> the net's (N, 3, 192, 192) input in 0..255: resized, then edge-padded."""
+def crop_to_net_input(images: Tensor, grey: bool = True) -> Tensor:
+    """(N, 3, S, S) crops in [-1, 1] -> the net's (N, 3, 192, 192) input in 0..255: resized, then edge-padded.
+
+    grey (the default) gives the net the crops' luma in all three channels, so that a generator cannot move the
+    landmarks by painting colour (a pink smear around the mouth moved the lip landmarks of a first run).
+    """
+    if grey:
+        luma = (images.float() * LUMA.to(images.device).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
+        images = luma.expand(-1, 3, -1, -1)
     x = F.interpolate(images.float(), size=(CROP_IN_INPUT, CROP_IN_INPUT), mode="bilinear", align_corners=False,
                       antialias=images.shape[-1] > CROP_IN_INPUT)
     pad = (NET_INPUT - CROP_IN_INPUT) // 2
@@ -174,22 +183,22 @@ def crop_to_net_input(images: Tensor) -> Tensor:
 class LandmarkModel(nn.Module):
     """Differentiable landmarks of aligned crops: (N, 3, S, S) in [-1, 1] -> (N, 106, 2) in crop units ([0, 1]).
 
-    Frozen (no parameters train); gradients flow to the input images.
+    Frozen (no parameters train); gradients flow to the input images. grey: see crop_to_net_input.
     """
 
-    def __init__(self, net: nn.Sequential):
+    def __init__(self, net: nn.Sequential, grey: bool = True):
         super().__init__()
-        self.net = net
+        self.net, self.grey = net, grey
 
     @classmethod
-    def load(cls, path: Path | None = None) -> LandmarkModel:
-        return cls(load_landmark_net(path or landmark_model_path()))
+    def load(cls, path: Path | None = None, grey: bool = True) -> LandmarkModel:
+        return cls(load_landmark_net(path or landmark_model_path()), grey)
 
     def train(self, mode: bool = True) -> LandmarkModel:  # the BatchNorms stay in eval mode
         return self
 
     def forward(self, images: Tensor) -> Tensor:
-        out = self.net(crop_to_net_input(images)).view(-1, LANDMARK_COUNT, 2)
+        out = self.net(crop_to_net_input(images, self.grey)).view(-1, LANDMARK_COUNT, 2)
         pixels = (out + 1) * (NET_INPUT / 2)  # InsightFace's decoding: [-1, 1] -> net-input pixels
         return (pixels - (NET_INPUT - CROP_IN_INPUT) / 2) / CROP_IN_INPUT
 

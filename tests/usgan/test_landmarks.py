@@ -186,3 +186,13 @@ def test_foreign_or_damaged_model_is_a_one_line_error_naming_the_file(tmp_path):
     with pytest.raises(LandmarkError, match="broken.onnx: not a readable ONNX model"):
         load_landmark_net(broken)
     assert "\n" not in str(LandmarkError("x"))
+
+
+def test_a_colour_only_change_does_not_move_the_landmarks(model):
+    rng = torch.Generator().manual_seed(3)
+    image = torch.rand(1, 3, 64, 64, generator=rng) * 1.2 - 0.6
+    tint = torch.tensor([0.2, -0.1, 0.2 * -0.299 / 0.114 + 0.1 * 0.587 / 0.114]).view(1, 3, 1, 1)  # zero luma
+    tinted = image + 0.3 * tint * torch.rand(1, 1, 64, 64, generator=rng)
+    torch.testing.assert_close(model(tinted), model(image), atol=1e-5, rtol=0)
+    in_colour = LandmarkModel(model.net, grey=False)
+    assert float((in_colour(tinted) - in_colour(image)).abs().max()) > 1e-4
