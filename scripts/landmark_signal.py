@@ -9,6 +9,8 @@ on the training people and on the held-out ones (compare scripts/pair_signal.py 
 
 With --weights, each held-out photo is also edited to every other expression, and the table adds how far the
 edit moved the landmarks along the target change: 1.0 is the whole of the training people's mean change, 0 none.
+On TFEID (64 px) the target removes 5% (fearful) to 48% (happy) of a held-out performer's landmark change; the
+shipped generator's edits go 0.14-0.27 of the way, those of configs/train/tfeid_landmark.yaml 0.32-0.79.
 
 Example:
     python scripts/landmark_signal.py ~/.cache/usgan/data/tfeid/128 --identities 16,17,30 \\
