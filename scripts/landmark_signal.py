@@ -146,10 +146,10 @@ def main(data: Path, identities: str, size: int, weights: Path | None, edit_gain
     Example:
       python scripts/landmark_signal.py ~/.cache/usgan/data/tfeid/128 --identities 16,17,30
     """
-    torch.set_grad_enabled(False)
     try:
-        results = landmark_signal(data, tuple(i.strip() for i in identities.split(",") if i.strip()), size,
-                                  weights, edit_gain)
+        with torch.no_grad():
+            results = landmark_signal(data, tuple(i.strip() for i in identities.split(",") if i.strip()), size,
+                                      weights, edit_gain)
     except UserError as error:
         raise click.ClickException(str(error)) from error
     click.echo(markdown(results))

@@ -59,6 +59,7 @@ def test_cli_prints_a_table_with_edit_progress_and_bad_data_is_one_line(tmp_path
     weights = save_weights(tmp_path / "g.safetensors", identity=True)  # residual 0: the edits move nothing
     result = CliRunner().invoke(landmark_signal.main, [str(data), "--identities", "04", "--weights", str(weights)])
     assert result.exit_code == 0, result.output
+    assert torch.is_grad_enabled()  # the command must not switch autograd off for the rest of the process
     assert "| happy | 3 / 1 |" in result.output and "edit progress" in result.output
     assert "| neutral |" not in result.output
     happy = next(line for line in result.output.splitlines() if line.startswith("| happy |"))
