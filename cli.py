@@ -225,13 +225,14 @@ def evaluate_command(weights: Path | None, data_dir: Path | None, out_dir: Path,
       python cli.py evaluate --video-pair in.mp4 out.mp4 --out reports/flicker
     """
     from pipeline.evaluate import EvaluateConfig, evaluate, summary_lines
+    from usgan.data import parse_identities
 
     if (weights is None) != (data_dir is None):
         raise click.UsageError("--weights and --data go together")
     if weights is None and not video_pair:
         raise click.UsageError("give --weights and --data, or --video-pair, or both")
     config = EvaluateConfig(out=out_dir, weights=weights, data=data_dir, limit=limit, batch_size=batch_size,
-                            identities=tuple(i.strip() for i in identities.split(",") if i.strip()),
+                            identities=parse_identities(identities),
                             grid_rows=grid_rows, video_pair=tuple(video_pair) if video_pair else None, device=device,
                             edit_gain=edit_gain)
     for line in summary_lines(evaluate(config)):

@@ -31,7 +31,9 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from usgan.checkpoint import load_generator  # noqa: E402
-from usgan.data import DataConfig, Sample, load_image, scan_dataset, split_samples  # noqa: E402
+from usgan.data import (  # noqa: E402
+    DataConfig, Sample, load_image, parse_identities, scan_dataset, split_samples,
+)
 from usgan.errors import UserError  # noqa: E402
 from usgan.expressions import EXPRESSIONS  # noqa: E402
 from usgan.inference import apply_generator  # noqa: E402
@@ -148,8 +150,7 @@ def main(data: Path, identities: str, size: int, weights: Path | None, edit_gain
     """
     try:
         with torch.no_grad():
-            results = landmark_signal(data, tuple(i.strip() for i in identities.split(",") if i.strip()), size,
-                                      weights, edit_gain)
+            results = landmark_signal(data, parse_identities(identities), size, weights, edit_gain)
     except UserError as error:
         raise click.ClickException(str(error)) from error
     click.echo(markdown(results))

@@ -28,8 +28,8 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from usgan.data import (  # noqa: E402
-    DataConfig, Sample, geometry_jitter, load_image, reference_indices, register_to_reference, scan_dataset,
-    split_samples,
+    DataConfig, Sample, geometry_jitter, load_image, parse_identities, reference_indices, register_to_reference,
+    scan_dataset, split_samples,
 )
 from usgan.errors import UserError  # noqa: E402
 from usgan.expressions import EXPRESSIONS  # noqa: E402
@@ -110,7 +110,7 @@ def main(data: Path, identities: str, size: int, pool: int) -> None:
     """
     torch.manual_seed(0)
     try:
-        results = pair_signal(data, tuple(i.strip() for i in identities.split(",") if i.strip()), size, pool)
+        results = pair_signal(data, parse_identities(identities), size, pool)
     except UserError as error:
         raise click.ClickException(str(error)) from error
     click.echo(markdown(results))

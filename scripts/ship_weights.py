@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from usgan.checkpoint import (  # noqa: E402
     DEFAULT_LICENSE, MAX_EDIT_GAIN, WeightsInfo, load_generator, refuse_overwrite, save_generator,
 )
+from usgan.data import parse_identities  # noqa: E402
 from usgan.errors import UserError  # noqa: E402
 
 
@@ -60,7 +61,7 @@ def main(checkpoint: Path, out: Path, edit_gain: float, dataset: str, recipe: st
     """
     try:
         info = ship(checkpoint, out, edit_gain, dataset, recipe,
-                    tuple(v.strip() for v in validation.split(",") if v.strip()), trained_on, fp16=not fp32)
+                    parse_identities(validation), trained_on, fp16=not fp32)
     except UserError as error:
         raise click.ClickException(str(error)) from error
     click.echo(f"wrote {out} (step {info.step}, {info.image_size} px, edit gain {info.edit_gain:g}, "

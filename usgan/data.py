@@ -134,6 +134,11 @@ def scan_dataset(root: Path) -> list[Sample]:
     return samples
 
 
+def parse_identities(text: str) -> tuple[str, ...]:
+    """'16, 17,30' -> ('16', '17', '30'): a comma-separated list of performer identities, blanks dropped."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
 def choose_val_identities(identities: list[str], config: DataConfig, where: Path) -> set[str]:
     """The configured identities, or val_identity_count of them drawn with the seed (same on every run)."""
     if config.val_identities:

@@ -241,7 +241,7 @@ def expression_shape_changes(points: Tensor, labels: Tensor, people: Sequence[st
     """
     aligned = align_on_stable(points, points.mean(0))
     neutral = EXPRESSIONS.index("neutral")
-    changes = torch.zeros(count, LANDMARK_COUNT, 2)
+    changes = points.new_zeros(count, LANDMARK_COUNT, 2)
     person_of = {}
     for i, person in enumerate(people):
         person_of.setdefault(person, []).append(i)

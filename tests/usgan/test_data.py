@@ -13,7 +13,7 @@ from torch import Tensor
 from usgan.data import (
     DataConfig, DataError, FaceDataset, ResumableSampler, Sample, colour_jitter, colour_params, geometry_jitter,
     geometry_params, identity_from_filename,
-    load_image, load_warped, random_flip, reference_indices, register_to_reference,
+    load_image, load_warped, parse_identities, random_flip, reference_indices, register_to_reference,
     scan_dataset, split_samples, summarize_split,
 )
 from usgan.expressions import EXPRESSIONS
@@ -215,3 +215,9 @@ def test_summary_counts_images_per_expression_and_split(tiny_faces: Path) -> Non
                              str(sum(s.expression == "angry" for s in split.val))]
     assert f"total {len(split.train):>10} {len(split.val):>6}".split() == \
         next(line for line in text.splitlines() if line.startswith("total")).split()
+
+
+def test_identity_lists_are_comma_separated_with_blanks_dropped() -> None:
+    assert parse_identities("16, 17,30") == ("16", "17", "30")
+    assert parse_identities(" 05 ,, ") == ("05",)
+    assert parse_identities("") == ()
