@@ -49,12 +49,17 @@ class LossConfig:
     # shape change from x's expression to the target's, over the mouth, brows and eyes. It tells G what the
     # expression looks like (mouth corners up, brows down, ...) where the critic's small expression head cannot.
     lambda_landmark: float = 0.0
+    # Classifier guidance (ours, off in the paper): cross-entropy of a frozen, adversarially robust expression
+    # classifier (usgan.classifier, trained beforehand on the training people only; TrainConfig.classifier) on
+    # G(x, c_trg) against the target. Unlike the critic's expression head it does not train along with G, and a
+    # robust classifier cannot be flipped by a faint pattern, so G has to change what a person would see.
+    lambda_classifier: float = 0.0
 
     def __post_init__(self) -> None:
         if self.pair_pool < 1:
             raise ConfigError(f"loss.pair_pool must be >= 1, got {self.pair_pool}")
         for name in ("lambda_gp", "lambda_cls", "lambda_rec", "lambda_pair", "lambda_smooth", "lambda_chroma",
-                     "lambda_landmark"):
+                     "lambda_landmark", "lambda_classifier"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
 
@@ -137,17 +142,23 @@ def landmark_loss(guide: LandmarkGuide, x_real: Tensor, x_fake: Tensor, label_or
     return 100 * (fake - target)[:, list(EXPRESSIVE)].abs().mean()
 
 
+def classifier_loss(classifier: Callable[[Tensor], Tensor], x_fake: Tensor, label_trg: Tensor) -> Tensor:
+    """Cross-entropy of a frozen expression classifier ((N, 3, H, W) -> (N, E) logits) on the edits vs the targets."""
+    return classification_loss(classifier(x_fake), label_trg)
+
+
 def generator_loss(
     generator: Translator, critic: Critic, x_real: Tensor, c_org: Tensor, c_trg: Tensor, label_trg: Tensor,
     config: LossConfig, x_pair: Tensor | None = None, pair_mask: Tensor | None = None, x_fake: Tensor | None = None,
-    guide: LandmarkGuide | None = None,
+    guide: LandmarkGuide | None = None, classifier: Callable[[Tensor], Tensor] | None = None,
 ) -> LossTerms:
     """G loss: -D(G(x, c_trg)) + lambda_cls * CE(fake, target) + lambda_rec * |G(G(x, c_trg), c_org) - x|_1.
 
     With x_pair (N, 3, H, W) and pair_mask (N,) bool, adds lambda_pair * pair_loss for the paired samples, and
     lambda_smooth * residual_high_pass(G(x, c_trg) - x) and lambda_chroma * residual_chroma(G(x, c_trg) - x) when
     those weights are set.
-    With guide and lambda_landmark set, adds lambda_landmark * landmark_loss.
+    With guide and lambda_landmark set, adds lambda_landmark * landmark_loss; with classifier and lambda_classifier
+    set, lambda_classifier * classifier_loss.
     x_fake, when given, is G(x_real, c_trg) already computed with its graph (the train step shares it with D's update).
     """
     if x_fake is None:
@@ -171,5 +182,8 @@ def generator_loss(
     if guide is not None and config.lambda_landmark > 0:
         terms["g/landmark"] = landmark_loss(guide, x_real, x_fake, c_org.argmax(1), label_trg)
         total = total + config.lambda_landmark * terms["g/landmark"]
+    if classifier is not None and config.lambda_classifier > 0:
+        terms["g/classifier"] = classifier_loss(classifier, x_fake, label_trg)
+        total = total + config.lambda_classifier * terms["g/classifier"]
     terms["g/total"] = total
     return LossTerms(total, {k: v.detach() for k, v in terms.items()})

@@ -46,6 +46,7 @@ from usgan.data import (
 from usgan.distributed import DistInfo, any_process, barrier, init_distributed, shutdown_distributed
 from usgan.errors import UserError
 from usgan.expressions import EXPRESSIONS
+from usgan.classifier import FrozenClassifier, load_classifier
 from usgan.landmarks import LandmarkGuide, LandmarkModel, build_guide
 from usgan.model import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
 
@@ -149,8 +150,12 @@ class TrainConfig:
     # Register every training photo to its person's reference photo (usgan.data.register_to_reference) before
     # training, so that a paired target does not also differ from its source by the alignment of the crop.
     register_to_reference: bool = False
+    # The frozen expression classifier of loss.lambda_classifier (`cli.py train-classifier`; usgan.classifier).
+    classifier: str = ""
 
     def __post_init__(self) -> None:
+        if self.loss.lambda_classifier > 0 and not self.classifier:
+            raise ConfigError("loss.lambda_classifier > 0 needs classifier: the file of `cli.py train-classifier`")
         if not 0 <= self.pair_fraction <= 1:
             raise ConfigError(f"pair_fraction must be in [0, 1], got {self.pair_fraction}")
         if not 0 <= self.colour_jitter <= 2:
@@ -240,6 +245,7 @@ class DataBundle:
     name: str
     pairs: PairSource | None = None  # set when config.pair_fraction > 0
     guide: LandmarkGuide | None = None  # set when config.loss.lambda_landmark > 0
+    classifier: FrozenClassifier | None = None  # set when config.loss.lambda_classifier > 0
 
 
 @dataclass(frozen=True)
@@ -334,7 +340,13 @@ def setup_data(config: TrainConfig, data_dir: Path, info: DistInfo) -> DataBundl
     guide = None
     if config.loss.lambda_landmark > 0:
         guide = landmark_guide(split.train, config.model.image_size, info.device)
-    return DataBundle(loader, sampler, fixed, sampler.num_samples // config.optim.batch_size, name, pairs, guide)
+    classifier = None
+    if config.loss.lambda_classifier > 0:
+        classifier, metadata = load_classifier(Path(config.classifier).expanduser(), info.device)
+        log.info("classifier guidance: %s (accuracy on its validation people: %s)", config.classifier,
+                 metadata.get("val_accuracy", {}).get("overall", "n/a"))
+    return DataBundle(loader, sampler, fixed, sampler.num_samples // config.optim.batch_size, name, pairs, guide,
+                      classifier)
 
 
 def landmark_guide(samples: tuple[Sample, ...], image_size: int, device: torch.device) -> LandmarkGuide:
@@ -512,7 +524,7 @@ def update_discriminator(
 
 def update_generator(
     state: TrainState, batch: StepBatch, config: TrainConfig, device: torch.device, x_fake: Tensor | None = None,
-    guide: LandmarkGuide | None = None,
+    guide: LandmarkGuide | None = None, classifier: FrozenClassifier | None = None,
 ) -> dict:
     """One G update; x_fake is G(x_real, c_trg) with its graph, when the step computed it already."""
     # D is frozen and called unwrapped: its gradients are not needed and DDP would all-reduce them for nothing.
@@ -522,7 +534,7 @@ def update_generator(
         with autocast(config, device):
             result = losses.generator_loss(
                 state.generator, critic, batch.x_real, batch.c_org, batch.c_trg, batch.label_trg, config.loss,
-                batch.x_pair, batch.pair_mask, x_fake, guide,
+                batch.x_pair, batch.pair_mask, x_fake, guide, classifier,
             )
         apply_gradients(result.total, state.g_optim, state.g_scaler)
     finally:
@@ -532,7 +544,7 @@ def update_generator(
 
 def train_step(
     state: TrainState, batch: tuple[Tensor, ...], config: TrainConfig, info: DistInfo, pairs: PairSource | None = None,
-    guide: LandmarkGuide | None = None,
+    guide: LandmarkGuide | None = None, classifier: FrozenClassifier | None = None,
 ) -> dict:
     """One iteration at state.step: a D update, plus a G update every n_critic-th step; returns loss terms.
 
@@ -546,7 +558,7 @@ def train_step(
     with autocast(config, info.device):
         x_fake = state.generator(step_batch.x_real, step_batch.c_trg)
     terms = update_discriminator(state, step_batch, config, info.device, x_fake.detach())
-    return terms | update_generator(state, step_batch, config, info.device, x_fake, guide)
+    return terms | update_generator(state, step_batch, config, info.device, x_fake, guide, classifier)
 
 
 def advance(state: TrainState, batches_per_epoch: int) -> None:
@@ -833,7 +845,8 @@ def run_loop(state: TrainState, config: TrainConfig, ctx: RunContext, end: int) 
     stream = batches(ctx.data, state, config.optim.batch_size)
     with StopRequest() as stop:
         while state.step < end:
-            terms = train_step(state, next(stream), config, ctx.info, ctx.data.pairs, ctx.data.guide)
+            terms = train_step(state, next(stream), config, ctx.info, ctx.data.pairs, ctx.data.guide,
+                               ctx.data.classifier)
             advance(state, ctx.data.batches_per_epoch)
             after_step(state, terms, config, ctx)
             if any_process(stop.requested, ctx.info):

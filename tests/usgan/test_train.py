@@ -283,6 +283,35 @@ def test_landmark_guidance_builds_a_guide_from_the_training_split_and_trains_on_
     assert float(terms["g/landmark"]) > 0
 
 
+def test_tfeid_classifier_recipe_is_robust_plus_classifier_guidance() -> None:
+    robust = load_train_config(REPO / "configs" / "train" / "tfeid_robust.yaml", {})
+    guided = load_train_config(REPO / "configs" / "train" / "tfeid_classifier.yaml", {})
+    assert guided.model == robust.model and guided.loss == dataclasses.replace(robust.loss, lambda_classifier=1.0)
+    assert (guided.colour_jitter, guided.geometry_jitter, guided.pair_fraction) == (1.0, 1.0, 1.0)
+    assert guided.classifier.endswith(".safetensors")
+    with pytest.raises(ConfigError, match="needs classifier"):
+        tiny_config(**{"loss.lambda_classifier": 1.0})
+
+
+def test_classifier_guidance_loads_the_frozen_classifier_and_trains_on_it(tiny_faces: Path, tmp_path: Path) -> None:
+    from usgan.classifier import ClassifierConfig, ExpressionClassifier, save_classifier
+
+    path = tmp_path / "classifier.safetensors"
+    save_classifier(path, ExpressionClassifier(width=4).eval(), ClassifierConfig(image_size=32, width=4), {})
+    config = tiny_config(**{"loss.lambda_classifier": 1.0, "classifier": str(path)})
+    info = init_distributed(use_cuda=False)
+    data = train_module.setup_data(config, tiny_faces, info)
+    assert data.classifier is not None and not any(p.requires_grad for p in data.classifier.parameters())
+    assert train_module.setup_data(tiny_config(), tiny_faces, info).classifier is None  # off by default
+    state = train_module.build_state(config, info)
+    state.step = 1  # a step with a G update (n_critic 2)
+    terms = train_step(state, next(iter(data.loader)), config, info, data.pairs, data.guide, data.classifier)
+    assert float(terms["g/classifier"]) > 0
+    missing = tiny_config(**{"loss.lambda_classifier": 1.0, "classifier": str(tmp_path / "none.safetensors")})
+    with pytest.raises(UserError, match="none.safetensors: no such file"):
+        train_module.setup_data(missing, tiny_faces, info)
+
+
 def test_registered_training_images_and_paired_targets_share_one_warp_per_photo(tiny_faces: Path) -> None:
     config = tiny_config(pair_fraction=1.0, register_to_reference=True, **{"loss.lambda_pair": 1.0})
     info = init_distributed(use_cuda=False)
