@@ -32,11 +32,11 @@ from usgan.data import (
     scan_dataset, split_samples,
 )
 from usgan.expressions import EXPRESSIONS
+from usgan.landmarks import luma
 
 log = logging.getLogger(__name__)
 
 FORMAT_CLASSIFIER = "usgan-expression-classifier"
-LUMA = (0.299, 0.587, 0.114)
 
 
 @dataclass(frozen=True)
@@ -64,12 +64,6 @@ class ClassifierConfig:
                 raise ConfigError(f"classifier.{name} must be >= 0, got {getattr(self, name)}")
         if self.robust_steps < 0:
             raise ConfigError(f"classifier.robust_steps must be >= 0, got {self.robust_steps}")
-
-
-def luma(images: Tensor) -> Tensor:
-    """(N, 1, H, W) luma (BT.601) of (N, 3, H, W) RGB images."""
-    weights = torch.tensor(LUMA, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
-    return (images * weights).sum(dim=1, keepdim=True)
 
 
 def standardise(grey: Tensor) -> Tensor:

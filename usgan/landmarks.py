@@ -31,7 +31,7 @@ NET_INPUT = 192
 # pipeline.faces.CROP_TEMPLATE) spans about the face box, so it is resized to NET_INPUT / 1.5 and edge-padded.
 CROP_IN_INPUT = 128
 
-LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R BT.601
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601
 
 # Landmark index groups of the 2d106 layout (InsightFace's 2d106 markup).
 MOUTH = tuple(range(52, 72))
@@ -169,6 +169,12 @@ def load_landmark_net(path: Path) -> nn.Sequential:
     return nn.Sequential(*layers).eval().requires_grad_(False)
 
 
+def luma(images: Tensor) -> Tensor:
+    """(N, 1, H, W) luma (BT.601) of (N, 3, H, W) RGB images."""
+    weights = torch.tensor(LUMA, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    return (images * weights).sum(dim=1, keepdim=True)
+
+
 def crop_to_net_input(images: Tensor, grey: bool = True) -> Tensor:
     """(N, 3, S, S) crops in [-1, 1] -> the net's (N, 3, 192, 192) input in 0..255: resized, then edge-padded.
 
@@ -176,8 +182,7 @@ def crop_to_net_input(images: Tensor, grey: bool = True) -> Tensor:
     landmarks by painting colour (a pink smear around the mouth moved the lip landmarks of a first run).
     """
     if grey:
-        luma = (images.float() * LUMA.to(images.device).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
-        images = luma.expand(-1, 3, -1, -1)
+        images = luma(images.float()).expand(-1, 3, -1, -1)
     x = F.interpolate(images.float(), size=(CROP_IN_INPUT, CROP_IN_INPUT), mode="bilinear", align_corners=False,
                       antialias=images.shape[-1] > CROP_IN_INPUT)
     pad = (NET_INPUT - CROP_IN_INPUT) // 2

@@ -14,12 +14,13 @@ from cli import cli
 from usgan import losses
 from usgan.checkpoint import CheckpointError, save_generator, WeightsInfo
 from usgan.classifier import (
-    ClassifierConfig, ExpressionClassifier, FrozenClassifier, LUMA, accuracy_per_class, load_classifier, luma,
-    pgd_l2, save_classifier, train_classifier,
+    ClassifierConfig, ExpressionClassifier, FrozenClassifier, accuracy_per_class, load_classifier, pgd_l2,
+    save_classifier, train_classifier,
 )
 from usgan.config import ConfigError
 from usgan.data import Sample
 from usgan.expressions import EXPRESSIONS
+from usgan.landmarks import LUMA, luma
 from usgan.model import Generator, GeneratorConfig
 
 HAPPY, SAD = EXPRESSIONS.index("happy"), EXPRESSIONS.index("sad")
