@@ -214,8 +214,8 @@ def train_classifier_command(data_dir: Path, out: Path, config_path: Path | None
 
     \b
     Examples:
-      python cli.py train-classifier --data ~/.cache/usgan/data/tfeid/128 --config configs/train/tfeid_classifier.yaml \\
-          --out ~/.cache/usgan/classifier_tfeid.safetensors
+      python cli.py train-classifier --data ~/.cache/usgan/data/tfeid/128 \\
+          --config configs/train/tfeid_classifier.yaml --out ~/.cache/usgan/classifier_tfeid.safetensors
       python cli.py train-classifier --data D --out C.safetensors --epochs 5 --robust-eps 0
     """
     import dataclasses

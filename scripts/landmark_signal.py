@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from usgan.checkpoint import load_generator  # noqa: E402
 from usgan.data import (  # noqa: E402
-    DataConfig, Sample, load_image, parse_identities, scan_dataset, split_samples,
+    DataConfig, Sample, load_samples, parse_identities, scan_dataset, split_samples,
 )
 from usgan.errors import UserError  # noqa: E402
 from usgan.expressions import EXPRESSIONS  # noqa: E402
@@ -97,8 +97,7 @@ def landmark_signal(data: Path, val_identities: tuple[str, ...], size: int = 64,
     held_out = {s.identity for s in split.val}
     training = {s.identity for s in split.train}
     model = LandmarkModel.load()
-    images = torch.stack([load_image(s.path, size) for s in samples])
-    labels = torch.tensor([s.label for s in samples])
+    images, labels = load_samples(samples, size)
     points = landmarks_of(model, images)
     train_rows = [i for i, s in enumerate(samples) if s.identity in training]
     changes = expression_shape_changes(points[train_rows], labels[train_rows],

@@ -28,8 +28,8 @@ from torch import Tensor, nn
 from usgan.checkpoint import CheckpointError, load_tensors, save_tensors
 from usgan.config import ConfigError, from_mapping, to_mapping
 from usgan.data import (
-    DataConfig, DataError, Sample, colour_jitter, colour_params, flip_mask, geometry_jitter, geometry_params, load_image,
-    scan_dataset, split_samples,
+    DataConfig, DataError, Sample, colour_jitter, colour_params, geometry_jitter, geometry_params, load_samples,
+    random_flip, scan_dataset, split_samples,
 )
 from usgan.expressions import EXPRESSIONS
 from usgan.landmarks import luma
@@ -138,7 +138,7 @@ def pgd_l2(loss_of: Callable[[Tensor], Tensor], grey: Tensor, eps: float, steps:
 
 def augment(images: Tensor, config: ClassifierConfig, generator: torch.Generator) -> Tensor:
     """Mirror, colour- and geometry-jitter a batch as the GAN's training step does (usgan.data)."""
-    images = torch.where(flip_mask(images.shape[0], generator), images.flip(3), images)
+    images = random_flip(images, generator)
     if config.colour_jitter > 0:
         images = colour_jitter(images, colour_params(images.shape[0], config.colour_jitter, generator))
     if config.geometry_jitter > 0:
@@ -161,11 +161,6 @@ def accuracy_per_class(model: nn.Module, images: Tensor, labels: Tensor, batch: 
     return result
 
 
-def load_set(samples: tuple[Sample, ...], image_size: int) -> tuple[Tensor, Tensor]:
-    images = torch.stack([load_image(s.path, image_size) for s in samples]) if samples else torch.zeros(0, 3, image_size, image_size)
-    return images, torch.tensor([s.label for s in samples], dtype=torch.long)
-
-
 def train_classifier(
     train: tuple[Sample, ...], val: tuple[Sample, ...], config: ClassifierConfig,
     progress: Callable[[int, dict[str, float]], None] | None = None,
@@ -173,15 +168,16 @@ def train_classifier(
     """Train on `train` (robustly, per config); returns the model in eval mode and its accuracy on `val`."""
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    images, labels = load_set(train, config.image_size)
-    val_images, val_labels = load_set(val, config.image_size)
+    images, labels = load_samples(train, config.image_size)
+    val_images, val_labels = load_samples(val, config.image_size)
     model = ExpressionClassifier(config.width)
     # Class-balanced: TFEID has half as many neutral photos as the others, and a rare class would never be predicted.
     counts = torch.bincount(labels, minlength=len(EXPRESSIONS)).float()
-    weights = torch.where(counts > 0, counts.sum() / (len(EXPRESSIONS) * counts.clamp_min(1)), torch.zeros_like(counts))
+    weights = torch.where(counts > 0, counts.sum() / (len(EXPRESSIONS) * counts.clamp_min(1)), 0.0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     batches = max(len(train) // config.batch_size, 1)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.epochs * batches)
+    accuracy: dict[str, float] = {}
     for epoch in range(config.epochs):
         order = torch.randperm(len(train), generator=generator)
         for index in range(batches):
@@ -197,10 +193,11 @@ def train_classifier(
             loss.backward()
             optimizer.step()
             schedule.step()
+        if progress is not None or epoch == config.epochs - 1:  # measured once per epoch at most
+            accuracy = accuracy_per_class(model, val_images, val_labels) if len(val) else {}
         if progress is not None:
-            progress(epoch + 1, accuracy_per_class(model, val_images, val_labels) if len(val) else {})
-    model.eval()
-    return model, accuracy_per_class(model, val_images, val_labels) if len(val) else {}
+            progress(epoch + 1, accuracy)
+    return model.eval(), accuracy
 
 
 def save_classifier(path: Path, model: ExpressionClassifier, config: ClassifierConfig, extra: dict) -> None:
@@ -215,7 +212,8 @@ def load_classifier(path: Path, device: torch.device | str = "cpu") -> tuple[Fro
     if metadata.get("format") != FORMAT_CLASSIFIER:
         raise CheckpointError(f"{path}: not an expression classifier file (format {metadata.get('format')!r})")
     if tuple(metadata.get("expressions", ())) != EXPRESSIONS:
-        raise CheckpointError(f"{path}: classifier expressions {metadata.get('expressions')} differ from {list(EXPRESSIONS)}")
+        raise CheckpointError(
+            f"{path}: classifier expressions {metadata.get('expressions')} differ from {list(EXPRESSIONS)}")
     try:
         config = from_mapping(ClassifierConfig, metadata.get("config", {}), f"{path} config")
         model = ExpressionClassifier(config.width)
@@ -239,6 +237,7 @@ def fit_classifier_file(
     save_classifier(out, model, config, {
         "val_accuracy": accuracy, "train_images": len(split.train), "data": str(data_dir),
         "train_identities": sorted({s.identity for s in split.train}),
-        "val_identities": sorted({s.identity for s in split.val}), "train_seconds": round(time.perf_counter() - started),
+        "val_identities": sorted({s.identity for s in split.val}),
+        "train_seconds": round(time.perf_counter() - started),
     })
     return accuracy

@@ -16,7 +16,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -182,6 +182,13 @@ def load_image(path: Path, image_size: int) -> Tensor:
         rgb = rgb.resize((image_size, image_size), Image.Resampling.BICUBIC)
     array = np.asarray(rgb, dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div(127.5).sub(1.0)
+
+
+def load_samples(samples: Sequence[Sample], image_size: int) -> tuple[Tensor, Tensor]:
+    """(N, 3, S, S) images in [-1, 1] (load_image) and their (N,) int64 expression labels."""
+    images = [load_image(s.path, image_size) for s in samples]
+    stacked = torch.stack(images) if images else torch.zeros(0, 3, image_size, image_size)
+    return stacked, torch.tensor([s.label for s in samples], dtype=torch.long)
 
 
 def load_warped(path: Path, image_size: int, warp: Tensor | None) -> Tensor:

@@ -171,8 +171,8 @@ def load_landmark_net(path: Path) -> nn.Sequential:
 
 def luma(images: Tensor) -> Tensor:
     """(N, 1, H, W) luma (BT.601) of (N, 3, H, W) RGB images."""
-    weights = torch.tensor(LUMA, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
-    return (images * weights).sum(dim=1, keepdim=True)
+    red, green, blue = images.unbind(dim=1)  # no weight tensor to make (and copy to the GPU) on every call
+    return (LUMA[0] * red + LUMA[1] * green + LUMA[2] * blue).unsqueeze(1)
 
 
 def crop_to_net_input(images: Tensor, grey: bool = True) -> Tensor:

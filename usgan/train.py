@@ -40,7 +40,7 @@ from usgan.checkpoint import (
 from usgan.config import ConfigError, load_config, to_mapping
 from usgan.data import (
     DataConfig, DataError, FaceDataset, ResumableSampler, Sample, colour_jitter, colour_params, flip_mask,
-    geometry_jitter, geometry_params, load_image, load_warped, partner_table, reference_indices,
+    geometry_jitter, geometry_params, load_image, load_samples, load_warped, partner_table, reference_indices,
     register_to_reference, scan_dataset, split_samples, summarize_split,
 )
 from usgan.distributed import DistInfo, any_process, barrier, init_distributed, shutdown_distributed
@@ -353,8 +353,7 @@ def landmark_guide(samples: tuple[Sample, ...], image_size: int, device: torch.d
     """The landmark model on device and the training photos' mean shape change per expression."""
     started = time.perf_counter()
     model = LandmarkModel.load().to(device)
-    images = torch.stack([load_image(s.path, image_size) for s in samples]).to(device)
-    labels = torch.tensor([s.label for s in samples], device=device)
+    images, labels = (t.to(device) for t in load_samples(samples, image_size))
     guide = build_guide(model, images, labels, [s.identity for s in samples])
     size = guide.changes.norm(dim=2).mean(dim=1) * 100
     log.info("landmark guide from %d training images in %.1f s; mean landmark change from neutral, %% of the crop: %s",
