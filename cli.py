@@ -155,11 +155,14 @@ def export_command(weights: Path, out: Path, fp16: bool, opset: int) -> None:
 @click.option("--init-generator", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Fine-tune: a fresh run starts its generator from these weights (.safetensors); "
                    "ignored when --resume finds a checkpoint.")
+@click.option("--init-critic", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Fine-tune: a fresh run starts its critic from this training checkpoint's D "
+                   "(RUN_DIR/checkpoints/step_N.safetensors); ignored when --resume finds a checkpoint.")
 @click.option("--cpu", is_flag=True, help="Train on the CPU even when CUDA is available.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and the data summary, then exit.")
 def train_command(config_path: Path | None, data_dir: Path, run_dir: Path, resume: bool, max_steps: int | None,
-                  batch_size: int | None, settings: tuple[str, ...], init_generator: Path | None, cpu: bool,
-                  dry_run: bool) -> None:
+                  batch_size: int | None, settings: tuple[str, ...], init_generator: Path | None,
+                  init_critic: Path | None, cpu: bool, dry_run: bool) -> None:
     """Train US-GAN (WGAN-GP + expression classification + cycle L1) on aligned face crops.
 
     One code path for the CPU, one GPU and many GPUs (launch with torchrun, see scripts/launch_torchrun.sh).
@@ -174,6 +177,9 @@ def train_command(config_path: Path | None, data_dir: Path, run_dir: Path, resum
       python cli.py train --config configs/train/tfeid.yaml --data data/tfeid/128 --out runs/x --dry-run
       python cli.py train --config configs/train/tfeid_finetune.yaml --data data/tfeid/128 --out runs/ft \\
           --init-generator weights/usgan_tfeid.safetensors --resume
+      python cli.py train --config configs/train/tfeid_generated.yaml --data data/tfeid/128 --out runs/gen \
+          --init-generator runs/tfeid/checkpoints/step_00003000.safetensors \
+          --init-critic runs/tfeid/checkpoints/step_00003000.safetensors
       torchrun --nproc_per_node 4 cli.py train --config configs/train/default.yaml --data D --out R --resume
     """
     from usgan.train import RunOptions, config_yaml, describe_data, load_train_config, parse_set_options, train
@@ -184,7 +190,7 @@ def train_command(config_path: Path | None, data_dir: Path, run_dir: Path, resum
         click.echo(config_yaml(config) + "\n" + describe_data(config, data_dir))
         return
     options = RunOptions(data_dir=data_dir, run_dir=run_dir, resume=resume, max_steps=max_steps, use_cuda=not cpu,
-                         init_generator=init_generator)
+                         init_generator=init_generator, init_critic=init_critic)
     result = train(config, options)
     if result.is_main:
         click.echo(f"stopped at step {result.step}; latest generator weights: {result.weights}")

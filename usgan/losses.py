@@ -54,12 +54,16 @@ class LossConfig:
     # G(x, c_trg) against the target. Unlike the critic's expression head it does not train along with G, and a
     # robust classifier cannot be flipped by a faint pattern, so G has to change what a person would see.
     lambda_classifier: float = 0.0
+    # "Generated" class (ours, off in the paper; needs model.d_generated_class): lambda_generated * CE(D(fake),
+    # generated) in D's loss, so the critic's expression head learns to reject what G makes. G's own
+    # cross-entropy then runs over all E + 1 logits: an edit must look like a real photo of its target.
+    lambda_generated: float = 0.0
 
     def __post_init__(self) -> None:
         if self.pair_pool < 1:
             raise ConfigError(f"loss.pair_pool must be >= 1, got {self.pair_pool}")
         for name in ("lambda_gp", "lambda_cls", "lambda_rec", "lambda_pair", "lambda_smooth", "lambda_chroma",
-                     "lambda_landmark", "lambda_classifier"):
+                     "lambda_landmark", "lambda_classifier", "lambda_generated"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
 
@@ -99,16 +103,30 @@ def discriminator_loss(
     critic: Critic, x_real: Tensor, label_real: Tensor, x_fake: Tensor, alpha: Tensor, config: LossConfig,
     grad_scale: float = 1.0,
 ) -> LossTerms:
-    """D loss: -D(real) + D(fake) + lambda_cls * CE(real, its label) + lambda_gp * GP; x_fake is detached."""
+    """D loss: -D(real) + D(fake) + lambda_cls * CE(real, its label) + lambda_gp * GP; x_fake is detached.
+
+    With lambda_generated set, adds lambda_generated * CE(fake, generated), the generated class being the critic's
+    last logit (usgan.model.DiscriminatorConfig.generated_class).
+    """
     real_scores, real_logits = critic(x_real)
-    fake_scores, _ = critic(x_fake.detach())
+    fake_scores, fake_logits = critic(x_fake.detach())
     adv_real = -real_scores.float().mean()
     adv_fake = fake_scores.float().mean()
     cls = classification_loss(real_logits, label_real)
     gp = gradient_penalty(critic, interpolate(x_real, x_fake, alpha), grad_scale)
     total = adv_real + adv_fake + config.lambda_cls * cls + config.lambda_gp * gp
-    terms = {"d/adv_real": adv_real, "d/adv_fake": adv_fake, "d/cls": cls, "d/gp": gp, "d/total": total}
+    terms = {"d/adv_real": adv_real, "d/adv_fake": adv_fake, "d/cls": cls, "d/gp": gp}
+    if config.lambda_generated > 0:
+        terms["d/generated"] = generated_loss(fake_logits)
+        total = total + config.lambda_generated * terms["d/generated"]
+    terms["d/total"] = total
     return LossTerms(total, {k: v.detach() for k, v in terms.items()})
+
+
+def generated_loss(logits: Tensor) -> Tensor:
+    """Cross-entropy of (N, E + 1) critic logits against the generated class (the last one)."""
+    generated = torch.full((logits.shape[0],), logits.shape[1] - 1, dtype=torch.long, device=logits.device)
+    return classification_loss(logits, generated)
 
 
 def pair_loss(x_fake: Tensor, x_pair: Tensor, pair_mask: Tensor, pool: int) -> Tensor:
@@ -158,7 +176,8 @@ def generator_loss(
     lambda_smooth * residual_high_pass(G(x, c_trg) - x) and lambda_chroma * residual_chroma(G(x, c_trg) - x) when
     those weights are set.
     With guide and lambda_landmark set, adds lambda_landmark * landmark_loss; with classifier and lambda_classifier
-    set, lambda_classifier * classifier_loss.
+    set, lambda_classifier * classifier_loss. With a generated class in the critic (lambda_generated), the
+    cross-entropy runs over its E + 1 logits, so it also pushes the edits away from "generated".
     x_fake, when given, is G(x_real, c_trg) already computed with its graph (the train step shares it with D's update).
     """
     if x_fake is None:
@@ -170,6 +189,8 @@ def generator_loss(
     rec = (x_real.float() - x_rec.float()).abs().mean()
     total = adv + config.lambda_cls * cls + config.lambda_rec * rec
     terms = {"g/adv": adv, "g/cls": cls, "g/rec": rec}
+    if config.lambda_generated > 0:  # logged only: how sure the critic is that the edits are G's
+        terms["g/p_generated"] = fake_logits.detach().float().softmax(1)[:, -1].mean()
     if x_pair is not None and pair_mask is not None and config.lambda_pair > 0:
         terms["g/pair"] = pair_loss(x_fake, x_pair, pair_mask, config.pair_pool)
         total = total + config.lambda_pair * terms["g/pair"]

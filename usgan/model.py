@@ -54,6 +54,10 @@ class DiscriminatorConfig:
     conv_dim: int = 64
     num_expressions: int = len(EXPRESSIONS)
     strided_layers: int = 6
+    # Ours, off in the paper: one more logit in the expression head, "generated", that the critic learns to give
+    # the generator's outputs (a K+1 classifier). G then has to make a face the critic takes for a *real* photo of
+    # the target expression, not one with a pattern that flips a head which was only ever shown real photos.
+    generated_class: bool = False
 
 
 class InstanceNorm2d(nn.InstanceNorm2d):
@@ -129,7 +133,7 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """Returns (patch realism scores (N, 1, h, w), expression logits (N, E))."""
+    """Returns (patch realism scores (N, 1, h, w), expression logits (N, E), or (N, E + 1) with generated_class)."""
 
     def __init__(self, config: DiscriminatorConfig = DiscriminatorConfig()):
         super().__init__()
@@ -143,7 +147,8 @@ class Discriminator(nn.Module):
             dim *= 2
         self.main = nn.Sequential(*layers)
         self.conv1 = nn.Conv2d(dim, 1, kernel_size=3, stride=1, padding=1, bias=False)
-        self.conv2 = nn.Conv2d(dim, config.num_expressions, kernel_size=config.image_size // 2**config.strided_layers, bias=False)
+        logits = config.num_expressions + int(config.generated_class)
+        self.conv2 = nn.Conv2d(dim, logits, kernel_size=config.image_size // 2**config.strided_layers, bias=False)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.main(x)

@@ -70,6 +70,7 @@ class ModelConfig:
     image_size: int = 128
     d_conv_dim: int = 64
     d_strided_layers: int = 6
+    d_generated_class: bool = False  # a "generated" logit in D's expression head (loss.lambda_generated trains it)
 
     def __post_init__(self) -> None:
         if self.image_size % 4 or self.image_size % 2**self.d_strided_layers:
@@ -82,6 +83,7 @@ class ModelConfig:
         return DiscriminatorConfig(
             image_size=self.image_size, conv_dim=self.d_conv_dim,
             num_expressions=self.generator.num_expressions, strided_layers=self.d_strided_layers,
+            generated_class=self.d_generated_class,
         )
 
 
@@ -156,6 +158,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.loss.lambda_classifier > 0 and not self.classifier:
             raise ConfigError("loss.lambda_classifier > 0 needs classifier: the file of `cli.py train-classifier`")
+        if (self.loss.lambda_generated > 0) != self.model.d_generated_class:
+            raise ConfigError("loss.lambda_generated > 0 and model.d_generated_class: true go together (the "
+                              "weight trains the critic's generated class)")
         if not 0 <= self.pair_fraction <= 1:
             raise ConfigError(f"pair_fraction must be in [0, 1], got {self.pair_fraction}")
         if not 0 <= self.colour_jitter <= 2:
@@ -180,6 +185,8 @@ class RunOptions:
     use_cuda: bool = True
     # Fine-tune: a fresh run starts its generator from these weights (D and the optimisers start fresh).
     init_generator: Path | None = None
+    # Fine-tune: a fresh run starts its critic from this training checkpoint's D (the optimisers start fresh).
+    init_critic: Path | None = None
 
 
 def parse_set_options(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -745,6 +752,29 @@ def init_generator(state: TrainState, config: TrainConfig, path: Path) -> None:
     state.raw_generator.load_state_dict(generator.state_dict(), strict=True)  # copies onto the run's device
 
 
+def init_critic(state: TrainState, config: TrainConfig, path: Path) -> None:
+    """Start a fresh run's critic from a training checkpoint's D; its architecture must match the config's.
+
+    A critic without a generated class may start one with it (model.d_generated_class): its E expression logits
+    are copied and the generated logit starts at zero weights, so the critic's first answers are its old ones.
+    """
+    tensors, metadata = load_tensors(path)
+    if metadata.get("format") != FORMAT_TRAIN_STATE:
+        raise CheckpointError(f"{path}: not a US-GAN training checkpoint (format {metadata.get('format')!r}); "
+                              "--init-critic needs RUN_DIR/checkpoints/step_N.safetensors")
+    saved = strip_prefix(tensors, "D.")
+    critic = state.raw_discriminator
+    own = critic.state_dict()
+    head = saved.get("conv2.weight")
+    if head is not None and config.model.d_generated_class and head.shape[0] == own["conv2.weight"].shape[0] - 1:
+        saved["conv2.weight"] = torch.cat([head, torch.zeros_like(head[:1])])
+    mismatched = sorted(k for k in own.keys() | saved.keys() if k not in saved or k not in own
+                        or saved[k].shape != own[k].shape)
+    if mismatched:
+        raise ConfigError(f"{path}: its critic does not fit the config's model (differs at {', '.join(mismatched)})")
+    critic.load_state_dict(saved, strict=True)  # copies onto the run's device
+
+
 # ------------------------------------------------------------------------------------------------- loop
 
 
@@ -893,6 +923,9 @@ def train(config: TrainConfig, options: RunOptions) -> TrainResult:
         elif options.init_generator is not None:
             init_generator(state, config, options.init_generator)
             log.info("generator initialised from %s", options.init_generator)
+        if resume_from is None and options.init_critic is not None:
+            init_critic(state, config, options.init_critic)
+            log.info("critic initialised from %s", options.init_critic)
         write_run_config(config, options.run_dir, info)
         end = min(config.optim.total_steps, options.max_steps or config.optim.total_steps)
         logger = RunLogger.open(options.run_dir, info, state.step, end)

@@ -82,6 +82,40 @@ def test_generator_loss_terms_and_weights() -> None:
         wrong.terms["g/adv"].item() + wrong.terms["g/cls"].item() + 5 * 0.2, rel=1e-5)
 
 
+def generated_critic(logits: torch.Tensor):
+    """Scores 0; the given (N, 8) logits for every input."""
+    def critic(x: torch.Tensor):
+        return torch.zeros(x.shape[0], 1, 1, 1) + 0 * x.mean(dim=(1, 2, 3), keepdim=True), logits
+    return critic
+
+
+def test_generated_class_is_the_critics_label_for_fakes_and_what_g_avoids() -> None:
+    labels = torch.tensor([0, 3])
+    real, fake = torch.ones(2, 3, 4, 4), -torch.ones(2, 3, 4, 4)
+    says_generated = torch.nn.functional.one_hot(torch.tensor([7, 7]), 8).float() * 20
+    says_target = torch.nn.functional.one_hot(labels, 8).float() * 20
+    config = LossConfig(lambda_generated=2.0)
+    # D: labelling the fakes "generated" costs nothing; labelling them as an expression costs ~20 per sample
+    good = losses.discriminator_loss(generated_critic(says_generated), real, labels, fake, torch.rand(2, 1, 1, 1), config)
+    bad = losses.discriminator_loss(generated_critic(says_target), real, labels, fake, torch.rand(2, 1, 1, 1), config)
+    assert good.terms["d/generated"].item() < 1e-6
+    assert bad.terms["d/generated"].item() == pytest.approx(20.0, rel=1e-4)
+    assert bad.total.item() - good.total.item() == pytest.approx(
+        2.0 * 20.0 + bad.terms["d/cls"].item() - good.terms["d/cls"].item(), rel=1e-4)
+    assert "d/generated" not in losses.discriminator_loss(
+        generated_critic(says_generated), real, labels, fake, torch.rand(2, 1, 1, 1), LossConfig()).terms
+    # G: its cross-entropy runs over all 8 logits, so an edit the critic calls "generated" costs as much as a wrong one
+    identity = lambda x, c: x  # noqa: E731
+    caught = losses.generator_loss(identity, generated_critic(says_generated), real, torch.zeros(2, 7), torch.zeros(2, 7),
+                                   labels, config)
+    passed = losses.generator_loss(identity, generated_critic(says_target), real, torch.zeros(2, 7), torch.zeros(2, 7),
+                                   labels, config)
+    assert caught.terms["g/cls"].item() == pytest.approx(20.0, rel=1e-4)
+    assert passed.terms["g/cls"].item() < 1e-6
+    assert caught.terms["g/p_generated"].item() == pytest.approx(1.0)
+    assert passed.terms["g/p_generated"].item() < 1e-6
+
+
 def test_loss_config_rejects_negative_weights() -> None:
     with pytest.raises(ConfigError, match="lambda_gp"):
         LossConfig(lambda_gp=-1.0)

@@ -26,6 +26,16 @@ def test_discriminator_has_six_strided_convs_and_patch_and_class_outputs():
     assert logits.shape == (2, 7)
 
 
+def test_generated_class_adds_one_logit_and_keeps_the_other_weights():
+    plain = Discriminator(DiscriminatorConfig(image_size=32, conv_dim=8, strided_layers=3))
+    extra = Discriminator(DiscriminatorConfig(image_size=32, conv_dim=8, strided_layers=3, generated_class=True))
+    assert extra(torch.zeros(2, 3, 32, 32))[1].shape == (2, 8)
+    shapes = {k: v.shape for k, v in plain.state_dict().items()}
+    assert {k: v.shape for k, v in extra.state_dict().items() if k != "conv2.weight"} == {
+        k: v for k, v in shapes.items() if k != "conv2.weight"}
+    assert extra.conv2.weight.shape[0] == plain.conv2.weight.shape[0] + 1
+
+
 def test_discriminator_rejects_size_not_divisible_by_its_strides():
     with pytest.raises(ValueError, match="not divisible"):
         Discriminator(DiscriminatorConfig(image_size=100))

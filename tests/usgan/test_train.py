@@ -53,7 +53,8 @@ def scramble_global_rng() -> None:
                                      {"pair_fraction": 0.5, "loss.lambda_pair": 1.0, "geometry_jitter": 1.0,
                                       "loss.lambda_chroma": 2.0},
                                      {"pair_fraction": 1.0, "loss.lambda_pair": 1.0, "register_to_reference": True},
-                                     {"loss.lambda_landmark": 2.0}])
+                                     {"loss.lambda_landmark": 2.0},
+                                     {"model.d_generated_class": True, "loss.lambda_generated": 1.0}])
 def test_resume_matches_an_uninterrupted_run(tiny_faces: Path, tmp_path: Path, pairing: dict) -> None:
     config = tiny_config(**pairing)
     straight, split = tmp_path / "straight", tmp_path / "split"
@@ -159,6 +160,43 @@ def test_init_generator_must_match_the_config(tiny_faces: Path, tmp_path: Path) 
     assert tuned.config.residual_blur == 3
 
 
+def test_init_critic_starts_from_a_checkpoints_critic_and_grows_a_generated_class(
+    tiny_faces: Path, tmp_path: Path
+) -> None:
+    source = tmp_path / "source"
+    train(tiny_config(), RunOptions(tiny_faces, source, max_steps=2))
+    checkpoint = list_checkpoints(source)[-1][1]
+    saved, _ = load_tensors(checkpoint)
+    config = tiny_config(**{"model.d_generated_class": True, "loss.lambda_generated": 1.0})
+    state = build_state(config, init_distributed(use_cuda=False))
+    train_module.init_critic(state, config, checkpoint)
+    for name, value in state.raw_discriminator.state_dict().items():
+        if name == "conv2.weight":
+            assert torch.equal(value[:7], saved["D.conv2.weight"])
+            assert not value[7].any()  # the generated logit starts at 0
+        else:
+            assert torch.equal(value, saved[f"D.{name}"]), name
+    # a step with a G update trains the generated class in D's loss and reports the critic's belief in G's
+    state.step = 1
+    batch = (torch.rand(4, 3, 32, 32) * 2 - 1, torch.tensor([0, 1, 2, 3]))
+    terms = train_step(state, batch, config, init_distributed(use_cuda=False))
+    assert terms["d/generated"].item() > 0 and 0 < terms["g/p_generated"].item() < 1
+    tuned = tmp_path / "tuned"
+    train(config, RunOptions(tiny_faces, tuned, max_steps=2, init_critic=checkpoint))
+    assert list_checkpoints(tuned)[-1][0] == 2
+
+
+def test_init_critic_rejects_other_files_and_other_critics(tiny_faces: Path, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    train(tiny_config(), RunOptions(tiny_faces, source, max_steps=1))
+    state = build_state(tiny_config(), init_distributed(use_cuda=False))
+    with pytest.raises(train_module.CheckpointError, match="not a US-GAN training checkpoint"):
+        train_module.init_critic(state, tiny_config(), source / "generator.safetensors")
+    wider = tiny_config(**{"model.d_conv_dim": 16})
+    with pytest.raises(ConfigError, match="does not fit"):
+        train_module.init_critic(build_state(wider, init_distributed(use_cuda=False)), wider, list_checkpoints(source)[-1][1])
+
+
 @pytest.mark.parametrize(("step", "factor"), [(0, 1.0), (100, 1.0), (150, 0.5), (199, 0.01), (200, 0.0)])
 def test_lr_decays_linearly_over_the_second_half(step: int, factor: float) -> None:
     assert lr_factor(step, OptimConfig(total_steps=200, decay_start=100)) == pytest.approx(factor)
@@ -189,7 +227,8 @@ def test_warmup_leaves_an_initialised_generator_untouched(tiny_faces: Path, tmp_
 
 @pytest.mark.parametrize("bad", [{"amp": "fp8"}, {"optim.warmup_steps": -1}, {"optim.g_lr": "2e-4"},
                                  {"optim.decay_start": 10, "optim.total_steps": 5},
-                                 {"model.image_size": 36}, {"optim.learning_rate": 1.0}])
+                                 {"model.image_size": 36}, {"optim.learning_rate": 1.0},
+                                 {"loss.lambda_generated": 1.0}, {"model.d_generated_class": True}])
 def test_bad_configs_are_rejected(bad: dict) -> None:
     with pytest.raises(ConfigError):
         load_train_config(SMOKE, bad)
@@ -384,6 +423,16 @@ def test_cli_bad_data_is_one_line_error(tiny_faces: Path, tmp_path: Path) -> Non
                                       "--out", str(tmp_path / "run")])
     assert result.exit_code == 1
     assert result.output.startswith("error: ") and result.output.count("\n") == 1 and "whatever" in result.output
+
+
+def test_cli_init_critic_from_a_generator_file_is_one_line_error(tiny_faces: Path, tmp_path: Path) -> None:
+    train(tiny_config(), RunOptions(tiny_faces, tmp_path / "source", max_steps=1))
+    weights = tmp_path / "source" / "generator.safetensors"
+    result = CliRunner().invoke(cli, ["train", "--config", str(SMOKE), "--data", str(tiny_faces),
+                                      "--out", str(tmp_path / "run"), "--init-critic", str(weights)])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: ") and result.output.count("\n") == 1 and str(weights) in result.output
+    assert not list(tmp_path.glob("run/**/*.*"))  # no config, checkpoint or log left behind
 
 
 @pytest.mark.slow
