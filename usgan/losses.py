@@ -95,8 +95,15 @@ def gradient_penalty(critic: Critic, x_hat: Tensor, grad_scale: float = 1.0) -> 
 
 
 def classification_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Expression cross-entropy; logits (N, E), labels (N,) int64 indices."""
+    """Expression cross-entropy; logits (N, E), or (N, H, E) from H heads (the mean over them); labels (N,) int64."""
+    if logits.ndim == 3:
+        return F.cross_entropy(logits.flatten(0, 1).float(), labels.repeat_interleave(logits.shape[1]))
     return F.cross_entropy(logits.float(), labels)
+
+
+def brow_head_loss(logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
+    """For logging: the brow critic's own cross-entropy when the critic has one (logits (N, 2, E))."""
+    return {"cls_brows": classification_loss(logits[:, 1], labels)} if logits.ndim == 3 else {}
 
 
 def discriminator_loss(
@@ -116,6 +123,7 @@ def discriminator_loss(
     gp = gradient_penalty(critic, interpolate(x_real, x_fake, alpha), grad_scale)
     total = adv_real + adv_fake + config.lambda_cls * cls + config.lambda_gp * gp
     terms = {"d/adv_real": adv_real, "d/adv_fake": adv_fake, "d/cls": cls, "d/gp": gp}
+    terms |= {f"d/{k}": v for k, v in brow_head_loss(real_logits, label_real).items()}
     if config.lambda_generated > 0:
         terms["d/generated"] = generated_loss(fake_logits)
         total = total + config.lambda_generated * terms["d/generated"]
@@ -124,8 +132,8 @@ def discriminator_loss(
 
 
 def generated_loss(logits: Tensor) -> Tensor:
-    """Cross-entropy of (N, E + 1) critic logits against the generated class (the last one)."""
-    generated = torch.full((logits.shape[0],), logits.shape[1] - 1, dtype=torch.long, device=logits.device)
+    """Cross-entropy of (N, [H,] E + 1) critic logits against the generated class (the last one)."""
+    generated = torch.full((logits.shape[0],), logits.shape[-1] - 1, dtype=torch.long, device=logits.device)
     return classification_loss(logits, generated)
 
 
@@ -189,8 +197,9 @@ def generator_loss(
     rec = (x_real.float() - x_rec.float()).abs().mean()
     total = adv + config.lambda_cls * cls + config.lambda_rec * rec
     terms = {"g/adv": adv, "g/cls": cls, "g/rec": rec}
+    terms |= {f"g/{k}": v for k, v in brow_head_loss(fake_logits, label_trg).items()}
     if config.lambda_generated > 0:  # logged only: how sure the critic is that the edits are G's
-        terms["g/p_generated"] = fake_logits.detach().float().softmax(1)[:, -1].mean()
+        terms["g/p_generated"] = fake_logits.detach().float().softmax(-1)[..., -1].mean()
     if x_pair is not None and pair_mask is not None and config.lambda_pair > 0:
         terms["g/pair"] = pair_loss(x_fake, x_pair, pair_mask, config.pair_pool)
         total = total + config.lambda_pair * terms["g/pair"]

@@ -71,6 +71,7 @@ class ModelConfig:
     d_conv_dim: int = 64
     d_strided_layers: int = 6
     d_generated_class: bool = False  # a "generated" logit in D's expression head (loss.lambda_generated trains it)
+    d_brow_critic: bool = False  # a second critic with its own expression head on the brows and eyes
 
     def __post_init__(self) -> None:
         if self.image_size % 4 or self.image_size % 2**self.d_strided_layers:
@@ -83,7 +84,7 @@ class ModelConfig:
         return DiscriminatorConfig(
             image_size=self.image_size, conv_dim=self.d_conv_dim,
             num_expressions=self.generator.num_expressions, strided_layers=self.d_strided_layers,
-            generated_class=self.d_generated_class,
+            generated_class=self.d_generated_class, brow_critic=self.d_brow_critic,
         )
 
 
@@ -756,7 +757,8 @@ def init_critic(state: TrainState, config: TrainConfig, path: Path) -> None:
     """Start a fresh run's critic from a training checkpoint's D; its architecture must match the config's.
 
     A critic without a generated class may start one with it (model.d_generated_class): its E expression logits
-    are copied and the generated logit starts at zero weights, so the critic's first answers are its old ones.
+    are copied and the generated logit starts at zero weights. A critic without a brow critic may start one with it
+    (model.d_brow_critic): the brow critic starts from its fresh initialisation.
     """
     tensors, metadata = load_tensors(path)
     if metadata.get("format") != FORMAT_TRAIN_STATE:
@@ -765,9 +767,12 @@ def init_critic(state: TrainState, config: TrainConfig, path: Path) -> None:
     saved = strip_prefix(tensors, "D.")
     critic = state.raw_discriminator
     own = critic.state_dict()
-    head = saved.get("conv2.weight")
-    if head is not None and config.model.d_generated_class and head.shape[0] == own["conv2.weight"].shape[0] - 1:
-        saved["conv2.weight"] = torch.cat([head, torch.zeros_like(head[:1])])
+    if config.model.d_brow_critic and not any(k.startswith("brows.") for k in saved):
+        saved |= {k: v for k, v in own.items() if k.startswith("brows.")}
+    for key in ("conv2.weight", "brows.conv2.weight"):
+        head = saved.get(key)
+        if head is not None and key in own and head.shape[0] == own[key].shape[0] - 1:
+            saved[key] = torch.cat([head, torch.zeros_like(head[:1])])
     mismatched = sorted(k for k in own.keys() | saved.keys() if k not in saved or k not in own
                         or saved[k].shape != own[k].shape)
     if mismatched:

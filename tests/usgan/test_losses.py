@@ -116,6 +116,22 @@ def test_generated_class_is_the_critics_label_for_fakes_and_what_g_avoids() -> N
     assert passed.terms["g/p_generated"].item() < 1e-6
 
 
+def test_two_expression_heads_each_have_to_classify() -> None:
+    labels = torch.tensor([0, 3])
+    face = torch.nn.functional.one_hot(labels, 7).float() * 20  # right
+    brows = torch.nn.functional.one_hot(torch.tensor([1, 1]), 7).float() * 20  # wrong for both samples
+    both = torch.stack([face, brows], 1)
+    assert losses.classification_loss(both, labels).item() == pytest.approx(
+        (losses.classification_loss(face, labels).item() + losses.classification_loss(brows, labels).item()) / 2)
+    real = torch.ones(2, 3, 4, 4)
+    result = losses.generator_loss(lambda x, c: x, generated_critic(both), real, torch.zeros(2, 7), torch.zeros(2, 7),
+                                   labels, LossConfig())
+    assert result.terms["g/cls"].item() == pytest.approx(10.0, rel=1e-4)
+    assert result.terms["g/cls_brows"].item() == pytest.approx(20.0, rel=1e-4)
+    d = losses.discriminator_loss(generated_critic(both), real, labels, -real, torch.rand(2, 1, 1, 1), LossConfig())
+    assert d.terms["d/cls_brows"].item() == pytest.approx(20.0, rel=1e-4)
+
+
 def test_loss_config_rejects_negative_weights() -> None:
     with pytest.raises(ConfigError, match="lambda_gp"):
         LossConfig(lambda_gp=-1.0)

@@ -8,7 +8,9 @@ from torch import nn
 
 from official_reference import make_official, official_test_output, sample_inputs
 from usgan.config import ConfigError
-from usgan.model import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, binomial_kernel, count_parameters
+from usgan.model import (
+    Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, binomial_kernel, brow_crop, count_parameters,
+)
 
 
 def test_generator_parameter_count_matches_paper_configuration():
@@ -34,6 +36,22 @@ def test_generated_class_adds_one_logit_and_keeps_the_other_weights():
     assert {k: v.shape for k, v in extra.state_dict().items() if k != "conv2.weight"} == {
         k: v for k, v in shapes.items() if k != "conv2.weight"}
     assert extra.conv2.weight.shape[0] == plain.conv2.weight.shape[0] + 1
+
+
+def test_brow_critic_judges_only_the_brows_and_eyes_with_its_own_head():
+    assert brow_crop(torch.arange(64.0)[None, :, None].expand(1, 64, 64)).shape == (1, 32, 32)
+    rows = brow_crop(torch.arange(64.0)[:, None].expand(64, 64))
+    assert rows[:, 0].tolist() == list(range(6, 38))  # the brows are at ~17 and the eyes at ~26 of 64 rows
+    config = DiscriminatorConfig(image_size=64, conv_dim=8, strided_layers=5, generated_class=True, brow_critic=True)
+    critic = Discriminator(config)
+    x = torch.rand(2, 3, 64, 64)
+    scores, logits = critic(x)
+    assert scores.shape == (2, 4 + 4) and logits.shape == (2, 2, 8)  # both critics' patches; both heads
+    mouth = x.clone()
+    mouth[:, :, 40:] = 0  # below the eyes: the brow head does not see it, the face head does
+    _, changed = critic(mouth)
+    assert torch.equal(changed[:, 1], logits[:, 1]) and not torch.equal(changed[:, 0], logits[:, 0])
+    assert torch.equal(critic.brows(brow_crop(x))[1], logits[:, 1])
 
 
 def test_discriminator_rejects_size_not_divisible_by_its_strides():

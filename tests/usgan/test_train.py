@@ -54,7 +54,8 @@ def scramble_global_rng() -> None:
                                       "loss.lambda_chroma": 2.0},
                                      {"pair_fraction": 1.0, "loss.lambda_pair": 1.0, "register_to_reference": True},
                                      {"loss.lambda_landmark": 2.0},
-                                     {"model.d_generated_class": True, "loss.lambda_generated": 1.0}])
+                                     {"model.d_generated_class": True, "loss.lambda_generated": 1.0,
+                                      "model.d_brow_critic": True}])
 def test_resume_matches_an_uninterrupted_run(tiny_faces: Path, tmp_path: Path, pairing: dict) -> None:
     config = tiny_config(**pairing)
     straight, split = tmp_path / "straight", tmp_path / "split"
@@ -184,6 +185,24 @@ def test_init_critic_starts_from_a_checkpoints_critic_and_grows_a_generated_clas
     tuned = tmp_path / "tuned"
     train(config, RunOptions(tiny_faces, tuned, max_steps=2, init_critic=checkpoint))
     assert list_checkpoints(tuned)[-1][0] == 2
+
+
+def test_init_critic_grows_a_fresh_brow_critic_on_a_checkpoints_critic(tiny_faces: Path, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    train(tiny_config(), RunOptions(tiny_faces, source, max_steps=1))
+    checkpoint = list_checkpoints(source)[-1][1]
+    saved, _ = load_tensors(checkpoint)
+    config = tiny_config(**{"model.d_brow_critic": True})
+    state = build_state(config, init_distributed(use_cuda=False))
+    fresh = {k: v.clone() for k, v in state.raw_discriminator.state_dict().items() if k.startswith("brows.")}
+    train_module.init_critic(state, config, checkpoint)
+    loaded = state.raw_discriminator.state_dict()
+    assert fresh and all(torch.equal(loaded[k], v) for k, v in fresh.items())
+    assert all(torch.equal(loaded[k[2:]], v) for k, v in saved.items() if k.startswith("D."))
+    state.step = 1
+    batch = (torch.rand(4, 3, 32, 32) * 2 - 1, torch.tensor([0, 1, 2, 3]))
+    terms = train_step(state, batch, config, init_distributed(use_cuda=False))
+    assert terms["d/cls_brows"].item() > 0 and terms["g/cls_brows"].item() > 0
 
 
 def test_init_critic_rejects_other_files_and_other_critics(tiny_faces: Path, tmp_path: Path) -> None:
