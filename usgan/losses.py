@@ -18,7 +18,8 @@ from usgan.config import ConfigError
 from usgan.landmarks import EXPRESSIVE, LandmarkGuide
 from usgan.model import binomial_kernel, blur
 
-# (N, 3, H, W) -> (patch scores (N, 1, h, w), expression logits (N, E)), as usgan.model.Discriminator.
+# (N, 3, H, W) -> (patch scores (N, 1, h, w) or (N, P), expression logits (N, E) or (N, heads, E)), as
+# usgan.model.Discriminator (E + 1 logits with its generated class).
 Critic = Callable[[Tensor], tuple[Tensor, Tensor]]
 # (image (N, 3, H, W), one-hot (N, E)) -> image, as usgan.model.Generator.
 Translator = Callable[[Tensor, Tensor], Tensor]

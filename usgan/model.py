@@ -61,7 +61,7 @@ class DiscriminatorConfig:
     generated_class: bool = False
     # Ours, off in the paper: a second, smaller critic (half the size, one stride fewer, with its own expression head)
     # on the brows and eyes (brow_crop). The judge reads a sad face there (a TFEID sad photo's brow band pasted into
-    # the same person's neutral photo carries 0.40 of its 0.47 sad accuracy), and a whole-face head can be satisfied
+    # the same person's neutral photo carries 0.38 of its 0.47 sad accuracy), and a whole-face head can be satisfied
     # by the mouth or by shading instead.
     brow_critic: bool = False
 

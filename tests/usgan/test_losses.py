@@ -96,8 +96,9 @@ def test_generated_class_is_the_critics_label_for_fakes_and_what_g_avoids() -> N
     says_target = torch.nn.functional.one_hot(labels, 8).float() * 20
     config = LossConfig(lambda_generated=2.0)
     # D: labelling the fakes "generated" costs nothing; labelling them as an expression costs ~20 per sample
-    good = losses.discriminator_loss(generated_critic(says_generated), real, labels, fake, torch.rand(2, 1, 1, 1), config)
-    bad = losses.discriminator_loss(generated_critic(says_target), real, labels, fake, torch.rand(2, 1, 1, 1), config)
+    alpha = torch.rand(2, 1, 1, 1)
+    good = losses.discriminator_loss(generated_critic(says_generated), real, labels, fake, alpha, config)
+    bad = losses.discriminator_loss(generated_critic(says_target), real, labels, fake, alpha, config)
     assert good.terms["d/generated"].item() < 1e-6
     assert bad.terms["d/generated"].item() == pytest.approx(20.0, rel=1e-4)
     assert bad.total.item() - good.total.item() == pytest.approx(
@@ -106,10 +107,9 @@ def test_generated_class_is_the_critics_label_for_fakes_and_what_g_avoids() -> N
         generated_critic(says_generated), real, labels, fake, torch.rand(2, 1, 1, 1), LossConfig()).terms
     # G: its cross-entropy runs over all 8 logits, so an edit the critic calls "generated" costs as much as a wrong one
     identity = lambda x, c: x  # noqa: E731
-    caught = losses.generator_loss(identity, generated_critic(says_generated), real, torch.zeros(2, 7), torch.zeros(2, 7),
-                                   labels, config)
-    passed = losses.generator_loss(identity, generated_critic(says_target), real, torch.zeros(2, 7), torch.zeros(2, 7),
-                                   labels, config)
+    one_hots = torch.zeros(2, 7), torch.zeros(2, 7)
+    caught = losses.generator_loss(identity, generated_critic(says_generated), real, *one_hots, labels, config)
+    passed = losses.generator_loss(identity, generated_critic(says_target), real, *one_hots, labels, config)
     assert caught.terms["g/cls"].item() == pytest.approx(20.0, rel=1e-4)
     assert passed.terms["g/cls"].item() < 1e-6
     assert caught.terms["g/p_generated"].item() == pytest.approx(1.0)

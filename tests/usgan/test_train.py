@@ -213,7 +213,8 @@ def test_init_critic_rejects_other_files_and_other_critics(tiny_faces: Path, tmp
         train_module.init_critic(state, tiny_config(), source / "generator.safetensors")
     wider = tiny_config(**{"model.d_conv_dim": 16})
     with pytest.raises(ConfigError, match="does not fit"):
-        train_module.init_critic(build_state(wider, init_distributed(use_cuda=False)), wider, list_checkpoints(source)[-1][1])
+        train_module.init_critic(build_state(wider, init_distributed(use_cuda=False)), wider,
+                                 list_checkpoints(source)[-1][1])
 
 
 @pytest.mark.parametrize(("step", "factor"), [(0, 1.0), (100, 1.0), (150, 0.5), (199, 0.01), (200, 0.0)])
