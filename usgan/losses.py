@@ -103,8 +103,8 @@ def classification_loss(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 def brow_head_loss(logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
-    """For logging: the brow critic's own cross-entropy when the critic has one (logits (N, 2, E))."""
-    return {"cls_brows": classification_loss(logits[:, 1], labels)} if logits.ndim == 3 else {}
+    """For logging: the brow critic's own cross-entropy when the critic has one (logits (N, 2, E)); no graph."""
+    return {"cls_brows": classification_loss(logits[:, 1].detach(), labels)} if logits.ndim == 3 else {}
 
 
 def discriminator_loss(

@@ -722,11 +722,17 @@ def check_resumable(config: TrainConfig, saved: dict[str, Any], path: Path) -> N
                           "use the run's config (RUN_DIR/config.yaml) or a new --out")
 
 
-def load_checkpoint(state: TrainState, config: TrainConfig, path: Path, info: DistInfo) -> None:
-    """Restore models, optimisers, scalers, RNG, step and sampler position from a checkpoint (in place)."""
+def load_train_state(path: Path, hint: str = "") -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """A training checkpoint's tensors and metadata; any other file is a one-line CheckpointError (plus hint)."""
     tensors, metadata = load_tensors(path)
     if metadata.get("format") != FORMAT_TRAIN_STATE:
-        raise CheckpointError(f"{path}: not a US-GAN training checkpoint (format {metadata.get('format')!r})")
+        raise CheckpointError(f"{path}: not a US-GAN training checkpoint (format {metadata.get('format')!r}){hint}")
+    return tensors, metadata
+
+
+def load_checkpoint(state: TrainState, config: TrainConfig, path: Path, info: DistInfo) -> None:
+    """Restore models, optimisers, scalers, RNG, step and sampler position from a checkpoint (in place)."""
+    tensors, metadata = load_train_state(path)
     check_resumable(config, metadata["config"], path)
     state.raw_generator.load_state_dict(strip_prefix(tensors, "G."), strict=True)
     state.raw_discriminator.load_state_dict(strip_prefix(tensors, "D."), strict=True)
@@ -760,10 +766,7 @@ def init_critic(state: TrainState, config: TrainConfig, path: Path) -> None:
     are copied and the generated logit starts at zero weights. A critic without a brow critic may start one with it
     (model.d_brow_critic): the brow critic starts from its fresh initialisation.
     """
-    tensors, metadata = load_tensors(path)
-    if metadata.get("format") != FORMAT_TRAIN_STATE:
-        raise CheckpointError(f"{path}: not a US-GAN training checkpoint (format {metadata.get('format')!r}); "
-                              "--init-critic needs RUN_DIR/checkpoints/step_N.safetensors")
+    tensors, _ = load_train_state(path, "; --init-critic needs RUN_DIR/checkpoints/step_N.safetensors")
     saved = strip_prefix(tensors, "D.")
     critic = state.raw_discriminator
     own = critic.state_dict()
