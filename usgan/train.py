@@ -33,6 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from usgan import losses
+from usgan.augment import AugmentedCritic, parse_policy
 from usgan.checkpoint import (
     FORMAT_TRAIN_STATE, CheckpointError, WeightsInfo, atomic_write, load_generator, load_tensors, save_generator,
     save_tensors, strip_prefix,
@@ -155,6 +156,9 @@ class TrainConfig:
     register_to_reference: bool = False
     # The frozen expression classifier of loss.lambda_classifier (`cli.py train-classifier`; usgan.classifier).
     classifier: str = ""
+    # Differentiable augmentation of every critic input, real or generated (usgan.augment; DiffAugment), e.g.
+    # "translation,cutout"; "" = off (the paper).
+    diff_augment: str = ""
 
     def __post_init__(self) -> None:
         if self.loss.lambda_classifier > 0 and not self.classifier:
@@ -168,6 +172,7 @@ class TrainConfig:
             raise ConfigError(f"colour_jitter must be in [0, 2], got {self.colour_jitter}")
         if not 0 <= self.geometry_jitter <= 2:
             raise ConfigError(f"geometry_jitter must be in [0, 2], got {self.geometry_jitter}")
+        parse_policy(self.diff_augment)
         if self.amp not in get_args(AmpMode):
             raise ConfigError(f"amp must be one of {', '.join(get_args(AmpMode))}, got {self.amp!r}")
         if self.target_labels not in get_args(TargetMode):
@@ -419,9 +424,10 @@ def set_learning_rates(state: TrainState, optim: OptimConfig) -> None:
         group["lr"] = optim.d_lr * factor
 
 
-def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
-    """The step's own RNG: a pure function of (seed, rank, step), so a resumed run draws the same numbers."""
-    digest = hashlib.sha256(f"usgan:{seed}:{rank}:{step}".encode()).digest()
+def step_generator(seed: int, rank: int, step: int, stream: str = "") -> torch.Generator:
+    """The step's own RNG: a pure function of (seed, rank, step), so a resumed run draws the same numbers; each
+    stream name gives an independent one (the default stream is the batch's: flips, targets, jitter)."""
+    digest = hashlib.sha256(f"usgan:{seed}:{rank}:{step}{stream}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
 
 
@@ -454,6 +460,15 @@ class StepBatch:
     alpha: Tensor  # (N, 1, 1, 1) gradient-penalty interpolation weights
     x_pair: Tensor | None = None  # (N, 3, S, S) same-person photo with the target expression, where pair_mask
     pair_mask: Tensor | None = None  # (N,) bool
+    augment: torch.Generator | None = None  # the step's stream for diff_augment, None when it is off
+
+
+def critic_of(state: TrainState, batch: StepBatch, config: TrainConfig, wrapped: bool = True) -> losses.Critic:
+    """The critic the losses call: D (wrapped for DDP, or not), behind diff_augment when that is on."""
+    critic = state.discriminator if wrapped else state.raw_discriminator
+    if batch.augment is None:
+        return critic
+    return AugmentedCritic(critic, parse_policy(config.diff_augment), batch.augment)
 
 
 def draw_pairs(
@@ -509,6 +524,7 @@ def prepare_batch(
         x_real=images.to(**to), label_org=labels, label_trg=targets,
         c_org=F.one_hot(labels, len(EXPRESSIONS)).float(), c_trg=F.one_hot(targets, len(EXPRESSIONS)).float(),
         alpha=alpha.to(**to), x_pair=x_pair, pair_mask=pair_mask,
+        augment=step_generator(config.seed, info.rank, step, ":augment") if config.diff_augment else None,
     )
 
 
@@ -523,7 +539,7 @@ def update_discriminator(
     state.d_optim.zero_grad(set_to_none=True)
     with autocast(config, device):
         result = losses.discriminator_loss(
-            state.discriminator, batch.x_real, batch.label_org, x_fake.float(), batch.alpha, config.loss, grad_scale
+            critic_of(state, batch, config), batch.x_real, batch.label_org, x_fake.float(), batch.alpha, config.loss, grad_scale
         )
     apply_gradients(result.total, state.d_optim, state.d_scaler)
     return result.terms
@@ -535,17 +551,17 @@ def update_generator(
 ) -> dict:
     """One G update; x_fake is G(x_real, c_trg) with its graph, when the step computed it already."""
     # D is frozen and called unwrapped: its gradients are not needed and DDP would all-reduce them for nothing.
-    critic = state.raw_discriminator.requires_grad_(False)
+    state.raw_discriminator.requires_grad_(False)
     try:
         state.g_optim.zero_grad(set_to_none=True)
         with autocast(config, device):
             result = losses.generator_loss(
-                state.generator, critic, batch.x_real, batch.c_org, batch.c_trg, batch.label_trg, config.loss,
+                state.generator, critic_of(state, batch, config, wrapped=False), batch.x_real, batch.c_org, batch.c_trg, batch.label_trg, config.loss,
                 batch.x_pair, batch.pair_mask, x_fake, guide, classifier,
             )
         apply_gradients(result.total, state.g_optim, state.g_scaler)
     finally:
-        critic.requires_grad_(True)
+        state.raw_discriminator.requires_grad_(True)
     return result.terms
 
 

@@ -55,7 +55,8 @@ def scramble_global_rng() -> None:
                                      {"pair_fraction": 1.0, "loss.lambda_pair": 1.0, "register_to_reference": True},
                                      {"loss.lambda_landmark": 2.0},
                                      {"model.d_generated_class": True, "loss.lambda_generated": 1.0,
-                                      "model.d_brow_critic": True}])
+                                      "model.d_brow_critic": True},
+                                     {"diff_augment": "colour,translation,cutout"}])
 def test_resume_matches_an_uninterrupted_run(tiny_faces: Path, tmp_path: Path, pairing: dict) -> None:
     config = tiny_config(**pairing)
     straight, split = tmp_path / "straight", tmp_path / "split"
@@ -248,10 +249,34 @@ def test_warmup_leaves_an_initialised_generator_untouched(tiny_faces: Path, tmp_
 @pytest.mark.parametrize("bad", [{"amp": "fp8"}, {"optim.warmup_steps": -1}, {"optim.g_lr": "2e-4"},
                                  {"optim.decay_start": 10, "optim.total_steps": 5},
                                  {"model.image_size": 36}, {"optim.learning_rate": 1.0},
-                                 {"loss.lambda_generated": 1.0}, {"model.d_generated_class": True}])
+                                 {"loss.lambda_generated": 1.0}, {"model.d_generated_class": True},
+                                 {"diff_augment": "blur"}])
 def test_bad_configs_are_rejected(bad: dict) -> None:
     with pytest.raises(ConfigError):
         load_train_config(SMOKE, bad)
+
+
+def test_diff_augment_shows_the_critic_augmented_images_in_d_and_g_updates(tiny_faces: Path) -> None:
+    info = init_distributed(use_cuda=False)
+    batch = (torch.rand(4, 3, 32, 32) * 2 - 1, torch.tensor([0, 1, 2, 3]))
+    seen: list[torch.Tensor] = []
+    terms = {}
+    for policy in ("", "translation,cutout"):
+        config = tiny_config(diff_augment=policy)
+        torch.manual_seed(0)
+        state = build_state(config, info)
+        state.step = 1  # a step with a G update
+        forward = state.raw_discriminator.forward
+        state.raw_discriminator.forward = lambda x, forward=forward: seen.append(x.detach()) or forward(x)
+        step_batch = prepare_batch(batch, config, info, state.step)
+        assert (step_batch.augment is None) == (policy == "")
+        terms[policy] = train_step(state, batch, config, info)
+    plain, augmented = seen[:len(seen) // 2], seen[len(seen) // 2:]
+    assert len(plain) == 4  # D: real, fake, GP points; G: fake
+    assert torch.equal(plain[0], prepare_batch(batch, tiny_config(), info, 1).x_real)
+    hidden = torch.cat([(x == 0).all(1).sum((1, 2)) for x in augmented])
+    assert len(hidden) == 16 and int(hidden.min()) >= 64  # every image: a 16x16 square, clipped to 8x8 at worst
+    assert terms["translation,cutout"]["d/total"] != terms[""]["d/total"]
 
 
 def test_set_options_parse_yaml_values() -> None:
