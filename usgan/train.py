@@ -728,8 +728,13 @@ def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def check_resumable(config: TrainConfig, saved: dict[str, Any], path: Path) -> None:
-    """Refuse to resume with a config that changes what the checkpoint was trained as."""
-    now, then = flatten(to_mapping(config)), flatten(saved)
+    """Refuse to resume with a config that changes what the checkpoint was trained as.
+
+    A key the checkpoint's config lacks is an option added to the code since it was saved: it was trained with
+    that option's default, which is what the comparison uses.
+    """
+    now = flatten(to_mapping(config))
+    then = flatten(to_mapping(TrainConfig())) | flatten(saved)
     keys = sorted(set(now) | set(then))
     changed = [k for k in keys if now.get(k) != then.get(k) and not k.startswith(MUTABLE_ON_RESUME)]
     if changed:

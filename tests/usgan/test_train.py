@@ -17,7 +17,7 @@ from click.testing import CliRunner
 import usgan.train as train_module
 from cli import cli
 from usgan.checkpoint import load_generator, load_tensors
-from usgan.config import ConfigError
+from usgan.config import ConfigError, to_mapping
 from usgan.errors import UserError
 from usgan.data import (
     geometry_jitter, geometry_params, load_image, load_warped, partner_table, reference_indices, scan_dataset,
@@ -147,6 +147,15 @@ def test_init_generator_starts_a_fresh_run_from_weights(tiny_faces: Path, tmp_pa
     for (name, a), b, c in zip(start.named_parameters(), after.parameters(), baseline.parameters()):
         assert torch.equal(a, b), name
     assert not all(torch.equal(a, c) for a, c in zip(start.parameters(), baseline.parameters()))
+
+
+def test_a_checkpoint_from_before_an_option_existed_resumes_at_its_default(tmp_path: Path) -> None:
+    config = tiny_config()
+    saved = to_mapping(config)
+    del saved["diff_augment"]  # saved by code that had no such option: it trained without it
+    train_module.check_resumable(config, saved, tmp_path / "step_1.safetensors")
+    with pytest.raises(ConfigError, match=r"diff_augment: '' -> 'translation'"):
+        train_module.check_resumable(tiny_config(diff_augment="translation"), saved, tmp_path / "step_1.safetensors")
 
 
 def test_init_generator_must_match_the_config(tiny_faces: Path, tmp_path: Path) -> None:
