@@ -15,7 +15,8 @@ With --generator-sizes the real photo's change from the neutral photo is also ke
 could make it: downsampled to it (as inference feeds the generator), low-passed by the generator's residual_blur,
 upsampled and added to the neutral photo (as inference adds the residual). Sad at 64 px with residual_blur 3: 0.19
 (the whole change 0.47, no change 0.15); at 128 px: 0.44 (angry 0.32 and 0.61 of 0.68). However well it is
-trained, a 64 px generator with that low-pass cannot make a sad face the judge reads. Hence configs/train/tfeid_128.yaml.
+trained, a 64 px generator with that low-pass cannot make a sad face the judge reads. Hence
+configs/train/tfeid_128.yaml.
 
 Example:
     python scripts/region_signal.py ~/.cache/usgan/data/tfeid/256 --expressions sad,angry \\

@@ -539,7 +539,8 @@ def update_discriminator(
     state.d_optim.zero_grad(set_to_none=True)
     with autocast(config, device):
         result = losses.discriminator_loss(
-            critic_of(state, batch, config), batch.x_real, batch.label_org, x_fake.float(), batch.alpha, config.loss, grad_scale
+            critic_of(state, batch, config), batch.x_real, batch.label_org, x_fake.float(), batch.alpha, config.loss,
+            grad_scale,
         )
     apply_gradients(result.total, state.d_optim, state.d_scaler)
     return result.terms
@@ -556,8 +557,8 @@ def update_generator(
         state.g_optim.zero_grad(set_to_none=True)
         with autocast(config, device):
             result = losses.generator_loss(
-                state.generator, critic_of(state, batch, config, wrapped=False), batch.x_real, batch.c_org, batch.c_trg, batch.label_trg, config.loss,
-                batch.x_pair, batch.pair_mask, x_fake, guide, classifier,
+                state.generator, critic_of(state, batch, config, wrapped=False), batch.x_real, batch.c_org,
+                batch.c_trg, batch.label_trg, config.loss, batch.x_pair, batch.pair_mask, x_fake, guide, classifier,
             )
         apply_gradients(result.total, state.g_optim, state.g_scaler)
     finally:
