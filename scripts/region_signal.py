@@ -32,12 +32,11 @@ from pathlib import Path
 
 import click
 import numpy as np
-import torch
 from numpy.typing import NDArray
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.evaluate import edit_crops, read_crops  # noqa: E402
+from pipeline.evaluate import bgr_to_tensor, edit_crops, read_crops, tensor_to_bgr  # noqa: E402
 from pipeline.faces import crop_template  # noqa: E402
 from pipeline.judges import ExpressionJudge  # noqa: E402
 from usgan.checkpoint import load_generator  # noqa: E402
@@ -84,12 +83,11 @@ def kept_at(neutral: list[NDArray[np.uint8]], shown: list[NDArray[np.uint8]], si
     """Each neutral photo plus its change to the shown photo as a size-px generator with that residual_blur could
     make it: the change downsampled to size (antialiased, as inference feeds the generator), low-passed by the
     blur (0: none), upsampled back and added (as inference adds the generator's residual)."""
-    base, target = (torch.from_numpy(np.stack(c)).permute(0, 3, 1, 2).float() for c in (neutral, shown))
+    base, target = bgr_to_tensor(neutral), bgr_to_tensor(shown)
     change = resize_to_generator(target - base, size)
     if residual_blur:
         change = blur(change, binomial_kernel(residual_blur, change.shape[1]))
-    kept = (base + resize_residual(change, tuple(base.shape[2:]))).round().clamp(0, 255).to(torch.uint8)
-    return list(kept.permute(0, 2, 3, 1).numpy())
+    return tensor_to_bgr(base + resize_residual(change, tuple(base.shape[2:])))
 
 
 def pairs_of(samples: list[Sample], expression: str) -> list[tuple[Sample, Sample]]:
