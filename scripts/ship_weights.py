@@ -1,7 +1,9 @@
 """Turn a training checkpoint into a shippable generator file: fp16, data set, licence, recipe notes, edit gain.
 
 This is how `weights/usgan_tfeid.safetensors` is made (weights/MODEL_CARD.md has the recipe and the evaluation
-that chose the step and the edit gain). Calibrate the gain first with `cli.py evaluate --edit-gain G`.
+that chose the step and the edit gain). Calibrate the gain first with `cli.py evaluate --edit-gain G`. Given
+several checkpoints of one run, it ships the mean of their generators (iterate averaging); evaluate the average
+first: write it with --fp32 to a scratch file and pass that to `cli.py evaluate --weights`.
 
 Example:
     python scripts/ship_weights.py ~/.cache/usgan/runs/robust/checkpoints/step_00003000.safetensors \\
@@ -20,18 +22,19 @@ import click
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from usgan.checkpoint import (  # noqa: E402
-    DEFAULT_LICENSE, MAX_EDIT_GAIN, WeightsInfo, load_generator, refuse_overwrite, save_generator,
+    DEFAULT_LICENSE, MAX_EDIT_GAIN, WeightsInfo, average_generators, refuse_overwrite, save_generator,
 )
 from usgan.data import parse_identities  # noqa: E402
 from usgan.errors import UserError  # noqa: E402
 
 
-def ship(checkpoint: Path, out: Path, edit_gain: float, dataset: str, recipe: str, validation: tuple[str, ...],
-         trained_on: str, fp16: bool = True) -> WeightsInfo:
-    """Write checkpoint's generator to out (atomically) with a header for users; returns that header."""
-    refuse_overwrite(checkpoint, out)
-    generator, info = load_generator(checkpoint)
-    notes = {**info.notes, "source": checkpoint.name, "recipe": recipe, "trained_on": trained_on,
+def ship(checkpoints: list[Path], out: Path, edit_gain: float, dataset: str, recipe: str,
+         validation: tuple[str, ...], trained_on: str, fp16: bool = True) -> WeightsInfo:
+    """Write the checkpoints' (mean) generator to out (atomically) with a header for users; returns that header."""
+    for checkpoint in checkpoints:
+        refuse_overwrite(checkpoint, out)
+    generator, info = average_generators(checkpoints)
+    notes = {**info.notes, "source": checkpoints[-1].name, "recipe": recipe, "trained_on": trained_on,
              "validation_identities": list(validation)}
     info = dataclasses.replace(info, dataset=dataset, license=DEFAULT_LICENSE, edit_gain=edit_gain,
                                notes={k: v for k, v in notes.items() if v})
@@ -40,7 +43,8 @@ def ship(checkpoint: Path, out: Path, edit_gain: float, dataset: str, recipe: st
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("checkpoints", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--edit-gain", default=1.0, show_default=True,
               type=click.FloatRange(0.0, MAX_EDIT_GAIN, min_open=True),
@@ -50,21 +54,25 @@ def ship(checkpoint: Path, out: Path, edit_gain: float, dataset: str, recipe: st
 @click.option("--validation", default="", metavar="ID,ID,...", help="Held-out identities, for the header.")
 @click.option("--trained-on", default="", help="Hardware, for the header (e.g. '2-core CPU').")
 @click.option("--fp32", is_flag=True, help="Keep float32 weights (default: fp16, half the size).")
-def main(checkpoint: Path, out: Path, edit_gain: float, dataset: str, recipe: str, validation: str, trained_on: str,
+def main(checkpoints: tuple[Path, ...], out: Path, edit_gain: float, dataset: str, recipe: str, validation: str, trained_on: str,
          fp32: bool) -> None:
-    """Write CHECKPOINT's generator to OUT with a user-facing header (fp16, licence, recipe notes, edit gain).
+    """Write CHECKPOINTS' generator to OUT with a user-facing header (fp16, licence, recipe notes, edit gain).
+
+    Several checkpoints of one run (same architecture) are averaged into one generator; the header records them.
 
     \b
-    Example:
+    Examples:
       python scripts/ship_weights.py RUN/checkpoints/step_00003000.safetensors weights/usgan_tfeid.safetensors \\
           --edit-gain 1.5 --validation 16,17,30 --recipe "configs/train/tfeid_robust.yaml" --trained-on "2-core CPU"
+      python scripts/ship_weights.py RUN/checkpoints/step_0000{2800,2900,3000}.safetensors /tmp/avg.safetensors --fp32
     """
     try:
-        info = ship(checkpoint, out, edit_gain, dataset, recipe,
+        info = ship(list(checkpoints), out, edit_gain, dataset, recipe,
                     parse_identities(validation), trained_on, fp16=not fp32)
     except UserError as error:
         raise click.ClickException(str(error)) from error
-    click.echo(f"wrote {out} (step {info.step}, {info.image_size} px, edit gain {info.edit_gain:g}, "
+    averaged = f", mean of {len(checkpoints)} checkpoints" if len(checkpoints) > 1 else ""
+    click.echo(f"wrote {out} (step {info.step}{averaged}, {info.image_size} px, edit gain {info.edit_gain:g}, "
                f"{'fp32' if fp32 else 'fp16'})")
 
 

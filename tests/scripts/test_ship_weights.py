@@ -16,8 +16,8 @@ from usgan.checkpoint import WeightsInfo, load_generator, save_generator  # noqa
 from usgan.model import Generator, GeneratorConfig  # noqa: E402
 
 
-def checkpoint(path: Path) -> Path:
-    torch.manual_seed(0)
+def checkpoint(path: Path, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
     save_generator(path, Generator(GeneratorConfig(conv_dim=8, residual_blur=3)), WeightsInfo(image_size=32, step=7))
     return path
 
@@ -51,3 +51,19 @@ def test_refuses_to_overwrite_its_input_and_bad_files_are_one_line_errors(tmp_pa
     assert result.exit_code == 1 and "junk.safetensors" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_several_checkpoints_ship_their_mean_generator_and_name_them(tmp_path):
+    sources = [checkpoint(tmp_path / f"step_{seed}.safetensors", seed) for seed in (1, 2)]
+    out = tmp_path / "mean.safetensors"
+    result = CliRunner().invoke(ship_weights.main, [*map(str, sources), str(out), "--fp32"])
+    assert result.exit_code == 0, result.output
+    assert "mean of 2 checkpoints" in result.output
+    shipped, info = load_generator(out)
+    assert info.notes["averaged"] == ["step_1.safetensors", "step_2.safetensors"]
+    assert info.notes["source"] == "step_2.safetensors"
+    first, second = (load_generator(path)[0].state_dict() for path in sources)
+    mean = (first["main.0.weight"] + second["main.0.weight"]) / 2
+    torch.testing.assert_close(shipped.state_dict()["main.0.weight"], mean)
+    result = CliRunner().invoke(ship_weights.main, [str(sources[0]), str(out), str(out)])
+    assert result.exit_code == 1 and "output path is the input file" in result.output

@@ -16,6 +16,7 @@ from usgan.checkpoint import (
     OFFICIAL_DATASET,
     CheckpointError,
     WeightsInfo,
+    average_generators,
     import_official,
     load_generator,
     load_tensors,
@@ -178,6 +179,36 @@ def test_edit_gain_round_trips_defaults_to_one_and_a_bad_one_is_a_one_line_error
     with pytest.raises(CheckpointError, match=r"bad\.safetensors: bad metadata: edit_gain must be in") as error:
         load_generator(tmp_path / "bad.safetensors")
     assert "\n" not in str(error.value)
+
+
+def test_average_generators_is_the_mean_of_their_weights_and_running_statistics(tmp_path):
+    paths = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        generator = Generator(GeneratorConfig(conv_dim=8))
+        for module in generator.modules():  # give the norms' running statistics distinct values too
+            if isinstance(module, torch.nn.InstanceNorm2d):
+                module.running_mean.normal_()
+        paths.append(tmp_path / f"step_{seed}.safetensors")
+        save_generator(paths[-1], generator, WeightsInfo(image_size=32, step=seed))
+    states = [load_generator(p)[0].state_dict() for p in paths]
+    mean, info = average_generators(paths)
+    for key, value in mean.state_dict().items():
+        expected = sum(s[key] for s in states) / 3 if value.is_floating_point() else states[-1][key]
+        torch.testing.assert_close(value, expected)
+    assert info.step == 2 and info.notes["averaged"] == [p.name for p in paths]
+    single, single_info = average_generators(paths[:1])
+    assert all(torch.equal(v, states[0][k]) for k, v in single.state_dict().items()) and not single_info.notes
+
+
+def test_average_generators_refuses_different_architectures_naming_the_file(tmp_path):
+    save_generator(tmp_path / "a.safetensors", Generator(GeneratorConfig(conv_dim=8)), WeightsInfo(image_size=32))
+    save_generator(tmp_path / "b.safetensors", Generator(GeneratorConfig(conv_dim=16)), WeightsInfo(image_size=32))
+    with pytest.raises(CheckpointError, match=r"a\.safetensors: generator .* differs from .*b\.safetensors") as error:
+        average_generators([tmp_path / "a.safetensors", tmp_path / "b.safetensors"])
+    assert "\n" not in str(error.value)
+    with pytest.raises(CheckpointError, match="no generator files"):
+        average_generators([])
 
 
 def test_round_trip_fp16_is_close(tmp_path):
