@@ -177,8 +177,8 @@ def train_command(config_path: Path | None, data_dir: Path, run_dir: Path, resum
       python cli.py train --config configs/train/tfeid.yaml --data data/tfeid/128 --out runs/x --dry-run
       python cli.py train --config configs/train/tfeid_finetune.yaml --data data/tfeid/128 --out runs/ft \\
           --init-generator weights/usgan_tfeid.safetensors --resume
-      python cli.py train --config configs/train/tfeid_generated.yaml --data data/tfeid/128 --out runs/gen \
-          --init-generator runs/tfeid/checkpoints/step_00003000.safetensors \
+      python cli.py train --config configs/train/tfeid_generated.yaml --data data/tfeid/128 --out runs/gen \\
+          --init-generator runs/tfeid/checkpoints/step_00003000.safetensors \\
           --init-critic runs/tfeid/checkpoints/step_00003000.safetensors
       torchrun --nproc_per_node 4 cli.py train --config configs/train/default.yaml --data D --out R --resume
     """

@@ -88,7 +88,8 @@ def resolve_weights(weights: Path | str | None) -> Path:
     if weights is not None:
         return Path(weights).expanduser()
     if not DEFAULT_WEIGHTS.is_file():
-        raise WeightsMissingError(f"{DEFAULT_WEIGHTS}: default weights missing from this checkout: pass --weights W.safetensors")
+        raise WeightsMissingError(
+            f"{DEFAULT_WEIGHTS}: default weights missing from this checkout: pass --weights W.safetensors")
     return DEFAULT_WEIGHTS
 
 

@@ -1,4 +1,7 @@
-"""The pipeline's shared vocabulary. Images are numpy uint8 BGR (OpenCV/InsightFace convention) unless named otherwise."""
+"""The pipeline's shared vocabulary.
+
+Images are numpy uint8 BGR (OpenCV/InsightFace convention) unless named otherwise.
+"""
 
 from __future__ import annotations
 

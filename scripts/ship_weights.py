@@ -54,8 +54,8 @@ def ship(checkpoints: list[Path], out: Path, edit_gain: float, dataset: str, rec
 @click.option("--validation", default="", metavar="ID,ID,...", help="Held-out identities, for the header.")
 @click.option("--trained-on", default="", help="Hardware, for the header (e.g. '2-core CPU').")
 @click.option("--fp32", is_flag=True, help="Keep float32 weights (default: fp16, half the size).")
-def main(checkpoints: tuple[Path, ...], out: Path, edit_gain: float, dataset: str, recipe: str, validation: str, trained_on: str,
-         fp32: bool) -> None:
+def main(checkpoints: tuple[Path, ...], out: Path, edit_gain: float, dataset: str, recipe: str, validation: str,
+         trained_on: str, fp32: bool) -> None:
     """Write CHECKPOINTS' generator to OUT with a user-facing header (fp16, licence, recipe notes, edit gain).
 
     Several checkpoints of one run (same architecture) are averaged into one generator; the header records them.

@@ -44,7 +44,8 @@ def write_stills(video: Path, out_dir: Path, per_video: int) -> int:
             ok, encoded = cv2.imencode(".png", frame.image)
             if not ok:
                 raise UserError(f"{video}: could not encode frame {frame.index} as PNG")
-            atomic_write(out_dir / f"{video.stem}_f{frame.index:05d}.png", lambda tmp: tmp.write_bytes(encoded.tobytes()))
+            still = out_dir / f"{video.stem}_f{frame.index:05d}.png"
+            atomic_write(still, lambda tmp: tmp.write_bytes(encoded.tobytes()))
             written += 1
     return written
 

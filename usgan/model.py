@@ -118,7 +118,11 @@ class Generator(nn.Module):
             nn.ReLU(inplace=True),
         ]
         for _ in range(2):
-            layers += [nn.Conv2d(dim, dim * 2, kernel_size=4, stride=2, padding=1, bias=False), _norm(dim * 2), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(dim, dim * 2, kernel_size=4, stride=2, padding=1, bias=False),
+                _norm(dim * 2),
+                nn.ReLU(inplace=True),
+            ]
             dim *= 2
         layers += [ResidualBlock(dim) for _ in range(config.residual_blocks)]
         for _ in range(2):

@@ -776,7 +776,8 @@ def init_generator(state: TrainState, config: TrainConfig, path: Path) -> None:
     Only residual_blur (no weights) may differ: a generator trained without the low-pass can be fine-tuned with it.
     """
     generator, _ = load_generator(path)
-    if dataclasses.replace(generator.config, residual_blur=config.model.generator.residual_blur) != config.model.generator:
+    wanted = config.model.generator
+    if dataclasses.replace(generator.config, residual_blur=wanted.residual_blur) != wanted:
         raise ConfigError(f"{path}: generator {generator.config} differs from the config's {config.model.generator}")
     state.raw_generator.load_state_dict(generator.state_dict(), strict=True)  # copies onto the run's device
 

@@ -37,7 +37,10 @@ def portrait() -> np.ndarray:
 
 
 def tight_crop() -> np.ndarray:
-    """The portrait's face cut tightly (no margin, like TFEID photos): InsightFace's 640 letterbox misses it unpadded."""
+    """The portrait's face cut tightly (no margin, like TFEID photos).
+
+    InsightFace's 640 letterbox misses it unpadded.
+    """
     return np.ascontiguousarray(portrait()[70:230, 40:195])
 
 

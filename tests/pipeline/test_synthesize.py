@@ -117,7 +117,8 @@ def test_build_synthesizer_follows_the_config(weights, tmp_path):
 
 def test_default_weights_missing_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(synthesize, "DEFAULT_WEIGHTS", tmp_path / "weights" / "usgan_tfeid.safetensors")
-    with pytest.raises(WeightsMissingError, match="default weights missing from this checkout: pass --weights W.safetensors"):
+    with pytest.raises(WeightsMissingError,
+                       match="default weights missing from this checkout: pass --weights W.safetensors"):
         resolve_weights(None)
     assert resolve_weights(tmp_path / "w.safetensors") == tmp_path / "w.safetensors"
 

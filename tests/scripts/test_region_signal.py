@@ -34,7 +34,8 @@ def test_bands_are_soft_edged_and_cover_their_rows() -> None:
 def test_cli_prints_photos_and_edits_and_bad_input_is_one_line(tmp_path: Path) -> None:
     data = write_people(tmp_path / "faces", 3)
     weights = save_weights(tmp_path / "g.safetensors", identity=True)  # residual 0: an edit is its input
-    result = CliRunner().invoke(region_signal.main, [str(data), "--expressions", "sad,happy", "--weights", str(weights)])
+    result = CliRunner().invoke(region_signal.main,
+                                [str(data), "--expressions", "sad,happy", "--weights", str(weights)])
     assert result.exit_code == 0, result.output
     rows = {tuple(cells[:3]): [float(c) for c in cells[3:]] for line in result.output.splitlines()[2:]
             for cells in [[c.strip() for c in line.strip("|").split("|")]]}

@@ -200,7 +200,8 @@ def test_tensorrt_session_builds_cached_engine(exported, tmp_path):
 
 def test_residual_blur_is_in_the_exported_graph(tmp_path):
     generator = Generator(GeneratorConfig(conv_dim=8, residual_blur=3)).eval()
-    save_generator(tmp_path / "g.safetensors", generator, WeightsInfo(generator=generator.config, image_size=IMAGE_SIZE))
+    info = WeightsInfo(generator=generator.config, image_size=IMAGE_SIZE)
+    save_generator(tmp_path / "g.safetensors", generator, info)
     result = export_onnx(tmp_path / "g.safetensors", tmp_path / "g.onnx")
     x, c = sample_inputs(batch=2, size=IMAGE_SIZE)
     onnx_out = run_generator(_cpu_session(tmp_path / "g.onnx"), x.numpy(), c.numpy())

@@ -139,7 +139,8 @@ def test_init_generator_starts_a_fresh_run_from_weights(tiny_faces: Path, tmp_pa
     start, _ = load_generator(source / "generator.safetensors")
     # one step with n_critic 2 is a D update only: the new run's G must still be the initial weights
     tuned = tmp_path / "tuned"
-    train(tiny_config(seed=7), RunOptions(tiny_faces, tuned, max_steps=1, init_generator=source / "generator.safetensors"))
+    train(tiny_config(seed=7),
+          RunOptions(tiny_faces, tuned, max_steps=1, init_generator=source / "generator.safetensors"))
     after, _ = load_generator(tuned / "generator.safetensors")
     fresh = tmp_path / "fresh"
     train(tiny_config(seed=7), RunOptions(tiny_faces, fresh, max_steps=1))
@@ -163,10 +164,12 @@ def test_init_generator_must_match_the_config(tiny_faces: Path, tmp_path: Path) 
     train(tiny_config(), RunOptions(tiny_faces, source, max_steps=1))
     wider = tiny_config(**{"model.generator.conv_dim": 16})
     with pytest.raises(ConfigError, match="differs from the config"):
-        train(wider, RunOptions(tiny_faces, tmp_path / "wide", max_steps=1, init_generator=source / "generator.safetensors"))
+        train(wider,
+              RunOptions(tiny_faces, tmp_path / "wide", max_steps=1, init_generator=source / "generator.safetensors"))
     # residual_blur has no weights: a generator trained without it can be fine-tuned with it, and the result says so.
     blurred = tiny_config(**{"model.generator.residual_blur": 3})
-    train(blurred, RunOptions(tiny_faces, tmp_path / "blur", max_steps=1, init_generator=source / "generator.safetensors"))
+    train(blurred,
+          RunOptions(tiny_faces, tmp_path / "blur", max_steps=1, init_generator=source / "generator.safetensors"))
     tuned, _ = load_generator(tmp_path / "blur" / "generator.safetensors")
     assert tuned.config.residual_blur == 3
 
