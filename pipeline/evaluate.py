@@ -213,7 +213,8 @@ def _rate(hits: NDArray[np.bool_]) -> float | None:
 
 
 def class_metrics(j: Judgements, mask_sources: NDArray[np.bool_], mask_pairs: NDArray[np.bool_]) -> dict[str, Any]:
-    """Judge accuracy on real photos, on unchanged inputs (baseline) and on outputs, for a subset of rows."""
+    """Judge accuracy on real photos, on unchanged inputs (baseline) and on outputs, and the outputs' mean identity
+    cosine, for a subset of rows."""
     targets = j.pair_target[mask_pairs]
     inputs = j.input_probs[j.pair_source[mask_pairs]]
     outputs = j.output_probs[mask_pairs]
@@ -225,6 +226,7 @@ def class_metrics(j: Judgements, mask_sources: NDArray[np.bool_], mask_pairs: ND
         "output_accuracy": _rate(outputs.argmax(1) == targets),
         "input_target_probability": float(inputs[rows, targets].mean()) if targets.size else None,
         "output_target_probability": float(outputs[rows, targets].mean()) if targets.size else None,
+        "identity": float(j.identity[mask_pairs].mean()) if targets.size else None,
         "count": int(targets.size),
     }
 
@@ -381,12 +383,12 @@ def _fmt(value: float | None) -> str:
 def expression_table(expression: dict[str, Any]) -> list[str]:
     """Markdown table: one row per target class, then overall."""
     lines = ["| target | judge on real photos (n) | judge on unchanged inputs | judge on outputs "
-             "| P(target) input → output | outputs |", "|---|---|---|---|---|---|"]
+             "| P(target) input → output | identity | outputs |", "|---|---|---|---|---|---|---|"]
     rows = [*expression["per_class"].items(), ("**overall**", expression["overall"])]
     for name, m in rows:
         lines.append(f"| {name} | {_fmt(m['real_accuracy'])} ({m['real_count']}) | {_fmt(m['baseline'])} "
                      f"| {_fmt(m['output_accuracy'])} | {_fmt(m['input_target_probability'])} → "
-                     f"{_fmt(m['output_target_probability'])} | {m['count']} |")
+                     f"{_fmt(m['output_target_probability'])} | {_fmt(m.get('identity'))} | {m['count']} |")
     return lines
 
 

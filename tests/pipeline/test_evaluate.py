@@ -56,6 +56,9 @@ def test_summarise_counts_real_baseline_and_outputs():
     assert per_class["angry"]["output_target_probability"] == pytest.approx(0.94)
     assert metrics["identity"]["mean"] == pytest.approx(0.8) and metrics["identity"]["min"] == pytest.approx(0.7)
     assert 0.7 < metrics["identity"]["p5"] < 0.72
+    # identity per target: which edits cost the likeness
+    assert per_class["angry"]["identity"] == pytest.approx(0.9) and per_class["happy"]["identity"] == pytest.approx(0.7)
+    assert per_class["sad"]["identity"] is None and overall["identity"] == pytest.approx(0.8)
 
 
 def test_change_stats_separate_shading_from_colour_and_summarise_weights_by_size():
