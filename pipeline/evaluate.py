@@ -70,6 +70,9 @@ class Judgements:
     output_probs: NDArray[np.float32]  # (m, 7)
     identity: NDArray[np.float32]  # (m,) ArcFace cosine, input vs output
     change: NDArray[np.float32] | None = None  # (m, 2): mean |output - input| and mean |its colour part|, levels
+    # (n, d) ArcFace embeddings of the sources, and who each one is (None: unknown), for the real-pair reference
+    embeddings: NDArray[np.float32] | None = None
+    identities: tuple[str | None, ...] | None = None
 
 
 def change_stats(source: Frame, output: Frame) -> tuple[float, float]:
@@ -161,10 +164,11 @@ def edit_crops(generator: Generator, info: WeightsInfo, crops: Sequence[Frame], 
 # --- judging ---------------------------------------------------------------------------------------------------------
 
 
-def judge_batch(generator: Generator, info: WeightsInfo, judges: Judges, crops: Sequence[Frame],
-                labels: Sequence[int]) -> tuple[NDArray, list[tuple[int, int, NDArray, float, tuple[float, float]]]]:
-    """Input probabilities (B, 7) and, for every other target, (source, target, output probs, identity cosine,
-    change_stats)."""
+def judge_batch(
+    generator: Generator, info: WeightsInfo, judges: Judges, crops: Sequence[Frame], labels: Sequence[int],
+) -> tuple[NDArray, NDArray, list[tuple[int, int, NDArray, float, tuple[float, float]]]]:
+    """Input probabilities (B, 7), input embeddings (B, d) and, for every other target, (source, target, output
+    probs, identity cosine, change_stats)."""
     landmarks = [crop_template(crops[0].shape[0]).astype(np.float32)] * len(crops)
     input_probs = judges.expression.predict_batch(crops, landmarks)
     input_embeddings = judges.identity.embed_batch(crops, landmarks)
@@ -179,18 +183,20 @@ def judge_batch(generator: Generator, info: WeightsInfo, judges: Judges, crops: 
         cosines = cosine_similarity(input_embeddings[chosen], judges.identity.embed_batch(outputs, out_landmarks))
         pairs += [(i, target, p, float(c), change_stats(crops[i], out))
                   for i, p, c, out in zip(chosen, probs, cosines, outputs)]
-    return input_probs, pairs
+    return input_probs, input_embeddings, pairs
 
 
 def judge_sources(generator: Generator, info: WeightsInfo, judges: Judges, samples: Sequence[Sample],
                   batch_size: int) -> Judgements:
     """Run the judges on every source crop and on its edits towards every other expression."""
     labels = np.array([EXPRESSIONS.index(s.expression) for s in samples], dtype=np.int64)
-    input_probs, pairs = [], []
+    input_probs, embeddings, pairs = [], [], []
     for start in range(0, len(samples), batch_size):
         batch = samples[start:start + batch_size]
-        probs, batch_pairs = judge_batch(generator, info, judges, read_crops(batch), labels[start:start + batch_size])
+        probs, batch_embeddings, batch_pairs = judge_batch(generator, info, judges, read_crops(batch),
+                                                           labels[start:start + batch_size])
         input_probs.append(probs)
+        embeddings.append(batch_embeddings)
         pairs += [(start + i, *rest) for i, *rest in batch_pairs]
         log.info("judged %d/%d sources", min(start + batch_size, len(samples)), len(samples))
     return Judgements(
@@ -201,6 +207,8 @@ def judge_sources(generator: Generator, info: WeightsInfo, judges: Judges, sampl
         output_probs=np.stack([p[2] for p in pairs]).astype(np.float32),
         identity=np.array([p[3] for p in pairs], dtype=np.float32),
         change=np.array([p[4] for p in pairs], dtype=np.float32).reshape(-1, 2),
+        embeddings=np.concatenate(embeddings),
+        identities=tuple(s.identity for s in samples),
     )
 
 
@@ -210,6 +218,10 @@ def judge_sources(generator: Generator, info: WeightsInfo, judges: Judges, sampl
 def _rate(hits: NDArray[np.bool_]) -> float | None:
     """Mean of a boolean array, None when empty (JSON null, '–' in the report)."""
     return float(hits.mean()) if hits.size else None
+
+
+def _mean(values: NDArray[np.float32]) -> float | None:
+    return float(values.mean()) if values.size else None
 
 
 def class_metrics(j: Judgements, mask_sources: NDArray[np.bool_], mask_pairs: NDArray[np.bool_]) -> dict[str, Any]:
@@ -226,14 +238,30 @@ def class_metrics(j: Judgements, mask_sources: NDArray[np.bool_], mask_pairs: ND
         "output_accuracy": _rate(outputs.argmax(1) == targets),
         "input_target_probability": float(inputs[rows, targets].mean()) if targets.size else None,
         "output_target_probability": float(outputs[rows, targets].mean()) if targets.size else None,
-        "identity": float(j.identity[mask_pairs].mean()) if targets.size else None,
+        "identity": _mean(j.identity[mask_pairs]),
         "count": int(targets.size),
     }
+
+
+def real_pair_identity(j: Judgements) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """ArcFace cosine between every two source photos of one known person with different expressions, and the
+    second photo's expression: what a real change of expression costs in identity (the reference for an edit's)."""
+    if j.embeddings is None or j.identities is None:
+        return np.zeros(0, np.float32), np.zeros(0, np.int64)
+    known = np.array([i is not None for i in j.identities])
+    names = np.array([i or "" for i in j.identities], dtype=object)
+    pairs = (names[:, None] == names[None, :]) & known[:, None] & (j.labels[:, None] != j.labels[None, :])
+    first, second = np.nonzero(pairs)
+    unit = j.embeddings / np.maximum(np.linalg.norm(j.embeddings, axis=1, keepdims=True), 1e-12)
+    return np.einsum("ij,ij->i", unit[first], unit[second]).astype(np.float32), j.labels[second]
 
 
 def summarise(j: Judgements) -> dict[str, Any]:
     """Identity statistics, per-class and overall expression metrics."""
     per_class = {name: class_metrics(j, j.labels == k, j.pair_target == k) for k, name in enumerate(EXPRESSIONS)}
+    real_cosines, real_targets = real_pair_identity(j)
+    for k, name in enumerate(EXPRESSIONS):
+        per_class[name]["real_identity"] = _mean(real_cosines[real_targets == k])
     overall = class_metrics(j, np.ones_like(j.labels, bool), np.ones_like(j.pair_target, bool))
     scores = [m["output_accuracy"] for m in per_class.values() if m["output_accuracy"] is not None]
     overall["output_accuracy_macro"] = float(np.mean(scores)) if scores else None
@@ -241,6 +269,7 @@ def summarise(j: Judgements) -> dict[str, Any]:
     if j.identity.size:
         identity = {"mean": float(j.identity.mean()), "p5": float(np.percentile(j.identity, 5)),
                     "min": float(j.identity.min())}
+    identity["real_pairs"] = {"mean": _mean(real_cosines), "count": int(real_cosines.size)}
     metrics = {"identity": identity, "expression": {"per_class": per_class, "overall": overall}}
     if j.change is not None and j.change.size:
         # Colour share: how much of the change is colour rather than shading, over all outputs.
@@ -383,12 +412,14 @@ def _fmt(value: float | None) -> str:
 def expression_table(expression: dict[str, Any]) -> list[str]:
     """Markdown table: one row per target class, then overall."""
     lines = ["| target | judge on real photos (n) | judge on unchanged inputs | judge on outputs "
-             "| P(target) input → output | identity | outputs |", "|---|---|---|---|---|---|---|"]
+             "| P(target) input → output | identity: real photos → outputs | outputs |",
+             "|---|---|---|---|---|---|---|"]
     rows = [*expression["per_class"].items(), ("**overall**", expression["overall"])]
     for name, m in rows:
         lines.append(f"| {name} | {_fmt(m['real_accuracy'])} ({m['real_count']}) | {_fmt(m['baseline'])} "
                      f"| {_fmt(m['output_accuracy'])} | {_fmt(m['input_target_probability'])} → "
-                     f"{_fmt(m['output_target_probability'])} | {_fmt(m.get('identity'))} | {m['count']} |")
+                     f"{_fmt(m['output_target_probability'])} | {_fmt(m.get('real_identity'))} → "
+                     f"{_fmt(m.get('identity'))} | {m['count']} |")
     return lines
 
 
@@ -400,6 +431,14 @@ def change_lines(change: dict[str, Any] | None) -> list[str]:
             f"mean |change| {change['mean_abs']:.1f} grey levels; colour share {_fmt(change['colour_share'])} "
             "(its colour part, each channel minus the mean of the three, over its size: 0 = pure shading; from a "
             "neutral to an expressive 256 px TFEID photo of one performer it is 0.17; stray tints push it up)", ""]
+
+
+def real_pair_lines(real_pairs: dict[str, Any] | None) -> list[str]:
+    """report.md lines for the identity reference: real photos of one person in two expressions."""
+    if not real_pairs or not real_pairs["count"]:
+        return []
+    return [f"Reference: two real photos of one person with different expressions score {_fmt(real_pairs['mean'])} "
+            f"({real_pairs['count']} pairs); per target in the table below.", ""]
 
 
 def generator_section(metrics: dict[str, Any]) -> list[str]:
@@ -414,6 +453,7 @@ def generator_section(metrics: dict[str, Any]) -> list[str]:
         "",
         "## Identity (ArcFace w600k_mbf cosine, input vs output)", "",
         f"mean {_fmt(identity['mean'])}, 5th percentile {_fmt(identity['p5'])}, min {_fmt(identity['min'])}", "",
+        *real_pair_lines(identity.get("real_pairs")),
         *change_lines(metrics.get("change")),
         "## Expression (fer's FER2013 mini-Xception as judge)", "", *expression_table(metrics["expression"]), "",
         "Judge on real photos: its accuracy on the source crops of that class (its ceiling). Unchanged inputs: how "
@@ -443,7 +483,10 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
     lines = []
     if "expression" in metrics:
         identity, overall = metrics["identity"], metrics["expression"]["overall"]
-        lines.append(f"identity cosine: mean {_fmt(identity['mean'])}, 5th percentile {_fmt(identity['p5'])}")
+        real = identity.get("real_pairs") or {}
+        reference = f" (real photos of one person: {_fmt(real['mean'])})" if real.get("count") else ""
+        lines.append(f"identity cosine: mean {_fmt(identity['mean'])}, 5th percentile {_fmt(identity['p5'])}"
+                     f"{reference}")
         lines.append(f"judge on outputs {_fmt(overall['output_accuracy'])} vs unchanged inputs "
                      f"{_fmt(overall['baseline'])} (real photos {_fmt(overall['real_accuracy'])}), "
                      f"{overall['count']} outputs")

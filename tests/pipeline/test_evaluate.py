@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from pathlib import Path
@@ -15,8 +16,8 @@ from click.testing import CliRunner
 
 from cli import cli
 from pipeline.evaluate import (
-    GRID_HEADER, Judgements, change_stats, choose_grid_samples, face_mask, flicker_index, grid_image, spread_samples,
-    summarise,
+    GRID_HEADER, Judgements, change_stats, choose_grid_samples, face_mask, flicker_index, grid_image, report_markdown,
+    spread_samples, summarise,
 )
 from pipeline.types import Face
 from pipeline.video import decode_video
@@ -25,7 +26,11 @@ from usgan.data import Sample
 from usgan.expressions import EXPRESSIONS
 from usgan.model import Generator, GeneratorConfig
 
-ANGRY, HAPPY, NEUTRAL = (EXPRESSIONS.index(n) for n in ("angry", "happy", "neutral"))
+ANGRY, HAPPY, NEUTRAL, SAD = (EXPRESSIONS.index(n) for n in ("angry", "happy", "neutral", "sad"))
+# What report_markdown needs besides summarise's metrics (evaluate_generator adds it)
+REPORT_CONTEXT = {"weights": {"path": "g.safetensors", "step": 1, "image_size": 64, "dataset": "d", "edit_gain": 1.0},
+                  "data": {"path": "faces", "sources": 4, "outputs": 1, "crop_size": 64, "identities": ["a", "b"]},
+                  "timing": {"seconds": 1.0, "ms_per_output": 1.0}}
 
 
 def one_hot_probs(indices: list[int]) -> np.ndarray:
@@ -59,6 +64,28 @@ def test_summarise_counts_real_baseline_and_outputs():
     # identity per target: which edits cost the likeness
     assert per_class["angry"]["identity"] == pytest.approx(0.9) and per_class["happy"]["identity"] == pytest.approx(0.7)
     assert per_class["sad"]["identity"] is None and overall["identity"] == pytest.approx(0.8)
+
+
+def test_real_pairs_of_one_person_give_the_identity_reference_per_target():
+    # Person a: a happy and a sad photo (embeddings 60 degrees apart); person b: one neutral photo; c unknown.
+    angle = np.deg2rad(60)
+    embeddings = np.array([[1, 0], [np.cos(angle), np.sin(angle)], [0, 1], [1, 0]], np.float32) * 3  # not unit
+    judgements = Judgements(
+        labels=np.array([HAPPY, SAD, NEUTRAL, SAD]),
+        input_probs=one_hot_probs([HAPPY, SAD, NEUTRAL, SAD]),
+        pair_source=np.array([0]), pair_target=np.array([SAD]), output_probs=one_hot_probs([SAD]),
+        identity=np.array([0.9], np.float32), embeddings=embeddings, identities=("a", "a", "b", None),
+    )
+    metrics = summarise(judgements)
+    per_class = metrics["expression"]["per_class"]
+    assert metrics["identity"]["real_pairs"] == {"mean": pytest.approx(0.5), "count": 2}  # happy->sad, sad->happy
+    assert per_class["sad"]["real_identity"] == pytest.approx(0.5) and per_class["happy"]["real_identity"] == 0.5
+    assert per_class["neutral"]["real_identity"] is None  # b has no other photo; c's identity is unknown
+    report = report_markdown({**metrics, **REPORT_CONTEXT})
+    assert "different expressions score 0.50 (2 pairs)" in report and "| 0.50 → 0.90 |" in report
+    without = summarise(dataclasses.replace(judgements, embeddings=None))
+    assert without["identity"]["real_pairs"] == {"mean": None, "count": 0}
+    assert "different expressions" not in report_markdown({**without, **REPORT_CONTEXT})
 
 
 def test_change_stats_separate_shading_from_colour_and_summarise_weights_by_size():
