@@ -263,6 +263,7 @@ def summarise(j: Judgements) -> dict[str, Any]:
     for k, name in enumerate(EXPRESSIONS):
         per_class[name]["real_identity"] = _mean(real_cosines[real_targets == k])
     overall = class_metrics(j, np.ones_like(j.labels, bool), np.ones_like(j.pair_target, bool))
+    overall["real_identity"] = _mean(real_cosines)
     scores = [m["output_accuracy"] for m in per_class.values() if m["output_accuracy"] is not None]
     overall["output_accuracy_macro"] = float(np.mean(scores)) if scores else None
     identity = {"mean": None, "p5": None, "min": None}

@@ -81,6 +81,7 @@ def test_real_pairs_of_one_person_give_the_identity_reference_per_target():
     assert metrics["identity"]["real_pairs"] == {"mean": pytest.approx(0.5), "count": 2}  # happy->sad, sad->happy
     assert per_class["sad"]["real_identity"] == pytest.approx(0.5) and per_class["happy"]["real_identity"] == 0.5
     assert per_class["neutral"]["real_identity"] is None  # b has no other photo; c's identity is unknown
+    assert metrics["expression"]["overall"]["real_identity"] == pytest.approx(0.5)
     report = report_markdown({**metrics, **REPORT_CONTEXT})
     assert "different expressions score 0.50 (2 pairs)" in report and "| 0.50 → 0.90 |" in report
     without = summarise(dataclasses.replace(judgements, embeddings=None))
