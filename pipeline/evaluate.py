@@ -215,12 +215,8 @@ def judge_sources(generator: Generator, info: WeightsInfo, judges: Judges, sampl
 # --- metrics ----------------------------------------------------------------------------------------------------------
 
 
-def _rate(hits: NDArray[np.bool_]) -> float | None:
-    """Mean of a boolean array, None when empty (JSON null, '–' in the report)."""
-    return float(hits.mean()) if hits.size else None
-
-
-def _mean(values: NDArray[np.float32]) -> float | None:
+def _mean(values: NDArray) -> float | None:
+    """Mean of an array (a rate for a boolean one), None when empty (JSON null, '–' in the report)."""
     return float(values.mean()) if values.size else None
 
 
@@ -232,10 +228,10 @@ def class_metrics(j: Judgements, mask_sources: NDArray[np.bool_], mask_pairs: ND
     outputs = j.output_probs[mask_pairs]
     rows = np.arange(targets.size)
     return {
-        "real_accuracy": _rate(j.input_probs[mask_sources].argmax(1) == j.labels[mask_sources]),
+        "real_accuracy": _mean(j.input_probs[mask_sources].argmax(1) == j.labels[mask_sources]),
         "real_count": int(mask_sources.sum()),
-        "baseline": _rate(inputs.argmax(1) == targets),
-        "output_accuracy": _rate(outputs.argmax(1) == targets),
+        "baseline": _mean(inputs.argmax(1) == targets),
+        "output_accuracy": _mean(outputs.argmax(1) == targets),
         "input_target_probability": float(inputs[rows, targets].mean()) if targets.size else None,
         "output_target_probability": float(outputs[rows, targets].mean()) if targets.size else None,
         "identity": _mean(j.identity[mask_pairs]),
