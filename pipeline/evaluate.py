@@ -248,8 +248,7 @@ def real_pair_identity(j: Judgements) -> tuple[NDArray[np.float32], NDArray[np.i
     names = np.array([i or "" for i in j.identities], dtype=object)
     pairs = (names[:, None] == names[None, :]) & known[:, None] & (j.labels[:, None] != j.labels[None, :])
     first, second = np.nonzero(pairs)
-    unit = j.embeddings / np.maximum(np.linalg.norm(j.embeddings, axis=1, keepdims=True), 1e-12)
-    return np.einsum("ij,ij->i", unit[first], unit[second]).astype(np.float32), j.labels[second]
+    return cosine_similarity(j.embeddings[first], j.embeddings[second]), j.labels[second]
 
 
 def summarise(j: Judgements) -> dict[str, Any]:
