@@ -165,24 +165,21 @@ def load_generator(path: Path, device: str | torch.device = "cpu") -> tuple[Gene
 def average_generators(paths: list[Path]) -> tuple[Generator, WeightsInfo]:
     """The mean of several generators' weights (iterate averaging over a run's checkpoints), as one Generator.
 
-    Averaging a GAN generator over its last checkpoints smooths the oscillation between them (Yazici et al.,
-    "The Unusual Effectiveness of Averaging in GAN Training", ICLR 2019). Float tensors, the norms' running
-    statistics included, are averaged; integer counters are taken from the last file, as is the header. All files
-    must hold the same architecture.
+    Float tensors, the norms' running statistics included, are averaged; integer counters and the header come from
+    the last file. All files must hold the same architecture. On TFEID the mean of a run's last checkpoints scored
+    between its best and worst single ones (weights/MODEL_CARD.md).
     """
     if not paths:
         raise CheckpointError("no generator files to average")
-    generator, info = load_generator(paths[-1])
-    total = {k: v.clone() if v.is_floating_point() else v for k, v in generator.state_dict().items()}
-    for path in paths[:-1]:
-        other, other_info = load_generator(path)
-        if other_info.generator != info.generator or other_info.image_size != info.image_size:
-            raise CheckpointError(f"{path}: generator {other_info.generator} at {other_info.image_size} px differs "
+    loaded = [load_generator(path) for path in paths]
+    generator, info = loaded[-1]
+    for path, (_, other) in zip(paths, loaded):
+        if (other.generator, other.image_size) != (info.generator, info.image_size):
+            raise CheckpointError(f"{path}: generator {other.generator} at {other.image_size} px differs "
                                   f"from {paths[-1]}'s {info.generator} at {info.image_size} px; cannot average")
-        for key, value in other.state_dict().items():
-            if value.is_floating_point():
-                total[key] += value
-    generator.load_state_dict({k: v / len(paths) if v.is_floating_point() else v for k, v in total.items()})
+    states = [g.state_dict() for g, _ in loaded]
+    generator.load_state_dict({k: torch.stack([s[k] for s in states]).mean(0) if v.is_floating_point() else v
+                               for k, v in states[-1].items()})
     if len(paths) > 1:
         info = dataclasses.replace(info, notes={**info.notes, "averaged": [Path(p).name for p in paths]})
     return generator, info
