@@ -263,10 +263,12 @@ def train_classifier_command(data_dir: Path, out: Path, config_path: Path | None
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="Where the generator runs (the judges run on the CPU).")
 @click.option("--edit-gain", type=click.FloatRange(0.0, 4.0, min_open=True), default=None,  # MAX_EDIT_GAIN
-              help="Scale the generator's change by this instead of the weights' own edit_gain (to calibrate it).")
+              help="Scale the generator's change by this instead of the weights' own gains (to calibrate it).")
+@click.option("--expression-gain", "expression_gains", multiple=True, metavar="EXPRESSION=G",
+              help="Use gain G for edits towards EXPRESSION (repeatable), e.g. --expression-gain happy=1.5.")
 def evaluate_command(weights: Path | None, data_dir: Path | None, out_dir: Path, identities: str, limit: int | None,
                      batch_size: int, grid_rows: int, video_pair: tuple[Path, Path] | None, device: str,
-                     edit_gain: float | None) -> None:
+                     edit_gain: float | None, expression_gains: tuple[str, ...]) -> None:
     """Judge a generator: ArcFace identity cosine and fer expression accuracy per target class, plus a grid.
 
     \b
@@ -274,9 +276,11 @@ def evaluate_command(weights: Path | None, data_dir: Path | None, out_dir: Path,
       python cli.py evaluate --weights weights/usgan.safetensors --data ~/.cache/usgan/data/tfeid/256 --out reports/v1
       python cli.py evaluate --weights W.safetensors --data D --out R --identities 05,21 --limit 40
       python cli.py evaluate --weights W.safetensors --data D --out R --edit-gain 1.5
+      python cli.py evaluate --weights W.safetensors --data D --out R --edit-gain 1.1 --expression-gain happy=1.5
       python cli.py evaluate --video-pair in.mp4 out.mp4 --out reports/flicker
     """
     from pipeline.evaluate import EvaluateConfig, evaluate, summary_lines
+    from usgan.checkpoint import parse_expression_gains
     from usgan.data import parse_identities
 
     if (weights is None) != (data_dir is None):
@@ -286,7 +290,7 @@ def evaluate_command(weights: Path | None, data_dir: Path | None, out_dir: Path,
     config = EvaluateConfig(out=out_dir, weights=weights, data=data_dir, limit=limit, batch_size=batch_size,
                             identities=parse_identities(identities),
                             grid_rows=grid_rows, video_pair=tuple(video_pair) if video_pair else None, device=device,
-                            edit_gain=edit_gain)
+                            edit_gain=edit_gain, expression_gains=tuple(parse_expression_gains(expression_gains).items()))
     for line in summary_lines(evaluate(config)):
         click.echo(line)
     click.echo(f"wrote {out_dir}/metrics.json, report.md" + (", grid.png" if weights else ""))

@@ -26,7 +26,7 @@ from numpy.typing import NDArray
 from pipeline.faces import FaceDetector, DetectorConfig, crop_template
 from pipeline.judges import ExpressionJudge, IdentityJudge, cosine_similarity
 from pipeline.types import Face, Frame, Mask
-from usgan.checkpoint import WeightsInfo, atomic_write, load_generator
+from usgan.checkpoint import WeightsInfo, atomic_write, gain_text, load_generator
 from usgan.data import Sample, scan_dataset
 from usgan.errors import UserError
 from usgan.expressions import EXPRESSIONS
@@ -56,7 +56,10 @@ class EvaluateConfig:
     grid_cell: int = 128
     video_pair: tuple[Path, Path] | None = None  # (input video, its processed output)
     device: str = "cpu"
-    edit_gain: float | None = None  # evaluate the weights at this edit gain instead of their header's
+    # Evaluate the weights at these gains instead of their header's: edit_gain replaces the header's gains (its
+    # per-expression ones too); expression_gains override it per target expression.
+    edit_gain: float | None = None
+    expression_gains: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -442,7 +445,7 @@ def generator_section(metrics: dict[str, Any]) -> list[str]:
     w, data, identity = metrics["weights"], metrics["data"], metrics["identity"]
     return [
         f"- weights: `{w['path']}` (step {w['step']}, {w['image_size']} px, data set {w['dataset']}, "
-        f"edit gain {w['edit_gain']:g})",
+        f"edit gain {gain_text(w['edit_gain'], w.get('expression_gains', {}))})",
         f"- data: `{data['path']}`: {data['sources']} aligned crops ({data['crop_size']} px), "
         f"identities {', '.join(data['identities']) or '–'}",
         f"- {data['outputs']} edited outputs, {metrics['timing']['ms_per_output']:.0f} ms each (edit + both judges)",
@@ -518,19 +521,28 @@ def check_config(config: EvaluateConfig) -> None:
             raise EvaluateError(f"{config.out}: report folder is inside the data folder {config.data}; choose another")
 
 
+def with_gains(info: WeightsInfo, config: EvaluateConfig) -> WeightsInfo:
+    """info with config's edit gain (replacing all of the header's gains) and per-expression gains applied."""
+    if config.edit_gain is not None:
+        info = dataclasses.replace(info, edit_gain=config.edit_gain, expression_gains={})
+    if config.expression_gains:
+        info = dataclasses.replace(info, expression_gains={**info.expression_gains, **dict(config.expression_gains)})
+    return info
+
+
 def evaluate_generator(config: EvaluateConfig) -> tuple[dict[str, Any], Frame]:
     """Metrics and grid for config.weights on config.data."""
     samples = select_sources(config.data, config.identities, config.limit)
     generator, info = load_generator(config.weights, config.device)
-    if config.edit_gain is not None:
-        info = dataclasses.replace(info, edit_gain=config.edit_gain)
+    info = with_gains(info, config)
     judges = Judges(ExpressionJudge(), IdentityJudge())
     started = time.perf_counter()
     judgements = judge_sources(generator, info, judges, samples, config.batch_size)
     seconds = time.perf_counter() - started
     metrics = summarise(judgements)
     metrics["weights"] = {"path": str(config.weights), "step": info.step, "image_size": info.image_size,
-                          "dataset": info.dataset, "edit_gain": info.edit_gain}
+                          "dataset": info.dataset, "edit_gain": info.edit_gain,
+                          "expression_gains": dict(info.expression_gains)}
     metrics["data"] = {"path": str(config.data), "sources": len(samples), "outputs": int(judgements.pair_target.size),
                        "crop_size": int(read_crop(samples[0].path).shape[0]),
                        "identities": sorted({s.identity for s in samples if s.identity})}

@@ -199,12 +199,13 @@ class OnnxSynthesizer:
         check_batch(crops, targets, intensity)
         x = torch.from_numpy(to_model_input(crops))
         small = resize_to_generator(x, self.image_size).numpy()
-        output = run_generator(self.session, small, np.asarray(targets, np.float32))
+        vectors = np.asarray(targets, np.float32)
+        output = run_generator(self.session, small, vectors)
         # The fp16 graph adds the residual to the fp16-rounded input: subtract that, so a zero residual stays zero.
         base = small.astype(np.float16).astype(np.float32) if self.fp16 else small
         residual = resize_residual(torch.from_numpy(output - base), tuple(x.shape[2:]))
         per_crop = torch.from_numpy(np.asarray(intensity, np.float32))
-        return from_model_output(add_residual(x, residual, per_crop, self.info).numpy())
+        return from_model_output(add_residual(x, residual, per_crop, self.info, torch.from_numpy(vectors)).numpy())
 
 
 def gpu_provider_usable(preference: OnnxPreference) -> bool:

@@ -12,14 +12,14 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from usgan.config import ConfigError, from_mapping
-from usgan.expressions import EXPRESSIONS, OFFICIAL_LABEL_ORDER
+from usgan.expressions import EXPRESSIONS, OFFICIAL_LABEL_ORDER, parse_expression
 from usgan.model import Generator, GeneratorConfig
 
 FORMAT_GENERATOR = "usgan-generator"
@@ -53,10 +53,43 @@ class WeightsInfo:
     # Scale on the generator's change (output - input) at inference, calibrated after training on validation
     # faces (1 = as trained); a user's --intensity multiplies it.
     edit_gain: float = 1.0
+    # Per-target overrides of edit_gain, e.g. {"happy": 1.5}: some expressions need a larger change to read.
+    expression_gains: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not 0 < self.edit_gain <= MAX_EDIT_GAIN:
             raise ConfigError(f"edit_gain must be in (0, {MAX_EDIT_GAIN}], got {self.edit_gain}")
+        if not isinstance(self.expression_gains, dict):
+            raise ConfigError(f"expression_gains must be a mapping expression -> gain, got {self.expression_gains!r}")
+        for name, gain in self.expression_gains.items():
+            if name not in EXPRESSIONS:
+                raise ConfigError(f"expression_gains: unknown expression {name!r}; valid: {', '.join(EXPRESSIONS)}")
+            if not isinstance(gain, (int, float)) or not 0 < gain <= MAX_EDIT_GAIN:
+                raise ConfigError(f"expression_gains.{name} must be in (0, {MAX_EDIT_GAIN}], got {gain!r}")
+
+    def gain_of(self, expression: str) -> float:
+        """The edit gain for edits towards expression (its override, else edit_gain)."""
+        return float(self.expression_gains.get(expression, self.edit_gain))
+
+
+def gain_text(edit_gain: float, expression_gains: dict[str, float]) -> str:
+    """'1.1' or '1.1, happy 1.5': a file's edit gains for reports and logs."""
+    return f"{edit_gain:g}" + "".join(f", {name} {gain:g}" for name, gain in expression_gains.items())
+
+
+def parse_expression_gains(items: Sequence[str]) -> dict[str, float]:
+    """{"happy": 1.5, ...} from ["happy=1.5", ...] (any accepted expression spelling); a bad item is a ConfigError."""
+    gains: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            gain = float(value)
+        except ValueError:
+            gain = None
+        if not sep or gain is None:
+            raise ConfigError(f"expression gain {item!r}: expected EXPRESSION=GAIN, e.g. happy=1.5")
+        gains[parse_expression(name)] = gain
+    return gains
 
 
 def atomic_write(path: Path, write: Any) -> None:

@@ -37,8 +37,8 @@ def apply_generator(
 
     The generator runs at info.image_size. For larger crops only its residual (output - input) is upsampled and
     added to the full-resolution crop, so skin and hair detail the generator never saw are kept. intensity scales
-    the residual: 0 returns the crops unchanged, 1 is the full edit (the generator's change times info.edit_gain);
-    a (N,) tensor scales each crop.
+    the residual: 0 returns the crops unchanged, 1 is the full edit (the generator's change times the target's edit
+    gain, see edit_gains); a (N,) tensor scales each crop.
     """
     if crops.ndim != 4 or crops.shape[1] != 3:
         raise ValueError(f"crops: expected (N, 3, H, W), got {tuple(crops.shape)}")
@@ -47,13 +47,27 @@ def apply_generator(
     c = target_vectors(targets, x.shape[0]).to(device)
     small = resize_to_generator(x, info.image_size)
     residual = resize_residual(generator.residual(small, c), tuple(x.shape[2:]))
-    return add_residual(x, residual, intensity, info).to(crops.device)
+    return add_residual(x, residual, intensity, info, c).to(crops.device)
 
 
-def add_residual(x: torch.Tensor, residual: torch.Tensor, intensity: float | torch.Tensor,
-                 info: WeightsInfo) -> torch.Tensor:
-    """The edit every back-end applies: x + intensity * info.edit_gain * residual, clamped to [-1, 1]."""
-    return (x + intensity_scale(intensity, x) * info.edit_gain * residual).clamp(-1.0, 1.0)
+def add_residual(x: torch.Tensor, residual: torch.Tensor, intensity: float | torch.Tensor, info: WeightsInfo,
+                 targets: torch.Tensor) -> torch.Tensor:
+    """The edit every back-end applies: x + intensity * gain * residual, clamped to [-1, 1].
+
+    gain is each crop's edit gain for its (N, 7) target vector (edit_gains).
+    """
+    gain = edit_gains(info, targets.to(x.device)).to(x.dtype).reshape(-1, 1, 1, 1)
+    return (x + intensity_scale(intensity, x) * gain * residual).clamp(-1.0, 1.0)
+
+
+def edit_gains(info: WeightsInfo, targets: torch.Tensor) -> torch.Tensor:
+    """(N,) edit gains for (N, 7) target vectors (EXPRESSIONS order): info.gain_of(target) for a one-hot target, the
+    target-weighted mean of the expressions' gains for a mixed one, and info.edit_gain for an all-zero one."""
+    per_expression = torch.tensor([info.gain_of(name) for name in EXPRESSIONS], device=targets.device)
+    weights = targets.float().clamp_min(0.0)
+    total = weights.sum(dim=1)
+    mixed = (weights * per_expression).sum(dim=1) / total.clamp_min(1e-8)
+    return torch.where(total > 0, mixed, torch.full_like(total, info.edit_gain))
 
 
 def resize_to_generator(crops: torch.Tensor, size: int) -> torch.Tensor:

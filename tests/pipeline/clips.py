@@ -19,14 +19,16 @@ FINAL_CONV = 16  # Generator.main index of the last convolution: zero weights ma
 CLIP_RATE = Fraction(25)
 
 
-def save_weights(path: Path, identity: bool, image_size: int = 32, edit_gain: float = 1.0) -> Path:
+def save_weights(path: Path, identity: bool, image_size: int = 32, edit_gain: float = 1.0,
+                 expression_gains: dict[str, float] | None = None) -> Path:
     """A tiny generator (conv_dim 8): random weights (pixels change) or identity (residual exactly 0)."""
     torch.manual_seed(0)
     generator = Generator(GeneratorConfig(conv_dim=8))
     if identity:
         with torch.no_grad():
             generator.main[FINAL_CONV].weight.zero_()
-    save_generator(path, generator, WeightsInfo(image_size=image_size, edit_gain=edit_gain))
+    save_generator(path, generator, WeightsInfo(image_size=image_size, edit_gain=edit_gain,
+                                                expression_gains=dict(expression_gains or {})))
     return path
 
 

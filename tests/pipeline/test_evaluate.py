@@ -236,6 +236,17 @@ def test_evaluate_filters_identities_and_takes_an_edit_gain(tmp_path, random_wei
     half = json.loads((tmp_path / "h" / "metrics.json").read_text())
     assert half["weights"]["edit_gain"] == 0.5 and "edit gain 0.5" in (tmp_path / "h" / "report.md").read_text()
     assert 0.4 < half["change"]["mean_abs"] / metrics["change"]["mean_abs"] < 0.6
+    per_target = CliRunner().invoke(cli, ["evaluate", "--weights", str(random_weights), "--data",
+                                          str(tmp_path / "data"), "--out", str(tmp_path / "e"), "--identities", "p2",
+                                          "--grid-rows", "1", "--edit-gain", "0.5", "--expression-gain", "HAS=1"])
+    assert per_target.exit_code == 0, per_target.output
+    gained = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert gained["weights"]["expression_gains"] == {"happy": 1.0}
+    assert "edit gain 0.5, happy 1" in (tmp_path / "e" / "report.md").read_text()
+    assert gained["change"]["mean_abs"] > half["change"]["mean_abs"]
+    bad = CliRunner().invoke(cli, ["evaluate", "--weights", str(random_weights), "--data", str(tmp_path / "data"),
+                                   "--out", str(tmp_path / "b"), "--expression-gain", "happy"])
+    assert bad.exit_code != 0 and "expected EXPRESSION=GAIN" in bad.output and "Traceback" not in bad.output
 
 
 @pytest.mark.parametrize("args,code,message", [

@@ -94,6 +94,19 @@ def test_the_weights_edit_gain_scales_the_change_like_intensity(weights, tmp_pat
     np.testing.assert_array_equal(out[1], batch[1])  # intensity 0 still leaves the crop alone
 
 
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_the_weights_expression_gains_scale_only_their_targets(weights, tmp_path, backend):
+    gained = save_weights(tmp_path / "gain.safetensors", identity=False, expression_gains={"happy": 0.5})
+    batch = np.repeat(crops(64, 1), 2, axis=0)
+    targets = TARGETS[:2]  # happy, sad
+    ones = np.ones(2, np.float32)
+    plain = make(backend, weights["random"], tmp_path).synthesize(batch, targets, ones).astype(float) - batch
+    out = make(backend, gained, tmp_path).synthesize(batch, targets, ones).astype(float) - batch
+    unclipped = (batch > 40) & (batch < 215) & (np.abs(plain) < 40)
+    np.testing.assert_allclose(out[0][unclipped[0]], plain[0][unclipped[0]] * 0.5, atol=1.0)  # its gain
+    np.testing.assert_allclose(out[1][unclipped[1]], plain[1][unclipped[1]], atol=1.0)  # sad: edit_gain 1
+
+
 def test_onnx_export_is_cached_by_the_weights_content(weights, tmp_path, monkeypatch):
     exports = []
     original = usgan.export.export_onnx

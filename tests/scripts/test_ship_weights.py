@@ -39,6 +39,21 @@ def test_ships_fp16_weights_with_the_header_users_see(tmp_path):
         torch.testing.assert_close(shipped.state_dict()[name], tensor, atol=2e-3, rtol=1e-3)  # fp16 rounding
 
 
+def test_ships_per_expression_gains(tmp_path):
+    source = checkpoint(tmp_path / "step_7.safetensors")
+    out = tmp_path / "shipped.safetensors"
+    result = CliRunner().invoke(ship_weights.main, [str(source), str(out), "--edit-gain", "1.1",
+                                                    "--expression-gain", "happy=1.5"])
+    assert result.exit_code == 0, result.output
+    assert "edit gain 1.1, happy 1.5" in result.output
+    info = load_generator(out)[1]
+    assert (info.edit_gain, info.expression_gains) == (1.1, {"happy": 1.5})
+    bad = CliRunner().invoke(ship_weights.main, [str(source), str(tmp_path / "b.safetensors"),
+                                                 "--expression-gain", "happy=9"])
+    assert bad.exit_code == 1 and "expression_gains.happy must be in" in bad.output
+    assert not (tmp_path / "b.safetensors").exists()
+
+
 def test_refuses_to_overwrite_its_input_and_bad_files_are_one_line_errors(tmp_path):
     source = checkpoint(tmp_path / "g.safetensors")
     before = source.read_bytes()

@@ -17,13 +17,16 @@ from usgan.checkpoint import (
     CheckpointError,
     WeightsInfo,
     average_generators,
+    gain_text,
     import_official,
     load_generator,
     load_tensors,
+    parse_expression_gains,
     save_generator,
     save_tensors,
 )
 from usgan.config import ConfigError
+from usgan.errors import UserError
 from usgan.expressions import EXPRESSIONS, PAPER_CODES
 from usgan.model import Discriminator, Generator, GeneratorConfig
 
@@ -179,6 +182,35 @@ def test_edit_gain_round_trips_defaults_to_one_and_a_bad_one_is_a_one_line_error
     with pytest.raises(CheckpointError, match=r"bad\.safetensors: bad metadata: edit_gain must be in") as error:
         load_generator(tmp_path / "bad.safetensors")
     assert "\n" not in str(error.value)
+
+
+def test_expression_gains_round_trip_override_the_edit_gain_and_bad_ones_are_one_line_errors(tmp_path):
+    save_generator(tmp_path / "g.safetensors", _random_generator(),
+                   WeightsInfo(edit_gain=1.1, expression_gains={"happy": 1.5}))
+    info = load_generator(tmp_path / "g.safetensors")[1]
+    assert info.expression_gains == {"happy": 1.5}
+    assert (info.gain_of("happy"), info.gain_of("sad")) == (1.5, 1.1)
+    assert gain_text(info.edit_gain, info.expression_gains) == "1.1, happy 1.5"
+    assert WeightsInfo().expression_gains == {}  # files written before the field existed: one gain for all
+    with pytest.raises(ConfigError, match="unknown expression 'joy'"):  # headers hold canonical names only
+        WeightsInfo(expression_gains={"joy": 1.5})
+    with pytest.raises(ConfigError, match=r"expression_gains\.sad must be in"):
+        WeightsInfo(expression_gains={"sad": 5.0})
+    tensors, metadata = load_tensors(tmp_path / "g.safetensors")
+    save_tensors(tmp_path / "bad.safetensors", tensors, {**metadata, "expression_gains": {"happy": "big"}})
+    with pytest.raises(CheckpointError, match=r"bad\.safetensors: bad metadata: expression_gains\.happy") as error:
+        load_generator(tmp_path / "bad.safetensors")
+    assert "\n" not in str(error.value)
+
+
+def test_parse_expression_gains_takes_any_spelling_and_names_a_bad_item():
+    assert parse_expression_gains(["happy=1.5", "SAS=1.2", "Surprise = 1"]) == {"happy": 1.5, "sad": 1.2,
+                                                                             "surprised": 1.0}
+    for bad in ("happy", "happy=big"):
+        with pytest.raises(ConfigError, match=f"expression gain '{bad}': expected EXPRESSION=GAIN"):
+            parse_expression_gains([bad])
+    with pytest.raises(UserError, match="unknown expression 'joyful'"):
+        parse_expression_gains(["joyful=1.5"])
 
 
 def test_average_generators_is_the_mean_of_their_weights_and_running_statistics(tmp_path):

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from usgan.checkpoint import WeightsInfo
-from usgan.expressions import one_hot
-from usgan.inference import apply_generator, target_vectors
+from usgan.expressions import expression_index, one_hot
+from usgan.inference import apply_generator, edit_gains, target_vectors
 from usgan.model import Generator, GeneratorConfig
 
 
@@ -53,6 +53,22 @@ def test_edit_gain_multiplies_the_residual_with_the_intensity(generator):
     x = crops(64)
     got = apply_generator(generator, WeightsInfo(image_size=32, edit_gain=2.0), x, ["sad", "sad"], intensity=0.25)
     torch.testing.assert_close(got, upsampled_edit(generator, x, "sad", 0.5), atol=1e-5, rtol=1e-5)
+
+
+def test_expression_gains_scale_each_crop_by_its_targets_gain(generator):
+    x = crops(64)
+    info = WeightsInfo(image_size=32, edit_gain=0.5, expression_gains={"happy": 2.0})
+    got = apply_generator(generator, info, x, ["happy", "sad"])
+    torch.testing.assert_close(got[:1], upsampled_edit(generator, x[:1], "happy", 2.0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[1:], upsampled_edit(generator, x[1:], "sad", 0.5), atol=1e-5, rtol=1e-5)
+
+
+def test_a_mixed_target_gets_the_weighted_mean_of_its_expressions_gains():
+    info = WeightsInfo(edit_gain=1.0, expression_gains={"happy": 2.0})
+    mixed = torch.zeros(3, 7)
+    mixed[0, [expression_index("happy"), expression_index("sad")]] = 0.5
+    mixed[1, expression_index("happy")] = 3.0  # unnormalised: the weights, not their sum, decide
+    torch.testing.assert_close(edit_gains(info, mixed), torch.tensor([1.5, 2.0, 1.0]))  # all-zero: edit_gain
 
 
 def test_targets_are_checked():
