@@ -247,11 +247,17 @@ def real_pair_identity(j: Judgements) -> tuple[NDArray[np.float32], NDArray[np.i
     second photo's expression: what a real change of expression costs in identity (the reference for an edit's)."""
     if j.embeddings is None or j.identities is None:
         return np.zeros(0, np.float32), np.zeros(0, np.int64)
-    known = np.array([i is not None for i in j.identities])
-    names = np.array([i or "" for i in j.identities], dtype=object)
-    pairs = (names[:, None] == names[None, :]) & known[:, None] & (j.labels[:, None] != j.labels[None, :])
-    first, second = np.nonzero(pairs)
-    return cosine_similarity(j.embeddings[first], j.embeddings[second]), j.labels[second]
+    people: dict[str, list[int]] = {}
+    for row, name in enumerate(j.identities):
+        if name is not None:
+            people.setdefault(name, []).append(row)
+    cosines, targets = [np.zeros(0, np.float32)], [np.zeros(0, np.int64)]
+    for rows in map(np.array, people.values()):  # per person: memory grows with one person's photos, not all
+        first, second = np.nonzero(j.labels[rows][:, None] != j.labels[rows][None, :])
+        unit = j.embeddings[rows] / np.maximum(np.linalg.norm(j.embeddings[rows], axis=1, keepdims=True), 1e-12)
+        cosines.append((unit @ unit.T)[first, second].astype(np.float32))
+        targets.append(j.labels[rows][second])
+    return np.concatenate(cosines), np.concatenate(targets)
 
 
 def summarise(j: Judgements) -> dict[str, Any]:
