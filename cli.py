@@ -290,7 +290,8 @@ def evaluate_command(weights: Path | None, data_dir: Path | None, out_dir: Path,
     config = EvaluateConfig(out=out_dir, weights=weights, data=data_dir, limit=limit, batch_size=batch_size,
                             identities=parse_identities(identities),
                             grid_rows=grid_rows, video_pair=tuple(video_pair) if video_pair else None, device=device,
-                            edit_gain=edit_gain, expression_gains=tuple(parse_expression_gains(expression_gains).items()))
+                            edit_gain=edit_gain,
+                            expression_gains=tuple(parse_expression_gains(expression_gains).items()))
     for line in summary_lines(evaluate(config)):
         click.echo(line)
     click.echo(f"wrote {out_dir}/metrics.json, report.md" + (", grid.png" if weights else ""))
