@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from clips import face_frame, make_clip, portrait, tight_crop
+from clips import face_frame, make_clip, portrait, psnr, tight_crop
 from pipeline.batch import BatchError, convert_dir, summary_lines
 from pipeline.run import ProcessConfig
 from pipeline.synthesize import SynthesizerConfig
@@ -113,4 +113,9 @@ def test_two_worker_processes_give_the_same_outputs(weights, photos, tmp_path):
     two = convert_dir(photos, tmp_path / "two", config_for(weights["random"]), recursive=True, jobs=2)
     assert [(r.source, r.status) for r in one.results] == [(r.source, r.status) for r in two.results]
     for name in ("tight.jpg", "sub/portrait.png", "wall.png"):
-        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+        # Equal up to float rounding, not byte-equal: jobs 1 batches the generator across photos and jobs 2 runs
+        # each photo alone, and a CI machine's CPU rounded the two batch sizes differently (the PNG bytes differed;
+        # this 2-core AMD gives equal bytes). A real difference (another face, target or blend) is far below 50 dB.
+        one_image = cv2.imread(str(tmp_path / "one" / name), cv2.IMREAD_UNCHANGED)
+        two_image = cv2.imread(str(tmp_path / "two" / name), cv2.IMREAD_UNCHANGED)
+        assert one_image.shape == two_image.shape and psnr(one_image, two_image) > 50, name
