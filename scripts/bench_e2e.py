@@ -305,14 +305,14 @@ def compare_detection(clip: Path) -> tuple[int, int, int, str, str]:
 
 def default_weights(folder: Path) -> Path:
     shipped = bc.REPO / "weights" / "usgan_tfeid.safetensors"
-    return shipped if shipped.is_file() else bc.random_generator_file(folder, 64)
+    return shipped if shipped.is_file() else bc.random_generator_file(folder, 128)
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clip", type=Path, default=None, help="video (default: ../shared/media/video/d18.mp4)")
     parser.add_argument("--weights", type=Path, default=None,
-                        help="generator (default: the shipped weights, else a random-init 64² one; same speed)")
+                        help="generator (default: the shipped weights, else a random-init 128² one; same speed)")
     parser.add_argument("--variants", nargs="+", default=["default", "fast"], choices=["default", "fast"])
     parser.add_argument("--before", type=Path, default=None, help="an older checkout whose default is measured too")
     parser.add_argument("--before-label", default="before", help="how the older checkout is named in the table")

@@ -110,7 +110,7 @@ def memory_table(results: list[tuple[str, dict[str, MemoryRun]]]) -> str:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", type=Path, default=None,
-                        help="generator (default: the shipped weights, else a random-init 64² one)")
+                        help="generator (default: the shipped weights, else a random-init 128² one)")
     parser.add_argument("--variants", nargs="+", default=["default", "fast"], choices=list(VARIANT_FLAGS))
     parser.add_argument("--before", type=Path, default=None, help="an older checkout whose default is measured too")
     parser.add_argument("--before-label", default="before")
@@ -126,7 +126,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_memory_") as name:
         folder = Path(name)
         shipped = bc.REPO / "weights" / "usgan_tfeid.safetensors"
-        weights = (args.weights or (shipped if shipped.is_file() else bc.random_generator_file(folder, 64)))
+        weights = (args.weights or (shipped if shipped.is_file() else bc.random_generator_file(folder, 128)))
         results = measure(args, weights.expanduser().resolve(), folder)
     notes = (f"- `python cli.py process CLIP -e surprised --weights {weights.name} [--fast]`, one process per run; "
              "peak = the kernel's ru_maxrss of that process (os.wait4), the other columns are /proc/PID/status "

@@ -22,7 +22,8 @@ def test_default_weights_are_the_papers_generator_trained_on_tfeid() -> None:
     assert info.generator == GeneratorConfig(residual_blur=3) and count_parameters(generator) == 2_533_440
     assert info.expressions == EXPRESSIONS and info.dataset == "tfeid" and info.step > 0
     assert "research" in info.license.lower()
-    assert info.edit_gain == 1.5 and info.notes["validation_identities"] == ["16", "17", "30"]  # MODEL_CARD.md
+    assert info.image_size == 128 and info.notes["validation_identities"] == ["16", "17", "30"]  # MODEL_CARD.md
+    assert info.edit_gain == 1.1 and info.expression_gains == {"angry": 1.0, "happy": 1.25}
     tensors, _ = load_tensors(DEFAULT_WEIGHTS)
     assert tensors["main.0.weight"].dtype == torch.float16  # shipped in fp16 to keep the repository small
     assert DEFAULT_WEIGHTS.stat().st_size < 8_000_000
