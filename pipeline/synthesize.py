@@ -54,7 +54,7 @@ class OnnxConfig:
     preference: OnnxPreference = "auto"
     fp16: bool | None = None
     cache_dir: str = DEFAULT_ONNX_CACHE  # exported graphs (keyed by the weights' hash) and TensorRT engines
-    threads: int = 0  # intra-op threads; 0 = automatic (the pipeline gives each model half the cores)
+    threads: int = 0  # intra-op threads; 0 = automatic (the pipeline gives the generator all the cores)
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class SynthesizerConfig:
     backend: Backend = "torch"
     weights: Path | None = None
     device: TorchDevice = "auto"  # torch back-end: cuda when available
-    threads: int = 0  # torch intra-op threads; 0 = automatic (the pipeline gives each model half the cores)
+    threads: int = 0  # torch intra-op threads; 0 = automatic (the pipeline gives the generator all the cores)
     precision: TorchPrecision = "fp32"  # torch back-end: bf16 runs the convolutions in bfloat16 (autocast)
     onnx: OnnxConfig = OnnxConfig()
 

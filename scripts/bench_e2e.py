@@ -15,6 +15,8 @@ changes, and the faces the --fast detector settings find on the shared clips com
 
     .venv/bin/python scripts/bench_e2e.py
     .venv/bin/python scripts/bench_e2e.py --parts timing --before /tmp/before --rounds 3
+    .venv/bin/python scripts/bench_e2e.py --parts timing --before . --before-label '64² generator' \
+        --before-weights weights/experiments/stage4_64px_step3000.safetensors
     .venv/bin/python scripts/bench_e2e.py --parts presets --weights ~/.cache/usgan/bench/partial_g64.safetensors
 """
 
@@ -131,26 +133,27 @@ def render_worker(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------- driver
 
 
-def spawn(args: argparse.Namespace, mode: str, variant: str, repo: Path, extra: list[str]) -> str:
+def spawn(args: argparse.Namespace, mode: str, variant: str, repo: Path, extra: list[str],
+          weights: Path | None = None) -> str:
     """Run this script as a worker in a fresh process; returns its stdout (exits on failure)."""
     command = [sys.executable, __file__, mode, "--variant", variant, "--repo", str(repo), "--clip", str(args.clip),
-               "--weights", str(args.weights), "--rounds", str(args.rounds), *extra]
+               "--weights", str(weights or args.weights), "--rounds", str(args.rounds), *extra]
     done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=repo)
     if done.returncode != 0:
         raise SystemExit(f"{variant} worker failed:\n{done.stderr[-3000:]}")
     return done.stdout
 
 
-def measure_variant(args: argparse.Namespace, variant: str, repo: Path) -> dict[str, Any]:
-    stdout = spawn(args, "--worker", variant, repo, ["--overrides", "{}"])
+def measure_variant(args: argparse.Namespace, variant: str, repo: Path, weights: Path) -> dict[str, Any]:
+    stdout = spawn(args, "--worker", variant, repo, ["--overrides", "{}"], weights)
     line = next(line for line in stdout.splitlines() if line.startswith(RESULT_TAG))
     return json.loads(line[len(RESULT_TAG):])
 
 
-def cli_run(args: argparse.Namespace, variant: str, repo: Path, output: Path) -> tuple[float, float]:
+def cli_run(args: argparse.Namespace, variant: str, repo: Path, weights: Path, output: Path) -> tuple[float, float]:
     """(wall seconds, the fps the CLI printed) of `python cli.py process` as a user runs it."""
     command = [sys.executable, str(repo / "cli.py"), "process", str(args.clip), "-e", "surprised", "--weights",
-               str(args.weights), "-o", str(output), "--no-progress", *(["--fast"] if variant == "fast" else [])]
+               str(weights), "-o", str(output), "--no-progress", *(["--fast"] if variant == "fast" else [])]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=repo)
     wall = time.perf_counter() - started
@@ -160,18 +163,21 @@ def cli_run(args: argparse.Namespace, variant: str, repo: Path, output: Path) ->
     return wall, float(match.group(1))
 
 
-def variant_list(args: argparse.Namespace) -> list[tuple[str, str, Path]]:
-    """(label, variant, checkout) to measure."""
-    items = [("before (" + args.before_label + ")", "default", args.before)] if args.before else []
-    return items + [(name, name, bc.REPO) for name in args.variants]
+def variant_list(args: argparse.Namespace) -> list[tuple[str, str, Path, Path]]:
+    """(label, variant, checkout, weights) to measure."""
+    items = [(name, name, bc.REPO, args.weights) for name in args.variants]
+    if not args.before:
+        return items
+    before_weights = (args.before_weights or args.weights).expanduser().resolve()
+    return [("before (" + args.before_label + ")", "default", args.before.resolve(), before_weights)] + items
 
 
 def timing_part(args: argparse.Namespace) -> list[str]:
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench_e2e_cli_") as folder:
-        for label, variant, repo in variant_list(args):
-            results[label] = measure_variant(args, variant, repo)
-            results[label]["cli"] = cli_run(args, variant, repo, Path(folder) / f"{variant}.mp4")
+        for index, (label, variant, repo, weights) in enumerate(variant_list(args)):
+            results[label] = measure_variant(args, variant, repo, weights)
+            results[label]["cli"] = cli_run(args, variant, repo, weights, Path(folder) / f"{index}_{variant}.mp4")
             logging.info("%s: %s", label, results[label])
     parts = ["### End to end vs real time, and the bounding stage", summary_table(results)]
     for label, result in results.items():
@@ -316,6 +322,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--variants", nargs="+", default=["default", "fast"], choices=["default", "fast"])
     parser.add_argument("--before", type=Path, default=None, help="an older checkout whose default is measured too")
     parser.add_argument("--before-label", default="before", help="how the older checkout is named in the table")
+    parser.add_argument("--before-weights", type=Path, default=None,
+                        help="generator for the --before run (default: --weights'); --before . with other weights "
+                             "compares two generators in this checkout")
     parser.add_argument("--parts", nargs="+", default=["timing", "presets"], choices=["timing", "presets"])
     parser.add_argument("--rounds", type=int, default=2, help="best of this many rounds per variant")
     parser.add_argument("--recall-clips", nargs="+", default=list(RECALL_CLIPS))

@@ -281,7 +281,9 @@ def test_image_without_a_face_is_written_unchanged(weights, tmp_path, caplog):
 def test_share_threads_fills_only_automatic_counts():
     config = replace(ProcessConfig(), detector=replace(ProcessConfig().detector, threads=3))
     shared = run.share_threads(config, cpus=8)
-    assert (shared.detector.threads, shared.synthesizer.threads, shared.synthesizer.onnx.threads) == (3, 4, 4)
+    assert (shared.detector.threads, shared.synthesizer.threads, shared.synthesizer.onnx.threads) == (3, 8, 8)
+    automatic = run.share_threads(ProcessConfig(), cpus=2)  # the heavier generator gets the detector's idle core
+    assert (automatic.detector.threads, automatic.synthesizer.threads) == (1, 2)
     assert run.share_threads(ProcessConfig(), cpus=1).synthesizer.threads == 1
 
 
