@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from clips import psnr
 from pipeline.blend import FaceEdit, blend_faces, build_face_mask, clone_region, face_region, paste_back
 from pipeline.faces import crop_template
 
@@ -40,11 +41,6 @@ def warped_support(mask: np.ndarray, affine: np.ndarray, shape: tuple[int, ...],
     support = cv2.dilate((mask > 0).astype(np.uint8), np.ones((2 * grow + 1, 2 * grow + 1), np.uint8))
     flags = cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP
     return cv2.warpAffine(support, affine, (shape[1], shape[0]), flags=flags).astype(bool)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 # ---------------------------------------------------------------- build_face_mask
