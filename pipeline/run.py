@@ -219,12 +219,12 @@ def share_threads(config: ProcessConfig, cpus: int) -> ProcessConfig:
     threads and 1 detector thread d18.mp4 ran at 6.1 instead of 3.9 fps with the 128² default weights and 15.6
     instead of 13.1 fps with the 64² ones (2026-12-02, side by side).
     """
-    half = max(1, cpus // 2)
+    every, half = max(1, cpus), max(1, cpus // 2)
     synthesizer, onnx = config.synthesizer, config.synthesizer.onnx
     return replace(
         config, detector=replace(config.detector, threads=config.detector.threads or half),
-        synthesizer=replace(synthesizer, threads=synthesizer.threads or max(1, cpus),
-                            onnx=replace(onnx, threads=onnx.threads or max(1, cpus))))
+        synthesizer=replace(synthesizer, threads=synthesizer.threads or every,
+                            onnx=replace(onnx, threads=onnx.threads or every)))
 
 
 def load_models(config: ProcessConfig) -> Models:

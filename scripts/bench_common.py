@@ -248,3 +248,9 @@ def random_generator_file(folder: Path, image_size: int, seed: int = 0) -> Path:
         torch.manual_seed(seed)
         save_generator(path, Generator(), WeightsInfo(image_size=image_size, dataset="random init (benchmark)"))
     return path
+
+
+def default_weights(folder: Path) -> Path:
+    """The shipped generator, else a random-init one of its size (128²) saved in folder: the speed is the same."""
+    shipped = REPO / "weights" / "usgan_tfeid.safetensors"
+    return shipped if shipped.is_file() else random_generator_file(folder, 128)

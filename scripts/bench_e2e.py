@@ -309,11 +309,6 @@ def compare_detection(clip: Path) -> tuple[int, int, int, str, str]:
 # ---------------------------------------------------------------- main
 
 
-def default_weights(folder: Path) -> Path:
-    shipped = bc.REPO / "weights" / "usgan_tfeid.safetensors"
-    return shipped if shipped.is_file() else bc.random_generator_file(folder, 128)
-
-
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clip", type=Path, default=None, help="video (default: ../shared/media/video/d18.mp4)")
@@ -346,7 +341,7 @@ def main() -> None:
         return worker(args) if args.worker else render_worker(args)
     args.clip = (args.clip or bc.shared_clip("d18.mp4")).resolve()
     with tempfile.TemporaryDirectory(prefix="bench_e2e_w_") as folder:
-        args.weights = (args.weights or default_weights(Path(folder))).expanduser().resolve()
+        args.weights = (args.weights or bc.default_weights(Path(folder))).expanduser().resolve()
         weights_note = f"weights {args.weights.name} ({'random init, ' if 'random' in args.weights.name else ''}" \
                        "speed does not depend on the values)"
         note = "; ".join(filter(None, [args.note, weights_note]))

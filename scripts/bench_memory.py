@@ -125,8 +125,7 @@ def main() -> None:
     clock = bc.RunClock()
     with tempfile.TemporaryDirectory(prefix="bench_memory_") as name:
         folder = Path(name)
-        shipped = bc.REPO / "weights" / "usgan_tfeid.safetensors"
-        weights = (args.weights or (shipped if shipped.is_file() else bc.random_generator_file(folder, 128)))
+        weights = args.weights or bc.default_weights(folder)
         results = measure(args, weights.expanduser().resolve(), folder)
     notes = (f"- `python cli.py process CLIP -e surprised --weights {weights.name} [--fast]`, one process per run; "
              "peak = the kernel's ru_maxrss of that process (os.wait4), the other columns are /proc/PID/status "
