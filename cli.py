@@ -281,7 +281,7 @@ def evaluate_command(weights: Path | None, data_dir: Path | None, out_dir: Path,
     """
     from pipeline.evaluate import EvaluateConfig, evaluate, summary_lines
     from usgan.checkpoint import parse_expression_gains
-    from usgan.data import parse_identities
+    from usgan.dataset import parse_identities
 
     if (weights is None) != (data_dir is None):
         raise click.UsageError("--weights and --data go together")

@@ -30,7 +30,7 @@ from pipeline.run import ImageOutcome, ProcessConfig, load_models, process_file,
 from pipeline.schedule import parse_schedule
 from pipeline.synthesize import resolve_weights
 from pipeline.video import is_video_path
-from usgan.checkpoint import atomic_write
+from usgan.files import atomic_write
 from usgan.config import to_mapping
 from usgan.errors import UserError
 

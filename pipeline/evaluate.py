@@ -26,10 +26,11 @@ from numpy.typing import NDArray
 from pipeline.faces import FaceDetector, DetectorConfig, crop_template
 from pipeline.judges import ExpressionJudge, IdentityJudge, cosine_similarity
 from pipeline.types import Face, Frame, Mask
-from usgan.checkpoint import WeightsInfo, atomic_write, gain_text, load_generator
-from usgan.data import Sample, scan_dataset
+from usgan.checkpoint import WeightsInfo, gain_text, load_generator
+from usgan.dataset import Sample, scan_dataset
 from usgan.errors import UserError
 from usgan.expressions import EXPRESSIONS
+from usgan.files import atomic_write
 from usgan.inference import apply_generator
 from usgan.model import Generator
 

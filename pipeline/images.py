@@ -24,7 +24,7 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from pipeline.errors import InputError, OutputError, check_input_file, check_output_path
 from pipeline.types import Frame
-from usgan.checkpoint import atomic_write
+from usgan.files import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 
 from pipeline.faces import DetectorConfig, FaceDetector, align_face, select_faces
-from usgan.checkpoint import atomic_write
+from usgan.files import atomic_write
 from usgan.errors import UserError
 from usgan.expressions import Expression, UnknownExpressionError, parse_expression
 

@@ -25,7 +25,7 @@ from av.video.reformatter import VideoReformatter
 
 from pipeline.errors import InputError, OutputError, check_input_file, check_output_path
 from pipeline.types import AudioStreamInfo, Frame, StreamInfo, VideoFrame
-from usgan.checkpoint import atomic_write
+from usgan.files import atomic_write
 
 log = logging.getLogger(__name__)
 

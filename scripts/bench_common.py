@@ -197,7 +197,7 @@ def locked(path: Path) -> Iterator[None]:
 
 def write_section(name: str, body: str, path: Path = BENCHMARKS_MD) -> None:
     """Rewrite section `name` of docs/BENCHMARKS.md (created with its header when missing), atomically."""
-    from usgan.checkpoint import atomic_write
+    from usgan.files import atomic_write
 
     with locked(path):
         document = path.read_text(encoding="utf-8") if path.is_file() else DOC_HEADER

@@ -32,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from usgan.checkpoint import load_generator  # noqa: E402
 from usgan.data import (  # noqa: E402
-    DataConfig, Sample, load_samples, parse_identities, scan_dataset, split_samples,
+    DataConfig, load_samples, split_samples,
 )
+from usgan.dataset import Sample, parse_identities, scan_dataset  # noqa: E402
 from usgan.errors import UserError  # noqa: E402
 from usgan.expressions import EXPRESSIONS  # noqa: E402
 from usgan.inference import apply_generator  # noqa: E402

@@ -28,9 +28,9 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from usgan.data import (  # noqa: E402
-    DataConfig, Sample, geometry_jitter, load_image, parse_identities, reference_indices, register_to_reference,
-    scan_dataset, split_samples,
+    DataConfig, geometry_jitter, load_image, reference_indices, register_to_reference, split_samples,
 )
+from usgan.dataset import Sample, parse_identities, scan_dataset  # noqa: E402
 from usgan.errors import UserError  # noqa: E402
 from usgan.expressions import EXPRESSIONS  # noqa: E402
 

@@ -40,7 +40,7 @@ from pipeline.evaluate import bgr_to_tensor, edit_crops, read_crops, tensor_to_b
 from pipeline.faces import crop_template  # noqa: E402
 from pipeline.judges import ExpressionJudge  # noqa: E402
 from usgan.checkpoint import load_generator  # noqa: E402
-from usgan.data import Sample, parse_identities, scan_dataset  # noqa: E402
+from usgan.dataset import Sample, parse_identities, scan_dataset  # noqa: E402
 from usgan.errors import UserError  # noqa: E402
 from usgan.expressions import EXPRESSIONS  # noqa: E402
 from usgan.inference import resize_residual, resize_to_generator  # noqa: E402

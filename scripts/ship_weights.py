@@ -25,7 +25,7 @@ from usgan.checkpoint import (  # noqa: E402
     DEFAULT_LICENSE, MAX_EDIT_GAIN, WeightsInfo, average_generators, gain_text, parse_expression_gains,
     refuse_overwrite, save_generator,
 )
-from usgan.data import parse_identities  # noqa: E402
+from usgan.dataset import parse_identities  # noqa: E402
 from usgan.errors import UserError  # noqa: E402
 
 

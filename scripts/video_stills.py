@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.errors import UserError  # noqa: E402
 from pipeline.video import decode_video, probe_video  # noqa: E402
-from usgan.checkpoint import atomic_write  # noqa: E402
+from usgan.files import atomic_write  # noqa: E402
 from usgan.expressions import EXPRESSIONS  # noqa: E402
 
 

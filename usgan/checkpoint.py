@@ -9,7 +9,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from usgan.config import ConfigError, from_mapping
 from usgan.expressions import EXPRESSIONS, OFFICIAL_LABEL_ORDER, parse_expression
+from usgan.files import atomic_write
 from usgan.model import Generator, GeneratorConfig
 
 FORMAT_GENERATOR = "usgan-generator"
@@ -90,21 +90,6 @@ def parse_expression_gains(items: Sequence[str]) -> dict[str, float]:
             raise ConfigError(f"expression gain {item!r}: expected EXPRESSION=GAIN, e.g. happy=1.5")
         gains[parse_expression(name)] = gain
     return gains
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call write(tmp_path) and rename the result to path, so no half-written file is ever left at path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are ordinary user files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:

@@ -28,9 +28,10 @@ from torch import Tensor, nn
 from usgan.checkpoint import CheckpointError, load_tensors, save_tensors
 from usgan.config import ConfigError, from_mapping, to_mapping
 from usgan.data import (
-    DataConfig, DataError, Sample, colour_jitter, colour_params, geometry_jitter, geometry_params, load_samples,
-    random_flip, scan_dataset, split_samples,
+    DataConfig, colour_jitter, colour_params, geometry_jitter, geometry_params, load_samples, random_flip,
+    split_samples,
 )
+from usgan.dataset import DataError, Sample, scan_dataset
 from usgan.expressions import EXPRESSIONS
 from usgan.landmarks import luma
 

@@ -40,10 +40,11 @@ from usgan.checkpoint import (
 )
 from usgan.config import ConfigError, load_config, to_mapping
 from usgan.data import (
-    DataConfig, DataError, FaceDataset, ResumableSampler, Sample, colour_jitter, colour_params, flip_mask,
-    geometry_jitter, geometry_params, load_image, load_samples, load_warped, partner_table, reference_indices,
-    register_to_reference, scan_dataset, split_samples, summarize_split,
+    DataConfig, FaceDataset, ResumableSampler, colour_jitter, colour_params, flip_mask, geometry_jitter,
+    geometry_params, load_image, load_samples, load_warped, partner_table, reference_indices,
+    register_to_reference, split_samples, summarize_split,
 )
+from usgan.dataset import DataError, Sample, scan_dataset
 from usgan.distributed import DistInfo, any_process, barrier, init_distributed, shutdown_distributed
 from usgan.errors import UserError
 from usgan.expressions import EXPRESSIONS

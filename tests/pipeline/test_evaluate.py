@@ -22,7 +22,7 @@ from pipeline.evaluate import (
 from pipeline.types import Face
 from pipeline.video import decode_video
 from usgan.checkpoint import WeightsInfo, save_generator
-from usgan.data import Sample
+from usgan.dataset import Sample
 from usgan.expressions import EXPRESSIONS
 from usgan.model import Generator, GeneratorConfig
 

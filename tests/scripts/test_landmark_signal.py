@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT / "tests" / "pipeline"))
 
 import landmark_signal  # noqa: E402
 from clips import save_weights  # noqa: E402
-from usgan.data import Sample  # noqa: E402
+from usgan.dataset import Sample  # noqa: E402
 from usgan.expressions import EXPRESSIONS  # noqa: E402
 from usgan.landmarks import EXPRESSIVE, LANDMARK_COUNT  # noqa: E402
 

@@ -18,7 +18,7 @@ from usgan.classifier import (
     save_classifier, train_classifier,
 )
 from usgan.config import ConfigError
-from usgan.data import Sample
+from usgan.dataset import Sample
 from usgan.expressions import EXPRESSIONS
 from usgan.landmarks import LUMA, luma
 from usgan.model import Generator, GeneratorConfig

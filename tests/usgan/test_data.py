@@ -11,11 +11,11 @@ from PIL import Image
 from torch import Tensor
 
 from usgan.data import (
-    DataConfig, DataError, FaceDataset, ResumableSampler, Sample, colour_jitter, colour_params, geometry_jitter,
-    geometry_params, identity_from_filename,
-    load_image, load_warped, parse_identities, random_flip, reference_indices, register_to_reference,
-    scan_dataset, split_samples, summarize_split,
+    DataConfig, FaceDataset, ResumableSampler, colour_jitter, colour_params, geometry_jitter, geometry_params,
+    load_image, load_warped, random_flip, reference_indices, register_to_reference, split_samples,
+    summarize_split,
 )
+from usgan.dataset import DataError, Sample, identity_from_filename, parse_identities, scan_dataset
 from usgan.expressions import EXPRESSIONS
 
 

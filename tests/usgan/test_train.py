@@ -20,8 +20,9 @@ from usgan.checkpoint import load_generator, load_tensors
 from usgan.config import ConfigError, to_mapping
 from usgan.errors import UserError
 from usgan.data import (
-    geometry_jitter, geometry_params, load_image, load_warped, partner_table, reference_indices, scan_dataset,
+    geometry_jitter, geometry_params, load_image, load_warped, partner_table, reference_indices,
 )
+from usgan.dataset import scan_dataset
 from usgan.distributed import init_distributed
 from usgan.train import (
     OptimConfig, PairSource, RunOptions, TrainConfig, build_state, g_warmup_factor, list_checkpoints,
