@@ -44,7 +44,7 @@ from pipeline.video import (
     VIDEO_CODECS, EncoderConfig, choose_encoder, codec_for_container, decode_video, encode_video, is_video_path,
     output_container, probe_video, rotate_stored, rotate_upright,
 )
-from usgan.config import ConfigError, load_config
+from usgan.config import ConfigError, flatten, load_config
 from usgan.expressions import EXPRESSIONS, expression_index
 
 log = logging.getLogger(__name__)
@@ -153,18 +153,7 @@ def preset_overrides(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read preset: {str(error).splitlines()[0]}") from error
     if not isinstance(mapping, dict):
         raise ConfigError(f"{path}: a preset must be a mapping of config keys")
-    return flatten_keys(mapping)
-
-
-def flatten_keys(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mapping -> {dotted key: leaf value}."""
-    flat: dict[str, Any] = {}
-    for key, value in mapping.items():
-        if isinstance(value, dict):
-            flat.update(flatten_keys(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+    return flatten(mapping)
 
 
 def schedule_label(schedule: Schedule) -> str:

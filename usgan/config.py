@@ -66,3 +66,14 @@ def load_config(cls: type[T], path: Path | None, overrides: dict[str, Any] | Non
             node = node.setdefault(parent, {})
         node[leaf] = value
     return from_mapping(cls, mapping, str(path) if path else cls.__name__)
+
+
+def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping -> {dotted key: leaf value}: {'optim': {'g_lr': 1e-4}} -> {'optim.g_lr': 1e-4}."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -38,7 +38,7 @@ from usgan.checkpoint import (
     FORMAT_TRAIN_STATE, CheckpointError, WeightsInfo, atomic_write, load_generator, load_tensors, save_generator,
     save_tensors, strip_prefix,
 )
-from usgan.config import ConfigError, load_config, to_mapping
+from usgan.config import ConfigError, flatten, load_config, to_mapping
 from usgan.data import (
     DataConfig, FaceDataset, ResumableSampler, colour_jitter, colour_params, flip_mask, geometry_jitter,
     geometry_params, load_image, load_samples, load_warped, partner_table, reference_indices,
@@ -717,16 +717,6 @@ def save_checkpoint(state: TrainState, config: TrainConfig, run_dir: Path, info:
     for _, old in list_checkpoints(run_dir)[: -config.logging.keep_checkpoints]:
         old.unlink(missing_ok=True)
     return path
-
-
-def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in mapping.items():
-        if isinstance(value, dict):
-            flat |= flatten(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def check_resumable(config: TrainConfig, saved: dict[str, Any], path: Path) -> None:

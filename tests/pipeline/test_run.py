@@ -103,10 +103,6 @@ def test_preset_with_an_unknown_key_is_a_config_error(tmp_path):
         load_process_config(preset=preset)
 
 
-def test_flatten_keys():
-    assert run.flatten_keys({"a": 1, "b": {"c": 2, "d": {"e": [3]}}}) == {"a": 1, "b.c": 2, "b.d.e": [3]}
-
-
 @pytest.mark.parametrize("change, name", [
     ({"synthesizer": SynthesizerConfig(precision="fp16")}, "synthesizer.precision"),
     ({"synthesizer": SynthesizerConfig(backend="onnx", precision="bf16")}, "bf16 is torch-only"),
