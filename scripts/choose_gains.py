@@ -24,10 +24,8 @@ from typing import Any, Sequence
 
 import click
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from usgan.errors import UserError  # noqa: E402
-from usgan.expressions import EXPRESSIONS, parse_expression  # noqa: E402
+from usgan.errors import UserError
+from usgan.expressions import EXPRESSIONS, parse_expression
 
 
 class GainReportError(UserError):

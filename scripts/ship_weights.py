@@ -6,27 +6,24 @@ several checkpoints of one run, it ships the mean of their generators (iterate a
 first: write it with --fp32 to a scratch file and pass that to `cli.py evaluate --weights`.
 
 Example:
-    python scripts/ship_weights.py ~/.cache/usgan/runs/robust/checkpoints/step_00003000.safetensors \\
-        weights/usgan_tfeid.safetensors --edit-gain 1.5 --dataset tfeid --validation 16,17,30 \\
-        --recipe "configs/train/tfeid_robust.yaml from the stage-3 generator"
+    python scripts/ship_weights.py ~/.cache/usgan/runs/tfeid_128/checkpoints/step_00004400.safetensors \\
+        weights/usgan_tfeid.safetensors --edit-gain 1.1 --expression-gain angry=1 --expression-gain happy=1.25 \\
+        --dataset tfeid --validation 16,17,30 --recipe "configs/train/tfeid_128.yaml, docs/TRAINING.md"
 """
 
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 
 import click
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from usgan.checkpoint import (  # noqa: E402
+from usgan.checkpoint import (
     DEFAULT_LICENSE, MAX_EDIT_GAIN, WeightsInfo, average_generators, gain_text, parse_expression_gains,
     refuse_overwrite, save_generator,
 )
-from usgan.dataset import parse_identities  # noqa: E402
-from usgan.errors import UserError  # noqa: E402
+from usgan.dataset import parse_identities
+from usgan.errors import UserError
 
 
 def ship(checkpoints: list[Path], out: Path, edit_gain: float, dataset: str, recipe: str,
@@ -69,7 +66,7 @@ def main(checkpoints: tuple[Path, ...], out: Path, edit_gain: float, expression_
     \b
     Examples:
       python scripts/ship_weights.py RUN/checkpoints/step_00003000.safetensors weights/usgan_tfeid.safetensors \\
-          --edit-gain 1.5 --validation 16,17,30 --recipe "configs/train/tfeid_robust.yaml" --trained-on "2-core CPU"
+          --edit-gain 1.5 --validation 16,17,30 --recipe "configs/train/tfeid_64.yaml" --trained-on "2-core CPU"
       python scripts/ship_weights.py RUN/checkpoints/step_00004400.safetensors weights/usgan_tfeid.safetensors \\
           --edit-gain 1.1 --expression-gain happy=1.5 --validation 16,17,30
       python scripts/ship_weights.py RUN/checkpoints/step_0000{2800,2900,3000}.safetensors /tmp/avg.safetensors --fp32

@@ -23,7 +23,7 @@ from usgan.files import atomic_write
 from usgan.model import Generator, GeneratorConfig
 
 FORMAT_GENERATOR = "usgan-generator"
-FORMAT_TRAIN_STATE = "usgan-train-state"  # usgan.train's checkpoints: G.*, D.*, optimisers, RNG, config
+FORMAT_TRAIN_STATE = "usgan-train-state"  # usgan.training's checkpoints: G.*, D.*, optimisers, RNG, config
 METADATA_KEY = "usgan"
 NORMALIZATION = "RGB, float in [-1, 1] = pixel / 127.5 - 1"
 DEFAULT_LICENSE = "research use only (trained on TFEID; see MODEL_CARD.md)"

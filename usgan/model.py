@@ -5,7 +5,6 @@ Module layout and parameter names follow the official code so that its state_dic
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -55,22 +54,6 @@ class DiscriminatorConfig:
     conv_dim: int = 64
     num_expressions: int = len(EXPRESSIONS)
     strided_layers: int = 6
-    # Ours, off in the paper: one more logit in the expression head, "generated", that the critic learns to give
-    # the generator's outputs (a K+1 classifier). G then has to make a face the critic takes for a *real* photo of
-    # the target expression, not one with a pattern that flips a head which was only ever shown real photos.
-    generated_class: bool = False
-    # Ours, off in the paper: a second, smaller critic (half the size, one stride fewer, with its own expression head)
-    # on the brows and eyes (brow_crop). The judge reads a sad face there (a TFEID sad photo's brow band pasted into
-    # the same person's neutral photo carries 0.38 of its 0.47 sad accuracy), and a whole-face head can be satisfied
-    # by the mouth or by shading instead.
-    brow_critic: bool = False
-
-
-def brow_crop(x: torch.Tensor) -> torch.Tensor:
-    """The brows and eyes of aligned (N, C, S, S) crops: rows 3/32 S to 19/32 S, the middle half of the columns."""
-    size = x.shape[-1]
-    top, left = size * 3 // 32, size // 4
-    return x[..., top : top + size // 2, left : left + size // 2]
 
 
 class InstanceNorm2d(nn.InstanceNorm2d):
@@ -150,11 +133,7 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """Returns (patch realism scores (N, 1, h, w), expression logits (N, E), or (N, E + 1) with generated_class).
-
-    With brow_critic, the scores of both critics flattened and joined, (N, P), and the logits of both heads
-    stacked, (N, 2, E[+1]): whole face first, then the brows.
-    """
+    """Returns (patch realism scores (N, 1, h, w), expression logits (N, E))."""
 
     def __init__(self, config: DiscriminatorConfig = DiscriminatorConfig()):
         super().__init__()
@@ -168,19 +147,12 @@ class Discriminator(nn.Module):
             dim *= 2
         self.main = nn.Sequential(*layers)
         self.conv1 = nn.Conv2d(dim, 1, kernel_size=3, stride=1, padding=1, bias=False)
-        logits = config.num_expressions + int(config.generated_class)
-        self.conv2 = nn.Conv2d(dim, logits, kernel_size=config.image_size // 2**config.strided_layers, bias=False)
-        if config.brow_critic:
-            self.brows = Discriminator(dataclasses.replace(
-                config, image_size=config.image_size // 2, strided_layers=config.strided_layers - 1, brow_critic=False))
+        kernel = config.image_size // 2**config.strided_layers
+        self.conv2 = nn.Conv2d(dim, config.num_expressions, kernel_size=kernel, bias=False)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.main(x)
-        scores, logits = self.conv1(h), self.conv2(h).flatten(1)
-        if not self.config.brow_critic:
-            return scores, logits
-        brow_scores, brow_logits = self.brows(brow_crop(x))
-        return torch.cat([scores.flatten(1), brow_scores.flatten(1)], 1), torch.stack([logits, brow_logits], 1)
+        return self.conv1(h), self.conv2(h).flatten(1)
 
 
 def count_parameters(module: nn.Module) -> int:

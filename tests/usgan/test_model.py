@@ -9,7 +9,7 @@ from torch import nn
 from official_reference import make_official, official_test_output, sample_inputs
 from usgan.config import ConfigError
 from usgan.model import (
-    Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, binomial_kernel, brow_crop, count_parameters,
+    Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, binomial_kernel, count_parameters,
 )
 
 
@@ -26,32 +26,6 @@ def test_discriminator_has_six_strided_convs_and_patch_and_class_outputs():
     patch, logits = discriminator(torch.zeros(2, 3, 128, 128))
     assert patch.shape == (2, 1, 2, 2)
     assert logits.shape == (2, 7)
-
-
-def test_generated_class_adds_one_logit_and_keeps_the_other_weights():
-    plain = Discriminator(DiscriminatorConfig(image_size=32, conv_dim=8, strided_layers=3))
-    extra = Discriminator(DiscriminatorConfig(image_size=32, conv_dim=8, strided_layers=3, generated_class=True))
-    assert extra(torch.zeros(2, 3, 32, 32))[1].shape == (2, 8)
-    shapes = {k: v.shape for k, v in plain.state_dict().items()}
-    assert {k: v.shape for k, v in extra.state_dict().items() if k != "conv2.weight"} == {
-        k: v for k, v in shapes.items() if k != "conv2.weight"}
-    assert extra.conv2.weight.shape[0] == plain.conv2.weight.shape[0] + 1
-
-
-def test_brow_critic_judges_only_the_brows_and_eyes_with_its_own_head():
-    assert brow_crop(torch.arange(64.0)[None, :, None].expand(1, 64, 64)).shape == (1, 32, 32)
-    rows = brow_crop(torch.arange(64.0)[:, None].expand(64, 64))
-    assert rows[:, 0].tolist() == list(range(6, 38))  # the brows are at ~17 and the eyes at ~26 of 64 rows
-    config = DiscriminatorConfig(image_size=64, conv_dim=8, strided_layers=5, generated_class=True, brow_critic=True)
-    critic = Discriminator(config)
-    x = torch.rand(2, 3, 64, 64)
-    scores, logits = critic(x)
-    assert scores.shape == (2, 4 + 4) and logits.shape == (2, 2, 8)  # both critics' patches; both heads
-    mouth = x.clone()
-    mouth[:, :, 40:] = 0  # below the eyes: the brow head does not see it, the face head does
-    _, changed = critic(mouth)
-    assert torch.equal(changed[:, 1], logits[:, 1]) and not torch.equal(changed[:, 0], logits[:, 0])
-    assert torch.equal(critic.brows(brow_crop(x))[1], logits[:, 1])
 
 
 def test_discriminator_rejects_size_not_divisible_by_its_strides():

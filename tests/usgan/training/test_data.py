@@ -1,3 +1,5 @@
+"""usgan.training.data: the split by identity, the loader's images, the transforms and the sampler."""
+
 from __future__ import annotations
 
 import math
@@ -6,65 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from usgan.data import (
-    DataConfig, FaceDataset, ResumableSampler, colour_jitter, colour_params, geometry_jitter, geometry_params,
-    load_image, load_warped, random_flip, reference_indices, register_to_reference, split_samples,
-    summarize_split,
-)
-from usgan.dataset import DataError, Sample, identity_from_filename, parse_identities, scan_dataset
+from usgan.dataset import DataError, scan_dataset
 from usgan.expressions import EXPRESSIONS
-
-
-def test_scan_maps_codes_and_aliases_to_canonical_expressions(tiny_faces: Path) -> None:
-    samples = scan_dataset(tiny_faces)
-    assert len(samples) == 16
-    by_folder = {s.path.parent.name: s.expression for s in samples}
-    assert by_folder == {"angry": "angry", "DIS": "disgusted", "fear": "fearful", "HAS": "happy",
-                         "neutral": "neutral", "sadness": "sad", "SUS": "surprised"}
-    assert all(s.label == EXPRESSIONS.index(s.expression) for s in samples)
-
-
-def test_unknown_folder_name_is_a_clear_error(tiny_faces: Path) -> None:
-    (tiny_faces / "bored").mkdir()
-    with pytest.raises(DataError, match=r"bored: folder name is not an expression"):
-        scan_dataset(tiny_faces)
-
-
-@pytest.mark.parametrize("make", ["missing", "empty", "file"])
-def test_bad_data_dirs_are_one_line_errors(tmp_path: Path, make: str) -> None:
-    root = tmp_path / "data"
-    if make == "empty":
-        (root / "happy").mkdir(parents=True)
-    if make == "file":
-        root.write_text("x")
-    with pytest.raises(DataError) as caught:
-        scan_dataset(root)
-    assert str(root) in str(caught.value) and "\n" not in str(caught.value)
-
-
-def test_corrupt_image_names_the_file(tiny_faces: Path) -> None:
-    broken = tiny_faces / "angry" / "broken.png"
-    broken.write_bytes(b"not a png")
-    with pytest.raises(DataError, match="broken.png: not a readable image"):
-        scan_dataset(tiny_faces)
-
-
-@pytest.mark.parametrize(("name", "identity"), [("0111b01.jpg", "01"), ("3023g12.png", "30"), ("face_001.png", None),
-                                                 ("0111z01.png", None)])
-def test_identity_from_tfeid_filenames(name: str, identity: str | None) -> None:
-    assert identity_from_filename(Path(name)) == identity
-
-
-def test_index_csv_identities_take_precedence(tiny_faces: Path) -> None:
-    first = sorted((tiny_faces / "angry").iterdir())[0]
-    (tiny_faces / "index.csv").write_text(f"path,identity,expression,source\nangry/{first.name},alice,angry,x.jpg\n")
-    identities = {s.path.name: s.identity for s in scan_dataset(tiny_faces)}
-    assert identities[first.name] == "alice"
-    assert sum(i == "alice" for i in identities.values()) == 1
+from usgan.training.config import DataConfig
+from usgan.training.data import (
+    FaceDataset, ResumableSampler, colour_jitter, colour_params, flip_mask, geometry_jitter, geometry_params,
+    load_image, split_samples, split_table,
+)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
@@ -111,13 +64,11 @@ def test_images_are_resized_rgb_in_minus_one_one(tiny_faces: Path) -> None:
     assert torch.equal(load_image(gray, 32), torch.ones(3, 32, 32))
 
 
-def test_random_flip_is_reproducible_and_mirrors() -> None:
-    images = torch.arange(2 * 3 * 2 * 4, dtype=torch.float32).reshape(2, 3, 2, 4).repeat(8, 1, 1, 1)
-    out = random_flip(images, torch.Generator().manual_seed(0))
-    assert torch.equal(out, random_flip(images, torch.Generator().manual_seed(0)))
-    flipped = [torch.equal(o, i.flip(2)) for o, i in zip(out, images)]
-    kept = [torch.equal(o, i) for o, i in zip(out, images)]
-    assert all(f != k for f, k in zip(flipped, kept)) and any(flipped) and any(kept)
+def test_flip_mask_is_reproducible_and_flips_about_half() -> None:
+    mask = flip_mask(400, torch.Generator().manual_seed(0))
+    assert mask.shape == (400, 1, 1, 1) and mask.dtype == torch.bool
+    assert torch.equal(mask, flip_mask(400, torch.Generator().manual_seed(0)))
+    assert 150 < int(mask.sum()) < 250
 
 
 def test_colour_jitter_is_a_per_image_affine_colour_map_and_identity_at_zero() -> None:
@@ -156,46 +107,6 @@ def test_geometry_jitter_moves_content_by_its_params_and_is_identity_at_zero() -
     assert (x, y) == (pytest.approx(21.0, abs=0.1), pytest.approx(10.0, abs=0.1))
 
 
-def test_reference_is_the_persons_first_neutral_photo_else_their_first() -> None:
-    people = [("a", "happy"), ("b", "sad"), ("a", "neutral"), ("a", "neutral"), ("b", "angry"), (None, "happy")]
-    samples = tuple(Sample(Path(f"/{i}.png"), expression, identity) for i, (identity, expression) in enumerate(people))
-    assert reference_indices(samples) == (2, 1, 2, 2, 1, 5)
-
-
-def smooth_faces(count: int, size: int = 32) -> Tensor:
-    """Random smooth images (a blurred 8x8 noise upsampled): content that a small warp changes everywhere."""
-    noise = torch.rand(count, 3, 8, 8, generator=torch.Generator().manual_seed(3)) * 2 - 1
-    return F.interpolate(noise, size=size, mode="bicubic", align_corners=False).clamp(-1, 1)
-
-
-def test_registration_undoes_a_known_warp_and_leaves_an_aligned_image_alone() -> None:
-    references = smooth_faces(4)
-    applied = torch.tensor([[0.05, 0.04, 0.06, -0.05], [-0.06, -0.03, -0.04, 0.03], [0.0, 0.0, 0.08, 0.0],
-                            [0.0, 0.0, 0.0, 0.0]])
-    moved = geometry_jitter(references, applied)
-    warps = register_to_reference(moved, references, iterations=300)
-    assert warps.shape == (4, 4) and not warps.requires_grad
-    error = lambda a: (a - references)[..., 4:-4, 4:-4].abs().mean(dim=(1, 2, 3))  # noqa: E731 (inside the borders)
-    before, after = error(moved), error(geometry_jitter(moved, warps))
-    assert bool((after[:3] < 0.25 * before[:3]).all()), (before, after)
-    assert float(warps[3].abs().max()) < 1e-3  # already aligned: the identity warp
-    # The fitted warp is roughly the inverse of the applied one (signs flip; to first order).
-    assert torch.allclose(warps[:3], -applied[:3], atol=0.02), warps
-
-
-def test_dataset_and_load_warped_apply_a_per_image_warp(tiny_faces: Path) -> None:
-    samples = tuple(scan_dataset(tiny_faces))
-    warps = torch.zeros(len(samples), 4)
-    warps[1] = torch.tensor([0.0, 0.0, 0.25, 0.0])
-    dataset = FaceDataset(samples, 32, warps)
-    assert torch.allclose(dataset[0][0], load_image(samples[0].path, 32), atol=1e-5)
-    expected = geometry_jitter(load_image(samples[1].path, 32)[None], warps[1:2])[0]
-    assert torch.allclose(dataset[1][0], expected) and torch.equal(load_warped(samples[1].path, 32, warps[1]), expected)
-    assert not torch.allclose(dataset[1][0], load_image(samples[1].path, 32), atol=1e-2)
-    with pytest.raises(ValueError, match="warps have shape"):
-        FaceDataset(samples, 32, warps[:3])
-
-
 def test_resumable_sampler_continues_the_same_epoch_order() -> None:
     dataset = list(range(10))
     sampler = ResumableSampler(dataset, num_replicas=1, rank=0, seed=3)
@@ -209,15 +120,9 @@ def test_resumable_sampler_continues_the_same_epoch_order() -> None:
 
 def test_summary_counts_images_per_expression_and_split(tiny_faces: Path) -> None:
     split = split_samples(scan_dataset(tiny_faces), DataConfig(val_identities=("01",)))
-    text = summarize_split(split)
+    text = split_table(split)
     angry = next(line for line in text.splitlines() if line.startswith("angry"))
     assert angry.split() == ["angry", str(sum(s.expression == "angry" for s in split.train)),
                              str(sum(s.expression == "angry" for s in split.val))]
     assert f"total {len(split.train):>10} {len(split.val):>6}".split() == \
         next(line for line in text.splitlines() if line.startswith("total")).split()
-
-
-def test_identity_lists_are_comma_separated_with_blanks_dropped() -> None:
-    assert parse_identities("16, 17,30") == ("16", "17", "30")
-    assert parse_identities(" 05 ,, ") == ("05",)
-    assert parse_identities("") == ()

@@ -1,3 +1,5 @@
+"""usgan.training.distributed: the torchrun environment, and a two-process gloo run with its resume."""
+
 from __future__ import annotations
 
 import subprocess
@@ -8,10 +10,10 @@ import pytest
 import torch
 
 from usgan.checkpoint import load_tensors
-from usgan.distributed import DistInfo, any_process, barrier, init_distributed, read_torchrun_env
-from usgan.train import list_checkpoints
+from usgan.training.distributed import DistInfo, any_process, barrier, init_distributed, read_torchrun_env
+from usgan.training.state import list_checkpoints
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.mark.parametrize(("env", "expected"), [
