@@ -105,7 +105,7 @@ def import_official_command(official: Path, out: Path, image_size: int, label_or
       python cli.py import-official usgan_87_G.ckpt weights/usgan_official.safetensors
       python cli.py import-official usgan_87_G.ckpt weights/usgan_official.safetensors --image-size 128
     """
-    from usgan.checkpoint import import_official
+    from usgan.official import import_official
     from usgan.expressions import EXPRESSIONS, OFFICIAL_LABEL_ORDER
 
     order = OFFICIAL_LABEL_ORDER if label_order == "official" else EXPRESSIONS

@@ -13,12 +13,10 @@ from click.testing import CliRunner
 from cli import cli
 from official_reference import canonical_to_official, make_official, official_test_output, sample_inputs
 from usgan.checkpoint import (
-    OFFICIAL_DATASET,
     CheckpointError,
     WeightsInfo,
     average_generators,
     gain_text,
-    import_official,
     load_generator,
     load_tensors,
     parse_expression_gains,
@@ -26,6 +24,7 @@ from usgan.checkpoint import (
     save_tensors,
 )
 from usgan.config import ConfigError
+from usgan.official import OFFICIAL_DATASET, import_official
 from usgan.errors import UserError
 from usgan.expressions import EXPRESSIONS, PAPER_CODES
 from usgan.model import Discriminator, Generator, GeneratorConfig

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 
 from cli import cli
 from official_reference import canonical_to_official, make_official, official_test_output, sample_inputs
-from usgan.checkpoint import CheckpointError, WeightsInfo, import_official, load_generator, save_generator
+from usgan.checkpoint import CheckpointError, WeightsInfo, load_generator, save_generator
+from usgan.official import import_official
 from usgan.model import Generator, GeneratorConfig
 from usgan.export import (
     CPU,
