@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from pipeline.faces import crop_template
+from pipeline.faces.align import crop_template
 from pipeline.types import BLEND_MODES, Affine, BlendMode, Frame, Mask
 
 logger = logging.getLogger(__name__)

@@ -22,7 +22,8 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
-from pipeline.errors import InputError, OutputError, check_input_file, check_output_path
+from pipeline.errors import InputError, OutputError
+from pipeline.files import check_input_file, check_output_path
 from pipeline.types import Frame
 from usgan.files import atomic_write
 

@@ -10,7 +10,7 @@ import pytest
 
 from clips import psnr
 from pipeline.blend import FaceEdit, blend_faces, build_face_mask, clone_region, face_region, paste_back
-from pipeline.faces import crop_template
+from pipeline.faces.align import crop_template
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 MODES = ("feather", "seamless")
@@ -280,7 +280,8 @@ def real_faces():
         pytest.skip(f"{SHARED}/media/video not found (shared data is not checked out)")
     import av
 
-    from pipeline.faces import FaceDetector, align_face
+    from pipeline.faces.align import align_face
+    from pipeline.faces.detector import FaceDetector
 
     detector, found = FaceDetector(), []
     for name in ("d13.mp4", "talk2.mp4"):
