@@ -32,7 +32,7 @@ def textured_frame(height: int = 360, width: int = 640, seed: int = 0) -> np.nda
 
 
 def align(frame: np.ndarray, affine: np.ndarray, size: int) -> np.ndarray:
-    """The crop exactly as pipeline.faces.align_face makes it."""
+    """The crop exactly as pipeline.faces.align.align_face makes it."""
     return cv2.warpAffine(frame, affine, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
