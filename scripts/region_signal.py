@@ -36,9 +36,9 @@ from numpy.typing import NDArray
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.evaluate import bgr_to_tensor, edit_crops, read_crops, tensor_to_bgr  # noqa: E402
-from pipeline.faces import crop_template  # noqa: E402
-from pipeline.judges import ExpressionJudge  # noqa: E402
+from pipeline.evaluation.judges import ExpressionJudge  # noqa: E402
+from pipeline.evaluation.sources import bgr_to_tensor, edit_crops, read_crops, tensor_to_bgr  # noqa: E402
+from pipeline.faces.align import crop_template  # noqa: E402
 from usgan.checkpoint import load_generator  # noqa: E402
 from usgan.dataset import Sample, parse_identities, scan_dataset  # noqa: E402
 from usgan.errors import UserError  # noqa: E402

@@ -51,7 +51,8 @@ def test_crop_is_resized_and_edge_padded_into_the_net_input():
 def test_landmarks_of_a_real_aligned_face_match_its_crop_template(shared_dir, model):
     import cv2
 
-    from pipeline.faces import DetectorConfig, FaceDetector, align_face, crop_template, select_faces
+    from pipeline.faces.align import align_face, crop_template, select_faces
+    from pipeline.faces.detector import DetectorConfig, FaceDetector
 
     # A neutral photo, read as BGR like the pipeline's frames.
     frame = cv2.imread(str(shared_dir / "data/tfeid/faces_256x256/0101a02.jpg"))
