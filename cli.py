@@ -74,12 +74,12 @@ def prepare_data_command(src: Path, out: Path, sizes: tuple[int, ...], pad: floa
       python cli.py prepare-data ../shared/data/tfeid/faces_256x256 ~/.cache/usgan/data/tfeid --size 128 --size 256
       python cli.py prepare-data my_faces/ data/mine --jobs 2 --det-pack buffalo_l
     """
-    from pipeline.faces import DetectorConfig
-    from pipeline.prepare import PrepareConfig, format_summary, prepare_data
+    from pipeline.evaluation.prepare import PrepareConfig, prepare_data, prepare_summary_text
+    from pipeline.faces.detector import DetectorConfig
 
     detector = DetectorConfig(model_pack=det_pack, model_root=det_root, threshold=det_threshold, pad=pad)
     config = PrepareConfig(sizes=tuple(sorted(set(sizes))), jobs=jobs, detector=detector)
-    click.echo(format_summary(prepare_data(src, out, config), out))
+    click.echo(prepare_summary_text(prepare_data(src, out, config), out))
 
 
 # --- import-official / export (usgan/checkpoint.py, usgan/export.py) ---
@@ -194,7 +194,7 @@ def train_command(config_path: Path | None, data_dir: Path, run_dir: Path, resum
         click.echo(f"stopped at step {result.step}; latest generator weights: {result.weights}")
 
 
-# --- evaluate (pipeline/evaluate.py, pipeline/judges.py) ---
+# --- evaluate (pipeline/evaluation/) ---
 
 
 @cli.command("evaluate")
@@ -231,7 +231,8 @@ def evaluate_command(weights: Path | None, data_dir: Path | None, out_dir: Path,
       python cli.py evaluate --weights W.safetensors --data D --out R --edit-gain 1.1 --expression-gain happy=1.5
       python cli.py evaluate --video-pair in.mp4 out.mp4 --out reports/flicker
     """
-    from pipeline.evaluate import EvaluateConfig, evaluate, summary_lines
+    from pipeline.evaluation.evaluate import EvaluateConfig, run_evaluation
+    from pipeline.evaluation.report import evaluation_summary_lines
     from usgan.checkpoint import parse_expression_gains
     from usgan.dataset import parse_identities
 
@@ -244,12 +245,12 @@ def evaluate_command(weights: Path | None, data_dir: Path | None, out_dir: Path,
                             grid_rows=grid_rows, video_pair=tuple(video_pair) if video_pair else None, device=device,
                             edit_gain=edit_gain,
                             expression_gains=tuple(parse_expression_gains(expression_gains).items()))
-    for line in summary_lines(evaluate(config)):
+    for line in evaluation_summary_lines(run_evaluation(config)):
         click.echo(line)
     click.echo(f"wrote {out_dir}/metrics.json, report.md" + (", grid.png" if weights else ""))
 
 
-# --- process / convert (pipeline/run.py, pipeline/batch.py) ---
+# --- process / convert (pipeline/process.py, pipeline/batch.py) ---
 
 
 def processing_options(command):
@@ -258,7 +259,7 @@ def processing_options(command):
 
     from pipeline.synthesize import TorchPrecision
     from pipeline.types import Backend, BlendMode, FaceSelection
-    from pipeline.video import VIDEO_CODECS, X264_PRESETS
+    from pipeline.video.codecs import VIDEO_CODECS, X264_PRESETS
 
     options = [
         click.option("-e", "--expression", required=True, metavar="NAME|SCHEDULE|FILE.json",
@@ -308,19 +309,27 @@ def processing_options(command):
     return command
 
 
+PROCESS_OPTION_KEYS = {"expression": "expression", "weights": "synthesizer.weights", "backend": "synthesizer.backend",
+                       "blend": "blend", "intensity": "intensity", "fade": "fade", "batch_size": "batch_size",
+                       "faces": "faces", "crop_size": "crop_size", "detect_every": "tracker.detect_every",
+                       "precision": "synthesizer.precision", "crf": "encoder.crf", "preset": "encoder.preset",
+                       "encoder": "video_codec"}
+"""The shared options' names -> the dotted ProcessConfig keys they set."""
+
+
 def process_overrides(options: dict) -> dict:
     """Dotted ProcessConfig keys for the shared options (None values are left to the config file)."""
-    keys = {"expression": "expression", "weights": "synthesizer.weights", "backend": "synthesizer.backend",
-            "blend": "blend", "intensity": "intensity", "fade": "fade", "batch_size": "batch_size",
-            "faces": "faces", "crop_size": "crop_size", "detect_every": "tracker.detect_every",
-            "precision": "synthesizer.precision", "crf": "encoder.crf", "preset": "encoder.preset",
-            "encoder": "video_codec"}
-    return {key: options[name] for name, key in keys.items()}
+    return {key: options[name] for name, key in PROCESS_OPTION_KEYS.items()}
+
+
+def option_names() -> dict:
+    """Dotted ProcessConfig key -> the option that sets it ('--intensity'), so that a bad value's error names it."""
+    return {key: "--" + name.replace("_", "-") for name, key in PROCESS_OPTION_KEYS.items()}
 
 
 def preset_path(options: dict):
     """The preset file --fast names (None without it); its keys sit between the config file and explicit options."""
-    from pipeline.run import FAST_PRESET
+    from pipeline.config import FAST_PRESET
 
     return FAST_PRESET if options.get("fast") else None
 
@@ -345,12 +354,13 @@ def process_command(input_path: Path, output: Path | None, config_path: Path | N
       python cli.py process clip.mp4 -e joy --backend onnx --batch-size 16 --detect-every 1
       python cli.py process clip.mp4 -e sad --fast
     """
-    from pipeline.run import DEFAULT_CONFIG, default_output, format_summary, load_process_config, process_file
+    from pipeline.config import DEFAULT_CONFIG, load_process_config
+    from pipeline.process import process_file, process_result_line
 
     overrides = {**process_overrides(options), "progress": False if no_progress else None}
-    config = load_process_config(config_path or DEFAULT_CONFIG, overrides, preset_path(options))
-    result = process_file(input_path, output or default_output(input_path, config.expression), config)
-    click.echo(format_summary(result))
+    config = load_process_config(config_path or DEFAULT_CONFIG, overrides, preset_path(options), option_names())
+    result = process_file(input_path, output, config)
+    click.echo(process_result_line(result))
 
 
 @cli.command("convert")
@@ -373,9 +383,10 @@ def convert_command(in_dir: Path, out_dir: Path, config_path: Path | None, recur
       python cli.py convert photos/ out/ -e happy --fast
     """
     from pipeline.batch import convert_dir, summary_lines
-    from pipeline.run import DEFAULT_CONFIG, load_process_config
+    from pipeline.config import DEFAULT_CONFIG, load_process_config
 
-    config = load_process_config(config_path or DEFAULT_CONFIG, process_overrides(options), preset_path(options))
+    config = load_process_config(config_path or DEFAULT_CONFIG, process_overrides(options), preset_path(options),
+                                 option_names())
     summary = convert_dir(in_dir, out_dir, config, recursive=recursive, jobs=jobs)
     for line in summary_lines(summary):
         click.echo(line)

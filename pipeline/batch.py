@@ -24,12 +24,15 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from pipeline.errors import nearest_existing_folder
+from pipeline.config import ProcessConfig, share_threads
+from pipeline.edit import load_models
+from pipeline.files import nearest_existing_folder
 from pipeline.images import is_image_path
-from pipeline.run import ImageOutcome, ProcessConfig, load_models, process_file, process_images, share_threads
+from pipeline.process import process_file
 from pipeline.schedule import parse_schedule
+from pipeline.stills import ImageOutcome, process_images
 from pipeline.synthesize import resolve_weights
-from pipeline.video import is_video_path
+from pipeline.video.codecs import is_video_path
 from usgan.files import atomic_write
 from usgan.config import to_mapping
 from usgan.errors import UserError

@@ -1,11 +1,11 @@
 """The blend stage: paste a generated face crop back into its frame, with a feathered or a Poisson (seamless) edge.
 
 Identity-exactness, and why the change is pasted rather than the crop: the crop is a resampled copy of the frame, so
-warping the generated crop back resamples the face a second time (measured on the shared clips: 32-47 dB for an
-*unchanged* 128 crop, blurred wherever the face is larger than the crop). When the caller passes the crop the
+warping the generated crop back resamples the face a second time (even an *unchanged* crop comes back blurred
+wherever the face is larger than the crop). When the caller passes the crop the
 generator received (`original`), only the generator's change (generated - original) is warped back and added to the
 untouched frame pixels: a zero change is bit-exact identity in feather mode (seamless: within OpenCV's 1-level
-truncation, >= 51 dB), and the face keeps the frame's full-resolution detail. US-GAN itself predicts a residual
+truncation), and the face keeps the frame's full-resolution detail. US-GAN itself predicts a residual
 (output = main([x, c]) + x), so pasting the residual is the natural fit. The trade-off: where the generator moves an
 edge (an opening mouth), detail finer than the crop's resolution stays where it was; at 128 px crops of large faces
 that is faint texture, far less visible than a uniformly blurred face. original=None pastes the crop itself.
@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from pipeline.faces import crop_template
+from pipeline.faces.align import crop_template
 from pipeline.types import BLEND_MODES, Affine, BlendMode, Frame, Mask
 
 logger = logging.getLogger(__name__)
@@ -218,7 +218,7 @@ def clone_region(
     Sides in `cut` lie on the frame border: there the padding carries the source, so the edit runs freely to the
     border instead of being pulled back to the old pixels. Elsewhere the padding is the old frame.
     scale < 1 solves at that scale, but only for the membrane (clone - source), which is smooth, and adds it to the
-    full-resolution source: face detail is untouched (about 57-63 dB from the full solve at 0.5, 4x faster).
+    full-resolution source: face detail is untouched (at 0.5 it looks the same as the full solve, about 4x faster).
     """
     if scale >= 1.0:
         return _clone(source, base, alpha, cut)

@@ -25,8 +25,11 @@ import torch
 from numpy.typing import NDArray
 
 from pipeline.types import BACKENDS, Backend
-from usgan.checkpoint import WeightsInfo, file_sha256, load_generator
+from usgan.checkpoint import CheckpointError, WeightsInfo, file_sha256, load_generator
 from usgan.errors import UserError
+from usgan.export import (
+    CUDA, ExecutionPreference, create_session, export_onnx, run_generator, session_weights_info, usable_providers,
+)
 from usgan.expressions import EXPRESSIONS
 from usgan.inference import add_residual, apply_generator, resize_residual, resize_to_generator
 
@@ -40,7 +43,6 @@ TorchDevice = Literal["auto", "cpu", "cuda"]
 TORCH_DEVICES: tuple[TorchDevice, ...] = get_args(TorchDevice)
 TorchPrecision = Literal["fp32", "bf16", "auto"]  # auto: bf16 where it runs natively (see bf16_native), else fp32
 TORCH_PRECISIONS: tuple[TorchPrecision, ...] = get_args(TorchPrecision)
-OnnxPreference = Literal["auto", "tensorrt", "cuda", "cpu"]  # = usgan.export.ExecutionPreference
 
 
 class WeightsMissingError(UserError):
@@ -51,7 +53,7 @@ class WeightsMissingError(UserError):
 class OnnxConfig:
     """ONNX Runtime settings. fp16 None: fp16 exactly when a GPU provider is usable (fp32 on the CPU)."""
 
-    preference: OnnxPreference = "auto"
+    preference: ExecutionPreference = "auto"
     fp16: bool | None = None
     cache_dir: str = DEFAULT_ONNX_CACHE  # exported graphs (keyed by the weights' hash) and TensorRT engines
     threads: int = 0  # intra-op threads; 0 = automatic (the pipeline gives the generator all the cores)
@@ -130,7 +132,7 @@ class TorchSynthesizer:
     """The generator in PyTorch (usgan.inference.apply_generator), in fp32 or with bf16 autocast.
 
     bf16 halves the generator's time on CPUs with native bfloat16 (AVX512-BF16, AMX) and on recent GPUs; its output
-    differs from fp32 by at most a few 8-bit levels (measured: 52-58 dB PSNR on face crops, docs/BENCHMARKS.md).
+    differs from fp32 by at most a few 8-bit levels.
     """
 
     def __init__(self, weights: Path, device: TorchDevice = "auto", threads: int = 0,
@@ -183,8 +185,6 @@ class OnnxSynthesizer:
     """The generator exported to ONNX (once per weights file, cached) and run by ONNX Runtime."""
 
     def __init__(self, weights: Path, config: OnnxConfig = OnnxConfig()):
-        from usgan.export import create_session, session_weights_info
-
         self.fp16 = gpu_provider_usable(config.preference) if config.fp16 is None else config.fp16
         cache_dir = Path(config.cache_dir).expanduser()
         path = exported_onnx(weights, self.fp16, cache_dir)
@@ -194,8 +194,6 @@ class OnnxSynthesizer:
 
     def synthesize(self, crops: NDArray[np.uint8], targets: NDArray[np.float32],
                    intensity: NDArray[np.float32]) -> NDArray[np.uint8]:
-        from usgan.export import run_generator
-
         check_batch(crops, targets, intensity)
         x = torch.from_numpy(to_model_input(crops))
         small = resize_to_generator(x, self.image_size).numpy()
@@ -208,20 +206,15 @@ class OnnxSynthesizer:
         return from_model_output(add_residual(x, residual, per_crop, self.info, torch.from_numpy(vectors)).numpy())
 
 
-def gpu_provider_usable(preference: OnnxPreference) -> bool:
+def gpu_provider_usable(preference: ExecutionPreference) -> bool:
     """True when ONNX Runtime would run on a GPU (CUDA or TensorRT) for this preference."""
     import onnxruntime as ort
-
-    from usgan.export import CUDA, usable_providers
 
     return preference != "cpu" and CUDA in usable_providers(ort.get_available_providers())
 
 
 def exported_onnx(weights: Path, fp16: bool, cache_dir: Path) -> Path:
     """The cached ONNX export of weights, exporting it first when it is not there yet."""
-    from usgan.checkpoint import CheckpointError
-    from usgan.export import export_onnx
-
     if not Path(weights).is_file():
         raise CheckpointError(f"{weights}: no such file")
     path = onnx_cache_path(weights, fp16, cache_dir)
@@ -235,9 +228,10 @@ def exported_onnx(weights: Path, fp16: bool, cache_dir: Path) -> Path:
     return path
 
 
-def build_synthesizer(config: SynthesizerConfig) -> FaceSynthesizer:
-    """The back-end config.backend names, loaded with config.weights (or the shipped default)."""
-    weights = resolve_weights(config.weights)
+def build_synthesizer(config: SynthesizerConfig, weights: Path | None = None) -> FaceSynthesizer:
+    """The back-end config.backend names, loaded with weights: a file already resolved (see resolve_weights), else
+    config.weights or the shipped default."""
+    weights = weights or resolve_weights(config.weights)
     if config.backend == "torch":
         return TorchSynthesizer(weights, config.device, config.threads, config.precision)
     if config.backend == "onnx":

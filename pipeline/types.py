@@ -103,3 +103,10 @@ class StreamInfo:
     audio: tuple[AudioStreamInfo, ...] = ()
     variable_rate: bool = False
     truncated: bool = False
+
+
+def check_frame(frame: Frame, name: str = "frame") -> None:
+    """Raise ValueError unless frame is an (H, W, 3) uint8 image."""
+    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        shape = getattr(frame, "shape", None)
+        raise ValueError(f"{name}: expected (H, W, 3) uint8 BGR, got {type(frame).__name__} {shape}")

@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.append(str(REPO))  # appended: a worker measuring an older checkout puts that one first
 BENCHMARKS_MD = REPO / "docs" / "BENCHMARKS.md"
 SHARED = REPO.parent / "shared"
 DOC_HEADER = """# Benchmarks
@@ -31,11 +29,10 @@ Every table below is written by a script in `scripts/` (`bench_generator.py`, `b
 its markers). Each section names the command, the machine, its load average when the run started, how much CPU other
 processes used during the run, and the date. Ratios compare numbers measured side by side in the same run.
 
-The dev box has 2 cores shared with other work; a long training run usually takes most of them, so the timing runs
-paused it (noted in each section). Generators are randomly initialised or partly trained files of the real size:
-speed does not depend on the weight values.
+Other work on the machine slows the timings; each section states how much CPU it took during the run. Generators
+are randomly initialised or partly trained files of the real size: speed does not depend on the weight values.
 
-Goals (issue 5) and where to read them:
+Goals and where to read them:
 - bulk `convert` >= 2x the paper's test loop per generated image: "Generator and bulk convert", column "vs reference";
 - `process` on d18.mp4 >= 1.0x real time with efficiency >= 0.8: "End to end", first table;
 - peak RSS on d6.mp4 / d18.mp4 <= 1.15: "Memory";

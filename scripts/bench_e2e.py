@@ -33,6 +33,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import bench_common as bc
@@ -62,6 +63,32 @@ QUALITY_VARIANTS = (
 # ---------------------------------------------------------------- worker (runs inside the checkout it measures)
 
 
+def checkout_pipeline(repo: Path) -> SimpleNamespace:
+    """The pipeline functions this benchmark calls, imported from the checkout at repo: this one, or an older one
+    (--before) whose pipeline.run module held them all."""
+    sys.path.insert(0, str(repo))  # before the installed project, so that the checkout measured is the one imported
+    try:
+        from pipeline import config, edit, process
+    except ImportError:
+        import pipeline.faces
+        import pipeline.run as run
+
+        return SimpleNamespace(**vars(run), face_size=pipeline.faces.face_size)
+    from pipeline.faces.detector import FaceDetector
+    from pipeline.faces.tracking import face_size, track_faces
+    from pipeline.video.decode import decode_video
+    from pipeline.video.encode import encode_video
+    from pipeline.video.probe import probe_video
+
+    return SimpleNamespace(
+        load_process_config=config.load_process_config, FAST_PRESET=config.FAST_PRESET,
+        share_threads=config.share_threads, load_models=edit.load_models, plan_faces=edit.plan_faces,
+        process_video=process.process_video, decode_stage=process.decode_stage, RunCounts=process.RunCounts,
+        synthesize_stage=process.synthesize_stage, blend_stage=process.blend_stage,
+        encoder_config=process.encoder_config, FaceDetector=FaceDetector, face_size=face_size,
+        track_faces=track_faces, decode_video=decode_video, encode_video=encode_video, probe_video=probe_video)
+
+
 def worker_config(run: Any, variant: str, weights: str, extra: dict[str, Any]) -> Any:
     """The ProcessConfig `process` would build for this variant, with automatic threads filled in as it does."""
     overrides = {"synthesizer.weights": weights, "expression": "surprised", "progress": False, **extra}
@@ -81,13 +108,10 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
 
 def isolated_stages(run: Any, clip: Path, out: Path, config: Any, models: Any) -> dict[str, tuple[float, float]]:
     """{stage: (wall s, CPU s)} for each stage run alone on the clip's frames, one after the other."""
-    from pipeline.faces import track_faces
-    from pipeline.video import encode_video, probe_video
-
-    info = probe_video(clip)
+    info = run.probe_video(clip)
     times = {}
     frames, *times["decode"] = timed(lambda: list(run.decode_stage(clip, info.rotation)))
-    tracked, *times["detect"] = timed(lambda: list(track_faces(frames, models.finder.detector, config.tracker)))
+    tracked, *times["detect"] = timed(lambda: list(run.track_faces(frames, models.finder.detector, config.tracker)))
     mix = models.schedule.mix_at
     jobs, *times["align"] = timed(lambda: [run.plan_faces(frame, faces, mix(frame.time - info.start_time), config)
                                            for frame, faces in tracked])
@@ -96,15 +120,13 @@ def isolated_stages(run: Any, clip: Path, out: Path, config: Any, models: Any) -
     counts = run.RunCounts()
     blended, *times["blend"] = timed(lambda: list(run.blend_stage(edited, models.mask, config, info.rotation, counts)))
     encoder = run.encoder_config(config, out)
-    _, *times["encode"] = timed(lambda: encode_video(blended, clip, out, encoder, info))
+    _, *times["encode"] = timed(lambda: run.encode_video(blended, clip, out, encoder, info))
     return {stage: (wall, cpu) for stage, (wall, cpu) in times.items()}
 
 
 def worker(args: argparse.Namespace) -> None:
     """Measure one variant in this process; print one JSON line."""
-    sys.path.insert(0, str(args.repo))
-    import pipeline.run as run
-
+    run = checkout_pipeline(args.repo)
     config = worker_config(run, args.variant, str(args.weights), json.loads(args.overrides))
     (models, load_s, _) = timed(lambda: run.load_models(config))
     best: dict[str, Any] = {"load_s": load_s, "frames": 0, "stages": {}, "e2e_s": float("inf")}
@@ -123,9 +145,7 @@ def worker(args: argparse.Namespace) -> None:
 
 def render_worker(args: argparse.Namespace) -> None:
     """Write the variant's output for the quality comparison (in this checkout, models loaded here)."""
-    sys.path.insert(0, str(args.repo))
-    import pipeline.run as run
-
+    run = checkout_pipeline(args.repo)
     config = worker_config(run, args.variant, str(args.weights), json.loads(args.overrides))
     run.process_video(args.clip, args.output, config)
 
@@ -241,8 +261,7 @@ def timing_notes() -> str:
 
 
 def presets_part(args: argparse.Namespace) -> list[str]:
-    from pipeline.video import decode_video
-
+    decode_video = checkout_pipeline(bc.REPO).decode_video
     with tempfile.TemporaryDirectory(prefix="bench_e2e_q_") as folder:
         out = Path(folder)
         renders = {name: render(args, variant, json.dumps({"encoder.crf": 0, **overrides}), out / f"{n}.mp4")
@@ -289,18 +308,16 @@ def recall_table(args: argparse.Namespace) -> str:
 def compare_detection(clip: Path) -> tuple[int, int, int, str, str]:
     import numpy as np
 
-    from pipeline.faces import FaceDetector, face_size, track_faces
-    from pipeline.run import FAST_PRESET, load_process_config
-    from pipeline.video import decode_video
-
+    run = checkout_pipeline(bc.REPO)
     tracked = []
-    for preset in (None, FAST_PRESET):
-        config = load_process_config(preset=preset, overrides={"detector.threads": 1})
-        tracked.append([faces for _, faces in track_faces(decode_video(clip), FaceDetector(config.detector),
-                                                          config.tracker)])
+    for preset in (None, run.FAST_PRESET):
+        config = run.load_process_config(preset=preset, overrides={"detector.threads": 1})
+        tracked.append([faces for _, faces in run.track_faces(run.decode_video(clip), run.FaceDetector(config.detector),
+                                                              config.tracker)])
     with_face = [(a, b) for a, b in zip(*tracked) if a]
     found = [(a, b) for a, b in with_face if b]
-    error = [np.linalg.norm(a[0].landmarks - b[0].landmarks, axis=1).mean() / face_size(a[0]) for a, b in found]
+    error = [np.linalg.norm(a[0].landmarks - b[0].landmarks, axis=1).mean() / run.face_size(a[0])
+             for a, b in found]
     recall = len(found) / len(with_face) if with_face else 1.0
     return (len(tracked[0]), len(with_face), len(found), f"{recall:.3f}",
             f"{np.mean(error):.4f}" if error else "-")

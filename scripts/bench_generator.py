@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import bench_common as bc  # noqa: F401 - puts the repo root on sys.path
+import bench_common as bc
 import numpy as np
 import torch
 

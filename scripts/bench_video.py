@@ -15,7 +15,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.video import EncoderConfig, decode_video, encode_video, probe_video
+from pipeline.video.codecs import EncoderConfig
+from pipeline.video.decode import decode_video
+from pipeline.video.encode import encode_video
+from pipeline.video.probe import probe_video
 
 
 def best_seconds(fn: Callable[[], object], repeats: int) -> float:

@@ -13,18 +13,16 @@ Example:
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 import cv2
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from pipeline.errors import UserError  # noqa: E402
-from pipeline.video import decode_video, probe_video  # noqa: E402
-from usgan.files import atomic_write  # noqa: E402
-from usgan.expressions import EXPRESSIONS  # noqa: E402
+from pipeline.video.decode import decode_video
+from pipeline.video.probe import probe_video
+from usgan.errors import UserError
+from usgan.expressions import EXPRESSIONS
+from usgan.files import atomic_write
 
 
 def still_indices(frame_count: int, per_video: int) -> list[int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -11,6 +12,10 @@ import cv2
 import numpy as np
 import torch
 
+from pipeline.config import ProcessConfig
+from pipeline.synthesize import SynthesizerConfig, TorchSynthesizer
+from pipeline.types import Face
+from pipeline.video.codecs import EncoderConfig
 from usgan.checkpoint import WeightsInfo, save_generator
 from usgan.model import Generator, GeneratorConfig
 
@@ -109,3 +114,31 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def leftovers(folder: Path) -> list[str]:
     """Temp files atomic_write would leave behind on a failure (it must not)."""
     return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp"))
+
+
+def make_face(landmarks: np.ndarray, score: float = 0.9) -> Face:
+    """A Face whose box is the landmarks' extent grown by half the eye-mouth height (like a detector's box)."""
+    low, high = landmarks.min(axis=0), landmarks.max(axis=0)
+    margin = 0.5 * (high - low).max()
+    bbox = np.concatenate([low - margin, high + margin]).astype(np.float32)
+    return Face(bbox=bbox, landmarks=landmarks.astype(np.float32), score=score)
+
+
+def process_config(weights: Path, **changes) -> ProcessConfig:
+    """ProcessConfig defaults with the given weights, a near-lossless fast encoder and no progress bar."""
+    encoder = EncoderConfig(preset="ultrafast", crf=10)  # comparisons see the pipeline, not x264
+    base = ProcessConfig(synthesizer=SynthesizerConfig(weights=weights), encoder=encoder, progress=False)
+    return replace(base, **changes)
+
+
+class CountingSynthesizer:
+    """A real generator that records the batch sizes it is given."""
+
+    def __init__(self, weights: Path):
+        self.inner = TorchSynthesizer(weights)
+        self.image_size = self.inner.image_size
+        self.batches: list[int] = []
+
+    def synthesize(self, crops, targets, intensity):
+        self.batches.append(len(crops))
+        return self.inner.synthesize(crops, targets, intensity)

@@ -14,9 +14,9 @@ import pytest
 
 from clips import face_frame, make_clip, portrait, psnr, tight_crop
 from pipeline.batch import BatchError, convert_dir, summary_lines
-from pipeline.run import ProcessConfig
+from pipeline.config import ProcessConfig
 from pipeline.synthesize import SynthesizerConfig
-from pipeline.video import EncoderConfig
+from pipeline.video.codecs import EncoderConfig
 from usgan.errors import UserError
 
 

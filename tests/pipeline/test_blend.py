@@ -10,7 +10,7 @@ import pytest
 
 from clips import psnr
 from pipeline.blend import FaceEdit, blend_faces, build_face_mask, clone_region, face_region, paste_back
-from pipeline.faces import crop_template
+from pipeline.faces.align import crop_template
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 MODES = ("feather", "seamless")
@@ -32,7 +32,7 @@ def textured_frame(height: int = 360, width: int = 640, seed: int = 0) -> np.nda
 
 
 def align(frame: np.ndarray, affine: np.ndarray, size: int) -> np.ndarray:
-    """The crop exactly as pipeline.faces.align_face makes it."""
+    """The crop exactly as pipeline.faces.align.align_face makes it."""
     return cv2.warpAffine(frame, affine, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
@@ -280,7 +280,8 @@ def real_faces():
         pytest.skip(f"{SHARED}/media/video not found (shared data is not checked out)")
     import av
 
-    from pipeline.faces import FaceDetector, align_face
+    from pipeline.faces.align import align_face
+    from pipeline.faces.detector import FaceDetector
 
     detector, found = FaceDetector(), []
     for name in ("d13.mp4", "talk2.mp4"):

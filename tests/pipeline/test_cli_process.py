@@ -23,9 +23,9 @@ from PIL import Image
 import cli as cli_module
 import pipeline.synthesize as synthesize
 from clips import face_frame, leftovers, make_clip, portrait, psnr
-from pipeline.faces import FaceDetector
-from pipeline.run import load_process_config
-from pipeline.video import probe_video
+from pipeline.config import load_process_config
+from pipeline.faces.detector import FaceDetector
+from pipeline.video.probe import probe_video
 from usgan.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -319,10 +319,10 @@ def capture_config(seen: list, position: int):
 def test_fast_preset_and_precision_reach_the_config(weights, tmp_path, monkeypatch):
     """--fast loads configs/pipeline/fast.yaml under the explicit options; process and convert both take it."""
     import pipeline.batch
-    import pipeline.run
+    import pipeline.process
 
     seen: list = []
-    monkeypatch.setattr(pipeline.run, "process_file", capture_config(seen, 2))
+    monkeypatch.setattr(pipeline.process, "process_file", capture_config(seen, 2))
     monkeypatch.setattr(pipeline.batch, "convert_dir", capture_config(seen, 2))
     source = tmp_path / "in.png"
     cv2.imwrite(str(source), face_frame(120, 90, 0))

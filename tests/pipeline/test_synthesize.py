@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import pipeline.synthesize as synthesize
-import usgan.export
 from clips import save_weights
 from usgan.errors import UserError
 from pipeline.synthesize import (
@@ -109,8 +108,8 @@ def test_the_weights_expression_gains_scale_only_their_targets(weights, tmp_path
 
 def test_onnx_export_is_cached_by_the_weights_content(weights, tmp_path, monkeypatch):
     exports = []
-    original = usgan.export.export_onnx
-    monkeypatch.setattr(usgan.export, "export_onnx", lambda *a, **k: exports.append(a) or original(*a, **k))
+    original = synthesize.export_onnx
+    monkeypatch.setattr(synthesize, "export_onnx", lambda *a, **k: exports.append(a) or original(*a, **k))
     config = OnnxConfig(preference="cpu", cache_dir=str(tmp_path / "cache"))
     OnnxSynthesizer(weights["random"], config)
     renamed = shutil.copy(weights["random"], tmp_path / "renamed.safetensors")

@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import choose_gains  # noqa: E402
-from pipeline.evaluate import Judgements, summarise, write_report  # noqa: E402
+from pipeline.evaluation.metrics import Judgements, summarise_judgements as summarise  # noqa: E402
+from pipeline.evaluation.report import write_report  # noqa: E402
 from usgan.expressions import EXPRESSIONS  # noqa: E402
 
 HAPPY, NEUTRAL, SAD = (EXPRESSIONS.index(n) for n in ("happy", "neutral", "sad"))

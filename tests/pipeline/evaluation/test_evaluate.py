@@ -15,19 +15,19 @@ import torch
 from click.testing import CliRunner
 
 from cli import cli
-from pipeline.evaluate import (
-    GRID_HEADER, Judgements, change_stats, choose_grid_samples, face_mask, flicker_index, grid_image, report_markdown,
-    spread_samples, summarise,
-)
+from pipeline.evaluation.flicker import face_mask, flicker_index
+from pipeline.evaluation.metrics import Judgements, change_stats, summarise_judgements
+from pipeline.evaluation.report import GRID_HEADER, choose_grid_samples, grid_image, report_markdown
+from pipeline.evaluation.sources import spread_samples
 from pipeline.types import Face
-from pipeline.video import decode_video
+from pipeline.video.decode import decode_video
 from usgan.checkpoint import WeightsInfo, save_generator
 from usgan.dataset import Sample
 from usgan.expressions import EXPRESSIONS
 from usgan.model import Generator, GeneratorConfig
 
 ANGRY, HAPPY, NEUTRAL, SAD = (EXPRESSIONS.index(n) for n in ("angry", "happy", "neutral", "sad"))
-# What report_markdown needs besides summarise's metrics (evaluate_generator adds it)
+# What report_markdown needs besides summarise_judgements' metrics (evaluate_generator adds it)
 REPORT_CONTEXT = {"weights": {"path": "g.safetensors", "step": 1, "image_size": 64, "dataset": "d", "edit_gain": 1.0},
                   "data": {"path": "faces", "sources": 4, "outputs": 1, "crop_size": 64, "identities": ["a", "b"]},
                   "timing": {"seconds": 1.0, "ms_per_output": 1.0}}
@@ -39,7 +39,7 @@ def one_hot_probs(indices: list[int]) -> np.ndarray:
     return probs
 
 
-def test_summarise_counts_real_baseline_and_outputs():
+def test_summarise_judgements_counts_real_baseline_and_outputs():
     # Two sources: a happy one the judge gets right, a neutral one it calls happy. Three edits.
     judgements = Judgements(
         labels=np.array([HAPPY, NEUTRAL]),
@@ -49,7 +49,7 @@ def test_summarise_counts_real_baseline_and_outputs():
         output_probs=one_hot_probs([ANGRY, HAPPY, HAPPY]),
         identity=np.array([0.9, 0.8, 0.7], np.float32),
     )
-    metrics = summarise(judgements)
+    metrics = summarise_judgements(judgements)
     per_class, overall = metrics["expression"]["per_class"], metrics["expression"]["overall"]
     assert per_class["happy"]["real_accuracy"] == 1.0 and per_class["neutral"]["real_accuracy"] == 0.0
     assert per_class["happy"]["baseline"] == 1.0 and per_class["happy"]["output_accuracy"] == 1.0
@@ -76,7 +76,7 @@ def test_real_pairs_of_one_person_give_the_identity_reference_per_target():
         pair_source=np.array([0]), pair_target=np.array([SAD]), output_probs=one_hot_probs([SAD]),
         identity=np.array([0.9], np.float32), embeddings=embeddings, identities=("a", "a", "b", None),
     )
-    metrics = summarise(judgements)
+    metrics = summarise_judgements(judgements)
     per_class = metrics["expression"]["per_class"]
     assert metrics["identity"]["real_pairs"] == {"mean": pytest.approx(0.5), "count": 2}  # happy->sad, sad->happy
     assert per_class["sad"]["real_identity"] == pytest.approx(0.5) and per_class["happy"]["real_identity"] == 0.5
@@ -84,7 +84,7 @@ def test_real_pairs_of_one_person_give_the_identity_reference_per_target():
     assert metrics["expression"]["overall"]["real_identity"] == pytest.approx(0.5)
     report = report_markdown({**metrics, **REPORT_CONTEXT})
     assert "different expressions score 0.50 (2 pairs)" in report and "| 0.50 → 0.90 |" in report
-    without = summarise(dataclasses.replace(judgements, embeddings=None))
+    without = summarise_judgements(dataclasses.replace(judgements, embeddings=None))
     assert without["identity"]["real_pairs"] == {"mean": None, "count": 0}
     assert "different expressions" not in report_markdown({**without, **REPORT_CONTEXT})
 
@@ -100,7 +100,7 @@ def test_change_stats_separate_shading_from_colour_and_summarise_weights_by_size
         pair_target=np.array([ANGRY, NEUTRAL]), output_probs=one_hot_probs([ANGRY, HAPPY]),
         identity=np.array([0.9, 0.8], np.float32), change=np.array([[10, 0], [30, 20]], np.float32),
     )
-    change = summarise(judgements)["change"]
+    change = summarise_judgements(judgements)["change"]
     assert change == {"mean_abs": pytest.approx(20.0), "colour_share": pytest.approx(0.5)}
 
 

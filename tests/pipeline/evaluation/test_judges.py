@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.faces import DetectorConfig, FaceDetector, crop_template, select_faces
-from pipeline.judges import (
+from pipeline.evaluation.judges import (
     FER_BOX_CENTER, FER_BOX_SIDE, FER_LABELS, FER_ORDER, FER_TO_CANONICAL, ExpressionJudge,
-    IdentityJudge, JudgeError, arcface_crop, cosine_similarity, fer_affine, fer_input, fer_model_path,
-    load_keras_model, tf_same_padding, top_expression,
+    IdentityJudge, arcface_crop, cosine_similarity, fer_affine, fer_input, fer_model_path, top_expression,
 )
-from pipeline.prepare import TFEID_CODES
+from pipeline.evaluation.keras_port import JudgeError, load_keras_model, tf_same_padding
+from pipeline.evaluation.prepare import TFEID_CODES
+from pipeline.faces.align import crop_template, select_faces
+from pipeline.faces.detector import DetectorConfig, FaceDetector
 from usgan.expressions import EXPRESSIONS
 
 TFEID = "data/tfeid/faces_256x256"

@@ -1,6 +1,6 @@
-"""prepare-data: detect, align (with pipeline.faces.align_face, the one aligner) and index a training set.
+"""prepare-data: detect, align (with pipeline.faces.align.align_face, the one aligner) and index a training set.
 
-Output layout, read by usgan.data:
+Output layout (the aligned-crop folder format that usgan.dataset reads):
   OUT/<size>/<expression>/<stem>.png     aligned size x size crops, canonical expression names
   OUT/<size>/index.csv                   path,identity,expression,source  (path relative to OUT/<size>)
   OUT/skipped.csv                        file,reason  (file relative to SRC)
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import cv2
 
-from pipeline.faces import DetectorConfig, FaceDetector, align_face, select_faces
+from pipeline.faces.align import align_face, select_faces
+from pipeline.faces.detector import DetectorConfig, FaceDetector
 from usgan.files import atomic_write
 from usgan.errors import UserError
 from usgan.expressions import Expression, UnknownExpressionError, parse_expression
@@ -132,7 +133,7 @@ def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def list_sources(src: Path) -> list[SourceImage | Skipped]:
+def list_training_images(src: Path) -> list[SourceImage | Skipped]:
     """Every file of SRC as a labelled image or a skip: TFEID names at the top, expression-named subfolders below."""
     if not src.is_dir():
         raise PrepareError(f"{src}: not a folder")
@@ -245,7 +246,7 @@ def prepare_data(src: Path, out: Path, config: PrepareConfig = PrepareConfig()) 
     started = time.perf_counter()
     src, out = Path(src), Path(out)
     _check_folders(src, out)
-    items = list_sources(src)
+    items = list_training_images(src)
     skipped = [item for item in items if isinstance(item, Skipped)]
     images = [item for item in items if isinstance(item, SourceImage)]
     todo = [item for item in images if not _outputs_exist(item, out, config.sizes)]
@@ -259,7 +260,7 @@ def prepare_data(src: Path, out: Path, config: PrepareConfig = PrepareConfig()) 
                           len(images) - len(todo), config.sizes, time.perf_counter() - started)
 
 
-def format_summary(summary: PrepareSummary, out: Path) -> str:
+def prepare_summary_text(summary: PrepareSummary, out: Path) -> str:
     """The user-facing report: crops per expression and skipped inputs grouped by reason."""
     lines = [f"aligned {sum(summary.counts.values())} faces ({summary.reused} already done) at sizes "
              f"{', '.join(map(str, summary.sizes))} into {out} in {summary.seconds:.1f} s"]

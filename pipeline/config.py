@@ -1,0 +1,198 @@
+"""The settings of process and convert, read and checked once.
+
+ProcessConfig mirrors configs/pipeline/default.yaml; a preset (fast.yaml) and explicit options override it, in that
+order. load_process_config checks every value once and names where a bad one came from: the file, the preset, or
+the option. parse_edit then turns the settings that need parsing into the typed Edit the stages receive: the
+expression schedule, parsed once, and the generator weights file, resolved once.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.faces.detector import DetectorConfig
+from pipeline.faces.tracking import TrackerConfig
+from pipeline.schedule import Schedule, parse_schedule
+from pipeline.synthesize import TORCH_PRECISIONS, SynthesizerConfig, resolve_weights
+from pipeline.types import BACKENDS, BLEND_MODES, FACE_SELECTIONS, BlendMode, FaceSelection
+from pipeline.video.codecs import VIDEO_CODECS, EncoderConfig
+from usgan.config import ConfigError, flatten, from_mapping, load_config
+from usgan.export import EXECUTION_PREFERENCES
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pipeline" / "default.yaml"
+FAST_PRESET = DEFAULT_CONFIG.with_name("fast.yaml")
+"""The `--fast` preset: a partial config whose keys override the base config (explicit options override both)."""
+
+
+@dataclass(frozen=True)
+class ProcessConfig:
+    """Everything process/convert need; defaults in configs/pipeline/default.yaml, CLI options override.
+
+    expression: a name or alias, "name:intensity", a schedule "happy@0-3,sad@3-6" (seconds) or a .json file.
+    intensity scales the generator's change (0 = unchanged, 1 = its full edit), on top of the schedule's own.
+    crop_size: aligned crop in pixels; the generator runs at its own size and only its change is upsampled.
+    video_codec: "auto" (h264_nvenc with CUDA, else libx264) or one of pipeline.video.codecs.VIDEO_CODECS.
+    image_pad: still images where no face is found are searched again padded by this fraction (tight face crops).
+    """
+
+    expression: str = "happy"
+    intensity: float = 1.0
+    fade: float = 0.0
+    faces: FaceSelection = "all"
+    crop_size: int = 256
+    batch_size: int = 8
+    blend: BlendMode = "seamless"
+    clone_scale: float = 0.5
+    image_pad: float = 0.5
+    video_codec: str = "auto"
+    queue_size: int = 8
+    progress: bool = True
+    synthesizer: SynthesizerConfig = SynthesizerConfig()
+    detector: DetectorConfig = DetectorConfig()
+    tracker: TrackerConfig = TrackerConfig()
+    encoder: EncoderConfig = EncoderConfig()
+
+
+@dataclass(frozen=True)
+class Edit:
+    """What a run changes, parsed from ProcessConfig once: the expression schedule and the generator weights file."""
+
+    schedule: Schedule
+    weights: Path
+
+
+def parse_edit(config: ProcessConfig) -> Edit:
+    """The schedule parsed and the weights file resolved (the shipped default when none is set); errors name them."""
+    return Edit(parse_schedule(config.expression, config.fade), resolve_weights(config.synthesizer.weights))
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_process_config(path: Path | None = DEFAULT_CONFIG, overrides: Mapping[str, Any] | None = None,
+                        preset: Path | None = None, option_names: Mapping[str, str] | None = None) -> ProcessConfig:
+    """ProcessConfig from a YAML file (default: configs/pipeline/default.yaml), then a preset's keys (e.g.
+    FAST_PRESET), then dotted-key overrides (None values leave the key to the file and preset).
+
+    option_names: the option each override came from ({'intensity': '--intensity'}), so that an error names it.
+    """
+    given = {key: value for key, value in (overrides or {}).items() if value is not None}
+    preset_keys = preset_overrides(preset) if preset else {}
+    config = load_config(ProcessConfig, path, {**preset_keys, **given})
+    options = {key: (option_names or {}).get(key, f"override {key}") for key in given}
+    sources = Sources(str(path) if path else "ProcessConfig", str(preset) if preset else None,
+                      frozenset(preset_keys), options)
+    return check_config(config, sources=sources)
+
+
+def default_process_config() -> ProcessConfig:
+    """The effective defaults: configs/pipeline/default.yaml (which the dataclass defaults mirror)."""
+    return load_process_config()
+
+
+def preset_overrides(path: Path) -> dict[str, Any]:
+    """A partial config YAML flattened to dotted keys ({'detector': {'input_size': 320}} -> 'detector.input_size');
+    unknown keys are a ConfigError naming the preset."""
+    try:
+        mapping = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"{path}: cannot read preset: {str(error).splitlines()[0]}") from error
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"{path}: a preset must be a mapping of config keys")
+    from_mapping(ProcessConfig, mapping, str(path))
+    return flatten(mapping)
+
+
+def share_threads(config: ProcessConfig, cpus: int) -> ProcessConfig:
+    """Fill automatic (0) thread counts: the generator gets all of `cpus`, the detector half of them.
+
+    Both run at once in their own stage threads. The generator is the heavier stage, so it gets the cores the
+    detector leaves idle; giving each library all the cores (their own default) oversubscribes them and is slower.
+    """
+    every, half = max(1, cpus), max(1, cpus // 2)
+    synthesizer, onnx = config.synthesizer, config.synthesizer.onnx
+    return replace(
+        config, detector=replace(config.detector, threads=config.detector.threads or half),
+        synthesizer=replace(synthesizer, threads=synthesizer.threads or every,
+                            onnx=replace(onnx, threads=onnx.threads or every)))
+
+
+# ---------------------------------------------------------------- checking
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where the settings of a ProcessConfig came from, so that an error names the file, preset or option."""
+
+    file: str = "config"
+    preset: str | None = None
+    preset_keys: frozenset[str] = frozenset()
+    options: Mapping[str, str] = field(default_factory=dict)  # dotted key -> option, e.g. "--intensity"
+
+    def blame(self, key: str) -> str:
+        """'--intensity:' for a value an option set, else 'FILE: key' (the preset's file when the preset set it)."""
+        if key in self.options:
+            return f"{self.options[key]}:"
+        return f"{self.preset if key in self.preset_keys else self.file}: {key}"
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "faces": FACE_SELECTIONS,
+    "blend": BLEND_MODES,
+    "video_codec": ("auto", *VIDEO_CODECS),
+    "synthesizer.backend": BACKENDS,
+    "synthesizer.precision": TORCH_PRECISIONS,
+    "synthesizer.onnx.preference": EXECUTION_PREFERENCES,
+}
+"""Settings with a closed set of values."""
+RANGES: dict[str, tuple[type, float, float]] = {
+    "intensity": (float, 0.0, 1.0),
+    "fade": (float, 0.0, math.inf),
+    "crop_size": (int, 32, 1024),
+    "batch_size": (int, 1, math.inf),
+    "clone_scale": (float, 0.1, 1.0),
+    "image_pad": (float, 0.0, 2.0),
+    "queue_size": (int, 1, math.inf),
+    "detector.input_size": (int, 32, 4096),
+    "tracker.detect_every": (int, 1, math.inf),
+}
+"""Numeric settings: (float or int, lowest, highest), bounds included."""
+
+
+def check_config(config: ProcessConfig, where: str = "config", sources: Sources | None = None) -> ProcessConfig:
+    """Raise ConfigError naming the first setting out of its range or closed set, and where it came from (sources,
+    else `where`); returns config."""
+    sources = sources or Sources(where)
+    for key, allowed in CHOICES.items():
+        value = operator.attrgetter(key)(config)
+        if value not in allowed:
+            raise ConfigError(f"{sources.blame(key)} must be one of {', '.join(allowed)}, got {value!r}")
+    for key, (kind, low, high) in RANGES.items():
+        value = operator.attrgetter(key)(config)
+        if not in_range(value, kind, low, high):
+            raise ConfigError(f"{sources.blame(key)} must be {describe_range(kind, low, high)}, got {value!r}")
+    if config.synthesizer.precision == "bf16" and config.synthesizer.backend != "torch":
+        raise ConfigError(f"{sources.blame('synthesizer.precision')} must be fp32 or auto with the onnx back-end "
+                          "(bf16 is torch-only; ONNX Runtime uses synthesizer.onnx.fp16 on GPUs)")
+    return config
+
+
+def in_range(value: object, kind: type, low: float, high: float) -> bool:
+    """value is a number of that kind (an int is a float too; bools are neither), finite, within [low, high]."""
+    allowed = (int,) if kind is int else (int, float)
+    if isinstance(value, bool) or not isinstance(value, allowed):
+        return False
+    return math.isfinite(value) and low <= value <= high
+
+
+def describe_range(kind: type, low: float, high: float) -> str:
+    """'a whole number in [32, 1024]', 'a finite number >= 0', ..."""
+    noun = "a whole number" if kind is int else "a finite number"
+    return f"{noun} >= {low:g}" if math.isinf(high) else f"{noun} in [{low:g}, {high:g}]"

@@ -1,0 +1,116 @@
+"""What the workflows share: the models, loaded once, and the per-frame steps between the stages.
+
+A frame's faces are planned (selected, aligned, and given the schedule's target at the frame's time), their crops go
+through the generator in batches across frames, and the edits are blended back.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+from numpy.typing import NDArray
+
+from pipeline.blend import FaceEdit, blend_faces, build_face_mask
+from pipeline.config import Edit, ProcessConfig, parse_edit, share_threads
+from pipeline.faces.align import align_face, select_faces
+from pipeline.faces.detector import FaceFinder
+from pipeline.schedule import Mix, Schedule
+from pipeline.synthesize import FaceSynthesizer, build_synthesizer
+from pipeline.types import AlignedCrop, Face, Frame, Mask, VideoFrame
+from usgan.expressions import EXPRESSIONS, expression_index
+
+
+@dataclass(frozen=True)
+class Models:
+    """Everything loaded once and reused across frames and files."""
+
+    finder: FaceFinder
+    synthesizer: FaceSynthesizer
+    schedule: Schedule
+    mask: Mask
+
+
+def load_models(config: ProcessConfig, edit: Edit | None = None) -> Models:
+    """Detector and generator for config; edit: the schedule and weights parsed already (None: parsed here, so that
+    their errors come before the slow loads)."""
+    edit = edit or parse_edit(config)
+    config = share_threads(config, os.cpu_count() or 1)
+    synthesizer = build_synthesizer(config.synthesizer, edit.weights)
+    finder = FaceFinder(config.detector, config.image_pad)
+    return Models(finder, synthesizer, edit.schedule, build_face_mask(config.crop_size))
+
+
+@dataclass(frozen=True)
+class FaceJob:
+    """One frame's aligned faces and the target they are edited towards (target (7,) weights, intensity)."""
+
+    frame: VideoFrame
+    crops: tuple[AlignedCrop, ...]
+    target: NDArray[np.float32]
+    intensity: float
+    faces_found: int
+
+
+@dataclass(frozen=True)
+class EditedFrame:
+    """A frame and its faces' generator round trips, ready to blend."""
+
+    frame: VideoFrame
+    edits: tuple[FaceEdit, ...]
+
+
+def mix_target(mix: Mix, intensity: float) -> tuple[NDArray[np.float32], float]:
+    """(7,) target weights summing to 1 and the residual scale for a schedule mix (empty mix: scale 0)."""
+    vector = np.zeros(len(EXPRESSIONS), np.float32)
+    total = sum(weight for _, weight in mix)
+    for name, weight in mix:
+        vector[expression_index(name)] = weight / total
+    return vector, float(min(1.0, total) * intensity)
+
+
+def plan_faces(frame: VideoFrame, faces: Sequence[Face], mix: Mix, config: ProcessConfig) -> FaceJob:
+    """Select and align a frame's faces for its scheduled target; none when nothing is scheduled."""
+    target, intensity = mix_target(mix, config.intensity)
+    chosen = select_faces(faces, config.faces) if intensity > 0 else []
+    crops = tuple(align_face(frame.image, face, config.crop_size) for face in chosen)
+    return FaceJob(frame, crops, target, intensity, len(faces))
+
+
+def synthesize_jobs(jobs: Sequence[FaceJob], synthesizer: FaceSynthesizer, batch_size: int) -> list[EditedFrame]:
+    """Run every crop of several frames through the generator in batches of batch_size; results per frame."""
+    crops = [crop for job in jobs for crop in job.crops]
+    targets = np.array([job.target for job in jobs for _ in job.crops], np.float32).reshape(-1, len(EXPRESSIONS))
+    scales = np.array([job.intensity for job in jobs for _ in job.crops], np.float32)
+    generated: list[Frame] = []
+    for start in range(0, len(crops), batch_size):
+        batch = np.stack([crop.image for crop in crops[start:start + batch_size]])
+        generated.extend(synthesizer.synthesize(batch, targets[start:start + batch_size],
+                                                scales[start:start + batch_size]))
+    edits = iter(FaceEdit(crop.image, image, crop.affine) for crop, image in zip(crops, generated))
+    return [EditedFrame(job.frame, tuple(next(edits) for _ in job.crops)) for job in jobs]
+
+
+def blend_frame(edited: EditedFrame, mask: Mask, config: ProcessConfig) -> Frame:
+    """The frame with its edits pasted back (the frame itself when there are none)."""
+    if not edited.edits:
+        return edited.frame.image
+    return blend_faces(edited.frame.image, edited.edits, mask, config.blend, config.clone_scale)
+
+
+def still_frame(index: int, image: Frame) -> VideoFrame:
+    """A still image as a frame at time 0 (a photo is one moment: the schedule is read at 0 s)."""
+    return VideoFrame(index, image, None, Fraction(1), 0.0)
+
+
+def still_mix(models: Models) -> Mix:
+    """The schedule's mix at 0 s, the only moment of a still image."""
+    return models.schedule.mix_at(0.0)
+
+
+def stills_are_edited(models: Models, config: ProcessConfig) -> bool:
+    """False when the schedule (with config.intensity) changes nothing at 0 s, so every still stays as it is."""
+    return mix_target(still_mix(models), config.intensity)[1] > 0

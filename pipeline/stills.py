@@ -1,0 +1,130 @@
+"""The workflow for many still images (convert's photos): read, faces and the generator (batched across images) as
+a chain of stage threads, blend and write in the caller's thread.
+
+One bad image must not stop the others: each image travels as an ImageTask, and the first step that fails on it
+records its error there; later steps pass it on untouched and the caller gets it as that image's outcome.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import ProcessConfig
+from pipeline.edit import (
+    EditedFrame, FaceJob, Models, blend_frame, load_models, plan_faces, still_frame, still_mix, synthesize_jobs,
+)
+from pipeline.images import ImageMeta, read_image, write_image
+from pipeline.process import ProcessResult, check_paths, warn_if_faceless, warn_if_stills_unedited
+from pipeline.stages import StageChain, batched
+from pipeline.synthesize import FaceSynthesizer
+from pipeline.types import Frame
+
+
+@dataclass(frozen=True)
+class ImageTask:
+    """One still image on its way through the stages; the first stage that fails on it sets error, later ones pass
+    it on untouched."""
+
+    index: int
+    source: Path
+    output: Path
+    started: float
+    image: Frame | None = None
+    meta: ImageMeta | None = None
+    job: FaceJob | None = None
+    edited: EditedFrame | None = None
+    error: Exception | None = None
+
+
+@dataclass(frozen=True)
+class ImageOutcome:
+    """One image of process_images: its result, or the error that stopped it."""
+
+    source: Path
+    result: ProcessResult | None = None
+    error: Exception | None = None
+
+
+def process_images(pairs: Sequence[tuple[Path, Path]], config: ProcessConfig,
+                   models: Models | None = None) -> Iterator[ImageOutcome]:
+    """Edit many still images (input, output), in order, with overlapping stages like a video's. A bad image gives
+    an outcome with its error and the others go on; result.seconds is each image's time from read to written (the
+    stages overlap)."""
+    models = models or load_models(config)
+    warn_if_stills_unedited(models, config, "every still image")
+    # queue_size (>= batch_size by default) images between stages: the generator finds a full batch waiting and can
+    # hand all of it on without waiting for the writer.
+    chain = StageChain(max(config.queue_size, config.batch_size))
+    chain.add("read", lambda _: read_tasks(pairs))
+    chain.add("faces", lambda tasks: plan_tasks(tasks, models, config))
+    chain.add("synthesize", lambda tasks: synthesize_tasks(tasks, models.synthesizer, config.batch_size))
+    with chain.running() as tasks:
+        for task in tasks:
+            yield finish_task(task, models, config)
+
+
+def attempt(task: ImageTask, step: Callable[[], dict[str, Any]]) -> ImageTask:
+    """task with the fields step() returns, or with the error it raised; a task that already failed is passed on."""
+    if task.error is not None:
+        return task
+    try:
+        return replace(task, **step())
+    except Exception as error:  # noqa: BLE001 - recorded on the task and reported by the caller, file by file
+        return replace(task, error=error)
+
+
+def read_tasks(pairs: Iterable[tuple[Path, Path]]) -> Iterator[ImageTask]:
+    """(input, output) pairs as tasks holding the decoded image and its metadata."""
+    for index, (source, output) in enumerate(pairs):
+        task = ImageTask(index, Path(source), Path(output), time.perf_counter())
+        yield attempt(task, lambda: read_task(task))
+
+
+def read_task(task: ImageTask) -> dict[str, Any]:
+    check_paths(task.source, task.output, "image")
+    image, meta = read_image(task.source)
+    return {"image": image, "meta": meta}
+
+
+def plan_tasks(tasks: Iterable[ImageTask], models: Models, config: ProcessConfig) -> Iterator[ImageTask]:
+    """Find and align each image's faces (still-image detection: padded retry for tight crops)."""
+    for task in tasks:
+        yield attempt(task, lambda: {"job": plan_faces(still_frame(task.index, task.image),
+                                                       models.finder.image_faces(task.image), still_mix(models),
+                                                       config)})
+
+
+def synthesize_tasks(tasks: Iterable[ImageTask], synthesizer: FaceSynthesizer, batch_size: int) -> Iterator[ImageTask]:
+    """Batch crops across consecutive images (up to batch_size crops or images), in order."""
+    for pending in batched(tasks, batch_size, lambda task: len(task.job.crops) if task.job else 0):
+        yield from synthesize_pending(pending, synthesizer, batch_size)
+
+
+def synthesize_pending(tasks: Sequence[ImageTask], synthesizer: FaceSynthesizer, batch_size: int) -> list[ImageTask]:
+    """The tasks with their edits; a failed generator call fails the images of this batch only."""
+    ready = [task for task in tasks if task.error is None]
+    try:
+        edited = iter(synthesize_jobs([task.job for task in ready], synthesizer, batch_size))
+    except Exception as error:  # noqa: BLE001 - the images of this batch fail with it; the next batch goes on
+        return [replace(task, error=error) if task.error is None else task for task in tasks]
+    return [replace(task, edited=next(edited)) if task.error is None else task for task in tasks]
+
+
+def finish_task(task: ImageTask, models: Models, config: ProcessConfig) -> ImageOutcome:
+    """Blend and write one image (atomically); its outcome."""
+    task = attempt(task, lambda: write_task(task, models, config))
+    if task.error is not None:
+        return ImageOutcome(task.source, error=task.error)
+    warn_if_faceless(task.source, task.job.faces_found, "written unchanged")
+    result = ProcessResult(task.output, "image", 1, task.job.faces_found, len(task.job.crops),
+                           time.perf_counter() - task.started)
+    return ImageOutcome(task.source, result)
+
+
+def write_task(task: ImageTask, models: Models, config: ProcessConfig) -> dict[str, Any]:
+    write_image(task.output, blend_frame(task.edited, models.mask, config), task.meta)
+    return {}
