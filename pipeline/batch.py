@@ -8,6 +8,7 @@ complete ones, also after Ctrl-C. Inputs are only read. How the files are proces
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -129,9 +130,10 @@ def convert_dir(in_dir: Path, out_dir: Path, config: ProcessConfig, recursive: b
     results = earlier_results(files, out_dir, settings)
     todo = [source for source in files if source.relative not in results]
     try:
-        for result in progress(convert_files(todo, out_dir, config, jobs, settings), len(todo), config):
-            results[result.source] = result
-            write_manifest(manifest, results, config)
+        with contextlib.closing(convert_files(todo, out_dir, config, jobs, settings)) as finished:
+            for result in progress(finished, len(todo), config):
+                results[result.source] = result
+                write_manifest(manifest, results, config)
     finally:
         write_manifest(manifest, results, config)  # also on Ctrl-C: what finished is recorded for the resume
     ordered = tuple(results[source.relative] for source in files if source.relative in results)
@@ -142,10 +144,11 @@ def convert_files(todo: Sequence[Source], out_dir: Path, config: ProcessConfig, 
                   settings: str) -> Iterator[FileResult]:
     """Each file's result as soon as its output is written: in this process (jobs 1) or from worker processes."""
     if not todo:
-        return iter(())
+        return
     if jobs <= 1:
-        return convert_here(todo, out_dir, config, settings)
-    return convert_in_workers(todo, out_dir, config, jobs, settings)
+        yield from convert_here(todo, out_dir, config, settings)
+    else:
+        yield from convert_in_workers(todo, out_dir, config, jobs, settings)
 
 
 def progress(results: Iterable[FileResult], total: int, config: ProcessConfig) -> Iterator[FileResult]:

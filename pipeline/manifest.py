@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
+from pipeline.errors import OutputError
 from pipeline.run import ProcessConfig
 from usgan.config import to_mapping
 from usgan.files import atomic_write
@@ -88,7 +89,10 @@ def write_manifest(path: Path, results: dict[str, FileResult], config: ProcessCo
     document = {"version": MANIFEST_VERSION, "expression": config.expression, "counts": dict(
         Counter(r.status for r in results.values())), "files": files}
     text = json.dumps(document, indent=1) + "\n"
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    try:
+        atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    except OSError as error:  # e.g. a full disk: the run stops here, naming the manifest
+        raise OutputError(f"{path}: cannot write it ({error.strerror or error})") from error
 
 
 def is_complete(source: Source, previous: FileResult | None, out_dir: Path, settings: str) -> bool:

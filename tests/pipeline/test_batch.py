@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -136,3 +137,16 @@ def test_workers_that_cannot_load_the_models_fail_every_file_with_the_reason(wei
     failed = {result.source: result.reason for result in summary.failed}
     assert sorted(failed) == ["broken.jpg", "sub/clip.mp4", "sub/portrait.png", "tight.jpg", "wall.png"]
     assert all("absent" in reason for reason in failed.values())
+
+
+def test_a_full_disk_under_the_manifest_is_one_error_naming_it(weights, tmp_path, monkeypatch):
+    import pipeline.manifest
+
+    def full_disk(path, write):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "notes.txt").write_text("nothing to convert")
+    monkeypatch.setattr(pipeline.manifest, "atomic_write", full_disk)
+    with pytest.raises(UserError, match=r"manifest\.json: cannot write it \(No space left on device\)"):
+        convert_dir(tmp_path / "in", tmp_path / "out", config_for(weights["identity"]))
