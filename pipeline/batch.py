@@ -9,7 +9,6 @@ complete ones, also after Ctrl-C. Inputs are only read. How the files are proces
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sys
 import time
@@ -30,8 +29,6 @@ from pipeline.schedule import parse_schedule
 from pipeline.synthesize import resolve_weights
 from pipeline.video import is_video_path
 from usgan.errors import UserError
-
-log = logging.getLogger(__name__)
 
 
 class BatchError(UserError):
