@@ -2,31 +2,74 @@
 """US-GAN expression editing: process videos and photos, convert folders, train, import, export.
 
 Every command turns its options into a typed config and calls one function; the logic lives in usgan/ and pipeline/.
+One error boundary (Cli.invoke) wraps every command: a user error or an OSError is one line on stderr and exit 1,
+Ctrl-C is one line and exit 130. Heavy modules are imported inside the commands, so the boundary is up at once.
+One responsibility, read whole: the commands, their options and their one-call bodies.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
+from typing import Any, NoReturn
 
-import click
 
-from usgan.errors import UserError
+def exit_while_starting(signum: int, frame: object) -> None:
+    """Ctrl-C before any command has begun (Python still importing): nothing was done, so stop at once."""
+    os.write(2, b"interrupted: nothing was done\n")
+    os._exit(130)
+
+
+if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    signal.signal(signal.SIGINT, exit_while_starting)  # until Cli.invoke takes Ctrl-C over
+
+import click  # noqa: E402 - after the Ctrl-C handler
+
+from pipeline.errors import describe_os_error  # noqa: E402
+from pipeline.files import check_output_path  # noqa: E402
+from pipeline.options import (  # noqa: E402
+    FiniteRange, given_values, options_from, process_config, processing_options, with_values,
+)
+from usgan.errors import UserError  # noqa: E402
+
+NOTHING_WRITTEN = "no output was written"
+KEPT_ON_INTERRUPT = {  # what Ctrl-C leaves behind, for the commands that keep finished work
+    "convert": "finished files are kept in OUT_DIR and listed in its manifest.json; the same command skips them",
+    "prepare-data": "crops already written are kept; the same command skips them",
+    "train": "checkpoints already saved are kept; --resume continues from the newest",
+}
 
 
 class Cli(click.Group):
-    """Turns user errors into one line on stderr and a non-zero exit, never a traceback."""
+    """The one error boundary: a user error or an OSError is one line on stderr and exit 1, Ctrl-C exit 130."""
 
     def invoke(self, ctx: click.Context):
+        take_over_interrupts()
         try:
             return super().invoke(ctx)
         except UserError as error:
-            click.echo(f"error: {error}", err=True)
-            sys.exit(1)
+            fail(f"error: {error}", 1)
+        except OSError as error:
+            if error.errno == errno.EPIPE:
+                raise  # stdout closed early (e.g. `| head`): click ends quietly
+            fail(f"error: {describe_os_error(error)}", 1)
         except KeyboardInterrupt:
-            click.echo("interrupted: no output was written", err=True)
-            sys.exit(130)
+            fail(f"interrupted: {KEPT_ON_INTERRUPT.get(ctx.invoked_subcommand or '', NOTHING_WRITTEN)}", 130)
+
+
+def take_over_interrupts() -> None:
+    """From here on Ctrl-C raises KeyboardInterrupt, which the boundary turns into exit 130."""
+    if signal.getsignal(signal.SIGINT) is exit_while_starting:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def fail(message: str, code: int) -> NoReturn:
+    click.echo(message, err=True)
+    sys.exit(code)
 
 
 @click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -38,33 +81,40 @@ def cli(verbose: int) -> None:
     Examples:
       python cli.py process video.mp4 --expression sad
       python cli.py convert photos/ out/ --expression happy --recursive
-      python cli.py train --config configs/train/tfeid.yaml --data data/tfeid --out runs/tfeid
+      python cli.py train --config configs/train/tfeid_128.yaml --data data/tfeid/128 --out runs/tfeid
     """
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
-# --- commands below: each one parses options into a typed config and calls one function ---
-
-
 # --- prepare-data (face stage) ---
+
+
+def prepare_defaults():
+    from pipeline.evaluation.prepare import PrepareConfig
+
+    return PrepareConfig()
+
+
+prepare_option = options_from(prepare_defaults)
 
 
 @cli.command("prepare-data")
 @click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--size", "sizes", type=click.IntRange(32, 1024), multiple=True, default=(128,), show_default=True,
-              help="Crop size in pixels; repeat for several sizes (one OUT/<size>/ each).")
-@click.option("--pad", type=click.FloatRange(0.0, 2.0), default=0.5, show_default=True,
-              help="Pad each side by this fraction before detection (finds faces in tight crops).")
-@click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True, help="Worker processes.")
-@click.option("--det-pack", default=None, metavar="NAME",
-              help="Use the detector of an InsightFace model pack already on disk (e.g. buffalo_l); never downloaded.")
-@click.option("--det-root", default="~/.insightface", show_default=True, help="Root holding models/<NAME>/.")
-@click.option("--det-threshold", type=click.FloatRange(0.05, 0.99), default=0.5, show_default=True,
-              help="Minimum detection score.")
-def prepare_data_command(src: Path, out: Path, sizes: tuple[int, ...], pad: float, jobs: int,
-                         det_pack: str | None, det_root: str, det_threshold: float) -> None:
+@prepare_option("--size", "sizes", config_key="sizes", type=click.IntRange(32, 1024), multiple=True,
+                callback=lambda ctx, param, sizes: tuple(sorted(set(sizes))) or None,
+                help="Crop size in pixels; repeat for several sizes (one OUT/<size>/ each).")
+@prepare_option("--pad", config_key="detector.pad", type=click.FloatRange(0.0, 2.0),
+                help="Pad each side by this fraction before detection (finds faces in tight crops).")
+@prepare_option("--jobs", config_key="jobs", type=click.IntRange(1, 64), help="Worker processes.")
+@prepare_option("--det-pack", config_key="detector.model_pack", metavar="NAME",
+                help="Use the detector of an InsightFace model pack already on disk (e.g. buffalo_l); never "
+                     "downloaded.")
+@prepare_option("--det-root", config_key="detector.model_root", help="Root holding models/<NAME>/.")
+@prepare_option("--det-threshold", config_key="detector.threshold", type=click.FloatRange(0.05, 0.99),
+                help="Minimum detection score.")
+def prepare_data_command(src: Path, out: Path, **options: Any) -> None:
     """Detect, align and index a training set: OUT/<size>/<expression>/<stem>.png plus index.csv.
 
     SRC holds TFEID photos (PPTVxNN.jpg) or one folder per expression. Re-running skips existing crops.
@@ -74,11 +124,9 @@ def prepare_data_command(src: Path, out: Path, sizes: tuple[int, ...], pad: floa
       python cli.py prepare-data ../shared/data/tfeid/faces_256x256 ~/.cache/usgan/data/tfeid --size 128 --size 256
       python cli.py prepare-data my_faces/ data/mine --jobs 2 --det-pack buffalo_l
     """
-    from pipeline.evaluation.prepare import PrepareConfig, prepare_data, prepare_summary_text
-    from pipeline.faces.detector import DetectorConfig
+    from pipeline.evaluation.prepare import prepare_data, prepare_summary_text
 
-    detector = DetectorConfig(model_pack=det_pack, model_root=det_root, threshold=det_threshold, pad=pad)
-    config = PrepareConfig(sizes=tuple(sorted(set(sizes))), jobs=jobs, detector=detector)
+    config = with_values(prepare_defaults(), given_values(options))
     click.echo(prepare_summary_text(prepare_data(src, out, config), out))
 
 
@@ -130,6 +178,7 @@ def export_command(weights: Path, out: Path, fp16: bool, opset: int) -> None:
     """
     from usgan.export import export_onnx
 
+    check_output_path(out, weights)  # an unwritable OUT fails now, not after the trace and the parity check
     result = export_onnx(weights, out, fp16=fp16, opset=opset)
     click.echo(f"wrote {result.path} ({result.precision}, opset {result.opset}; "
                f"max |onnx - torch| = {result.max_abs_diff:.2e})")
@@ -197,6 +246,15 @@ def train_command(config_path: Path | None, data_dir: Path, run_dir: Path, resum
 # --- evaluate (pipeline/evaluation/) ---
 
 
+def evaluate_defaults():
+    from pipeline.evaluation.evaluate import EvaluateConfig
+
+    return EvaluateConfig(out=Path("."))
+
+
+evaluate_option = options_from(evaluate_defaults)
+
+
 @cli.command("evaluate")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Generator weights to evaluate: a generator .safetensors or a training checkpoint "
@@ -208,19 +266,18 @@ def train_command(config_path: Path | None, data_dir: Path, run_dir: Path, resum
 @click.option("--identities", default="", metavar="ID,ID,...",
               help="Only these identities (e.g. the validation performers); default: all.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="At most this many source crops.")
-@click.option("--batch-size", type=click.IntRange(1, 256), default=8, show_default=True)
-@click.option("--grid-rows", type=click.IntRange(1, 64), default=8, show_default=True)
+@evaluate_option("--batch-size", config_key="batch_size", type=click.IntRange(1, 256))
+@evaluate_option("--grid-rows", config_key="grid_rows", type=click.IntRange(1, 64))
 @click.option("--video-pair", type=click.Path(exists=True, dir_okay=False, path_type=Path), nargs=2, default=None,
               metavar="IN OUT", help="Also measure the flicker of a processed video OUT against its input IN.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
-              help="Where the generator runs (the judges run on the CPU).")
-@click.option("--edit-gain", type=click.FloatRange(0.0, 4.0, min_open=True), default=None,  # MAX_EDIT_GAIN
-              help="Scale the generator's change by this instead of the weights' own gains (to calibrate it).")
+@evaluate_option("--device", config_key="device", type=click.Choice(["cpu", "cuda"]),
+                 help="Where the generator runs (the judges run on the CPU).")
+@evaluate_option("--edit-gain", config_key="edit_gain", type=FiniteRange(0.0, 4.0, min_open=True),  # MAX_EDIT_GAIN
+                 help="Scale the generator's change by this instead of the weights' own gains (to calibrate it).")
 @click.option("--expression-gain", "expression_gains", multiple=True, metavar="EXPRESSION=G",
               help="Use gain G for edits towards EXPRESSION (repeatable), e.g. --expression-gain happy=1.5.")
 def evaluate_command(weights: Path | None, data_dir: Path | None, out_dir: Path, identities: str, limit: int | None,
-                     batch_size: int, grid_rows: int, video_pair: tuple[Path, Path] | None, device: str,
-                     edit_gain: float | None, expression_gains: tuple[str, ...]) -> None:
+                     video_pair: tuple[Path, Path] | None, expression_gains: tuple[str, ...], **options: Any) -> None:
     """Judge a generator: ArcFace identity cosine and fer expression accuracy per target class, plus a grid.
 
     \b
@@ -240,98 +297,15 @@ def evaluate_command(weights: Path | None, data_dir: Path | None, out_dir: Path,
         raise click.UsageError("--weights and --data go together")
     if weights is None and not video_pair:
         raise click.UsageError("give --weights and --data, or --video-pair, or both")
-    config = EvaluateConfig(out=out_dir, weights=weights, data=data_dir, limit=limit, batch_size=batch_size,
-                            identities=parse_identities(identities),
-                            grid_rows=grid_rows, video_pair=tuple(video_pair) if video_pair else None, device=device,
-                            edit_gain=edit_gain,
+    config = EvaluateConfig(out=out_dir, weights=weights, data=data_dir, limit=limit,
+                            identities=parse_identities(identities), video_pair=tuple(video_pair) if video_pair else None,
                             expression_gains=tuple(parse_expression_gains(expression_gains).items()))
-    for line in evaluation_summary_lines(run_evaluation(config)):
+    for line in evaluation_summary_lines(run_evaluation(with_values(config, given_values(options)))):
         click.echo(line)
     click.echo(f"wrote {out_dir}/metrics.json, report.md" + (", grid.png" if weights else ""))
 
 
 # --- process / convert (pipeline/process.py, pipeline/batch.py) ---
-
-
-def processing_options(command):
-    """The options process and convert share; unset ones keep configs/pipeline/default.yaml's values."""
-    from typing import get_args
-
-    from pipeline.synthesize import TorchPrecision
-    from pipeline.types import Backend, BlendMode, FaceSelection
-    from pipeline.video.codecs import VIDEO_CODECS, X264_PRESETS
-
-    options = [
-        click.option("-e", "--expression", required=True, metavar="NAME|SCHEDULE|FILE.json",
-                     help="Target expression (angry, disgusted, fearful, happy, neutral, sad, surprised, aliases "
-                          "such as smile, or paper codes such as HAS), 'happy:0.5', a schedule in seconds "
-                          "'happy@0-3,sad@3-6' (uncovered times stay unchanged) or a JSON schedule file."),
-        click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                     help="Generator weights (.safetensors, or a training checkpoint); "
-                          "default: weights/usgan_tfeid.safetensors."),
-        click.option("--backend", type=click.Choice(list(get_args(Backend))), default=None,
-                     help="Generator back-end (onnx: ONNX Runtime, TensorRT -> CUDA -> CPU).  [default: torch]"),
-        click.option("--blend", type=click.Choice(list(get_args(BlendMode))), default=None,
-                     help="Paste-back: Poisson (seamless) or feathered alpha.  [default: seamless]"),
-        click.option("--intensity", type=click.FloatRange(0.0, 1.0), default=None,
-                     help="Scales the generator's change: 0 = unchanged, 1 = full edit.  [default: 1]"),
-        click.option("--fade", type=click.FloatRange(0.0, 60.0), default=None,
-                     help="Seconds of cross-fade between scheduled expressions.  [default: 0]"),
-        click.option("--batch-size", type=click.IntRange(1, 512), default=None,
-                     help="Face crops per generator call, across frames and faces.  [default: 8]"),
-        click.option("--faces", type=click.Choice(list(get_args(FaceSelection))), default=None,
-                     help="Edit every face or only the largest one.  [default: all]"),
-        click.option("--crop-size", type=click.IntRange(32, 1024), default=None,
-                     help="Aligned face crop in pixels (the generator runs at its own size).  [default: 256]"),
-        click.option("--detect-every", type=click.IntRange(1, 100), default=None,
-                     help="Run the face detector on every N-th frame, interpolate the tracked faces in between.  "
-                          "[default: 2]"),
-        click.option("--precision", type=click.Choice(list(get_args(TorchPrecision))), default=None,
-                     help="Torch generator precision; bf16 is ~2x faster on CPUs with AVX512-BF16/AMX and changes "
-                          "pixels by at most a few levels; auto = bf16 where native.  [default: fp32]"),
-        click.option("--fast", is_flag=True,
-                     help="Speed preset (configs/pipeline/fast.yaml): detector at 320 px on every 3rd frame, "
-                          "bf16 generator where native, Poisson blend at 1/4 scale. About 1.7x the default's fps on "
-                          "a 2-core CPU; the output stays within 43 dB PSNR of the default's (what x264 at CRF 18 "
-                          "itself changes); faces under ~1/20 of the frame's longer side may be missed. Explicit "
-                          "options win. Measured in docs/BENCHMARKS.md."),
-        click.option("--crf", type=click.IntRange(0, 51), default=None,
-                     help="Video quality (x264 CRF; lower is better).  [default: 18]"),
-        click.option("--preset", type=click.Choice(list(X264_PRESETS)), default=None,
-                     help="Encoder speed preset.  [default: veryfast]"),
-        click.option("--encoder", type=click.Choice(["auto", *VIDEO_CODECS]), default=None,
-                     help="Video encoder (auto: h264_nvenc with CUDA, else libx264).  [default: auto]"),
-        click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                     default=None, help="Pipeline config YAML.  [default: configs/pipeline/default.yaml]"),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
-
-
-PROCESS_OPTION_KEYS = {"expression": "expression", "weights": "synthesizer.weights", "backend": "synthesizer.backend",
-                       "blend": "blend", "intensity": "intensity", "fade": "fade", "batch_size": "batch_size",
-                       "faces": "faces", "crop_size": "crop_size", "detect_every": "tracker.detect_every",
-                       "precision": "synthesizer.precision", "crf": "encoder.crf", "preset": "encoder.preset",
-                       "encoder": "video_codec"}
-"""The shared options' names -> the dotted ProcessConfig keys they set."""
-
-
-def process_overrides(options: dict) -> dict:
-    """Dotted ProcessConfig keys for the shared options (None values are left to the config file)."""
-    return {key: options[name] for name, key in PROCESS_OPTION_KEYS.items()}
-
-
-def option_names() -> dict:
-    """Dotted ProcessConfig key -> the option that sets it ('--intensity'), so that a bad value's error names it."""
-    return {key: "--" + name.replace("_", "-") for name, key in PROCESS_OPTION_KEYS.items()}
-
-
-def preset_path(options: dict):
-    """The preset file --fast names (None without it); its keys sit between the config file and explicit options."""
-    from pipeline.config import FAST_PRESET
-
-    return FAST_PRESET if options.get("fast") else None
 
 
 @cli.command("process")
@@ -340,8 +314,8 @@ def preset_path(options: dict):
               help="Output file; default: INPUT's folder, <stem>_<expression>.<ext>.")
 @processing_options
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def process_command(input_path: Path, output: Path | None, config_path: Path | None, no_progress: bool,
-                    **options) -> None:
+def process_command(input_path: Path, output: Path | None, config_path: Path | None, fast: bool, no_progress: bool,
+                    **options: Any) -> None:
     """Change the facial expression in a video or a photo (INPUT), keeping timing, rotation and audio.
 
     Prints one summary line: frames, faces, fps and each stage's busy seconds.
@@ -354,13 +328,10 @@ def process_command(input_path: Path, output: Path | None, config_path: Path | N
       python cli.py process clip.mp4 -e joy --backend onnx --batch-size 16 --detect-every 1
       python cli.py process clip.mp4 -e sad --fast
     """
-    from pipeline.config import DEFAULT_CONFIG, load_process_config
     from pipeline.process import process_file, process_result_line
 
-    overrides = {**process_overrides(options), "progress": False if no_progress else None}
-    config = load_process_config(config_path or DEFAULT_CONFIG, overrides, preset_path(options), option_names())
-    result = process_file(input_path, output, config)
-    click.echo(process_result_line(result))
+    config = process_config(config_path, fast, options, progress=False if no_progress else None)
+    click.echo(process_result_line(process_file(input_path, output, config)))
 
 
 @cli.command("convert")
@@ -368,13 +339,15 @@ def process_command(input_path: Path, output: Path | None, config_path: Path | N
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @processing_options
 @click.option("--recursive", is_flag=True, help="Also convert the files of IN_DIR's subfolders.")
-@click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True, help="Worker processes.")
-def convert_command(in_dir: Path, out_dir: Path, config_path: Path | None, recursive: bool, jobs: int,
-                    **options) -> None:
+@click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Worker processes, each with its own models.")
+def convert_command(in_dir: Path, out_dir: Path, config_path: Path | None, fast: bool, recursive: bool, jobs: int,
+                    **options: Any) -> None:
     """Convert every photo and video of IN_DIR into OUT_DIR (same relative paths and names).
 
-    Resumable: files that OUT_DIR/manifest.json records as complete are skipped. A bad file is recorded as
-    failed with its reason and the rest go on; the exit status is 1 when any file failed.
+    OUT_DIR/manifest.json lists every file of IN_DIR as done, skipped (complete from an earlier run, or of an
+    unsupported type) or failed with its reason, each file as soon as it is written. Resumable: a re-run, also
+    after Ctrl-C, skips the complete files. The exit status is 1 when any file failed.
 
     \b
     Examples:
@@ -383,10 +356,8 @@ def convert_command(in_dir: Path, out_dir: Path, config_path: Path | None, recur
       python cli.py convert photos/ out/ -e happy --fast
     """
     from pipeline.batch import convert_dir, summary_lines
-    from pipeline.config import DEFAULT_CONFIG, load_process_config
 
-    config = load_process_config(config_path or DEFAULT_CONFIG, process_overrides(options), preset_path(options),
-                                 option_names())
+    config = process_config(config_path, fast, options)
     summary = convert_dir(in_dir, out_dir, config, recursive=recursive, jobs=jobs)
     for line in summary_lines(summary):
         click.echo(line)

@@ -1,77 +1,38 @@
 """convert: process every image and video of a folder into another folder, in parallel, resumably.
 
-Outputs keep their relative path, base name and extension. OUT_DIR/manifest.json (rewritten atomically after every
-file or chunk) records each file's status: done (processed now), skipped (complete from an earlier run) or failed
-(with its one-line reason). A file counts as complete when its manifest entry is done/skipped with the same settings
-and the same input size and mtime, and its output exists; everything else is (re)done. Inputs are only read.
-
-Parallelism: joblib processes over chunks of files; each chunk builds its models (detector, generator) once.
-Several chunks per worker keep the manifest, and so a resume, fresh; each worker gets an equal share of the threads.
+Outputs keep their relative path, base name and extension. OUT_DIR/manifest.json (pipeline.manifest, rewritten
+atomically as soon as each file is written) accounts for every file of IN_DIR: done, skipped (complete from an
+earlier run, or of an unsupported type) or failed with its reason; hidden files are left out. A re-run skips the
+complete ones, also after Ctrl-C. Inputs are only read. How the files are processed: pipeline.batch_workers.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
-import math
+import contextlib
 import os
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
 
-from pipeline.config import ProcessConfig, share_threads
-from pipeline.edit import load_models
+from pipeline.batch_workers import convert_here, convert_in_workers
+from pipeline.config import ProcessConfig
 from pipeline.files import nearest_existing_folder
 from pipeline.images import is_image_path
-from pipeline.process import process_file
+from pipeline.manifest import (
+    COMPLETE_REASON, MANIFEST_NAME, UNSUPPORTED_REASON, FileResult, Source, is_complete, read_manifest, settings_key,
+    unsupported, write_manifest,
+)
 from pipeline.schedule import parse_schedule
-from pipeline.stills import ImageOutcome, process_images
 from pipeline.synthesize import resolve_weights
 from pipeline.video.codecs import is_video_path
-from usgan.files import atomic_write
-from usgan.config import to_mapping
 from usgan.errors import UserError
-
-log = logging.getLogger(__name__)
-
-MANIFEST_NAME = "manifest.json"
-MANIFEST_VERSION = 1
-CHUNKS_PER_JOB = 4  # model loads per worker vs how often the manifest (and a resume) catches up
-Status = Literal["done", "skipped", "failed"]
-COMPLETE: frozenset[str] = frozenset({"done", "skipped"})
 
 
 class BatchError(UserError):
     """Folders that convert cannot use (missing, overlapping, unwritable)."""
-
-
-@dataclass(frozen=True)
-class Source:
-    """One input file: its path and its path relative to IN_DIR (POSIX, the manifest key and the output path)."""
-
-    path: Path
-    relative: str
-    size: int
-    mtime_ns: int
-
-
-@dataclass(frozen=True)
-class FileResult:
-    """One file's outcome, as stored in the manifest."""
-
-    source: str
-    status: Status
-    reason: str = ""
-    faces: int = 0
-    seconds: float = 0.0
-    settings: str = ""
-    size: int = 0
-    mtime_ns: int = 0
 
 
 @dataclass(frozen=True)
@@ -84,7 +45,11 @@ class BatchSummary:
 
     @property
     def counts(self) -> Counter:
-        return Counter(result.status for result in self.results)
+        """Files per status, and per reason of the skipped ones ('complete', 'unsupported')."""
+        counts = Counter(result.status for result in self.results)
+        counts["complete"] = sum(result.reason == COMPLETE_REASON for result in self.results)
+        counts["unsupported"] = sum(result.reason == UNSUPPORTED_REASON for result in self.results)
+        return counts
 
     @property
     def failed(self) -> tuple[FileResult, ...]:
@@ -111,12 +76,16 @@ def check_folders(in_dir: Path, out_dir: Path, recursive: bool) -> None:
         raise BatchError(f"{out_dir}: cannot write into folder {folder} (permission denied)")
 
 
-def list_sources(in_dir: Path, recursive: bool) -> list[Source]:
-    """Image and video files of IN_DIR (and its subfolders when recursive), hidden ones left out, sorted."""
+def list_files(in_dir: Path, recursive: bool) -> list[Source]:
+    """Every file of IN_DIR (and its subfolders when recursive), hidden ones left out, sorted."""
     pattern = "**/*" if recursive else "*"
-    paths = sorted(p for p in in_dir.glob(pattern) if p.is_file() and (is_image_path(p) or is_video_path(p))
+    paths = sorted(p for p in in_dir.glob(pattern) if p.is_file()
                    and not any(part.startswith(".") for part in p.relative_to(in_dir).parts))
     return [Source(p, p.relative_to(in_dir).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
+
+
+def is_supported(source: Source) -> bool:
+    return is_image_path(source.path) or is_video_path(source.path)
 
 
 def check_no_output_is_an_input(sources: Sequence[Source], out_dir: Path) -> None:
@@ -127,128 +96,20 @@ def check_no_output_is_an_input(sources: Sequence[Source], out_dir: Path) -> Non
         raise BatchError(f"{out_dir / clash.relative}: would overwrite an input file; choose another output folder")
 
 
-# ---------------------------------------------------------------- manifest
+def earlier_results(files: Sequence[Source], out_dir: Path, settings: str) -> dict[str, FileResult]:
+    """Entries needing no work: unsupported files, and files complete from an earlier run."""
+    previous = read_manifest(out_dir / MANIFEST_NAME)
+    results = {}
+    for source in files:
+        entry = previous.get(source.relative)
+        if not is_supported(source):
+            results[source.relative] = unsupported(source)
+        elif is_complete(source, entry, out_dir, settings):
+            results[source.relative] = replace(entry, status="skipped", reason=COMPLETE_REASON)
+    return results
 
 
-def settings_key(config: ProcessConfig) -> str:
-    """A short hash of everything that changes outputs (not progress or queue sizes)."""
-    mapping = to_mapping(replace(config, progress=False, queue_size=1))
-    text = json.dumps(mapping, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def read_manifest(path: Path) -> dict[str, FileResult]:
-    """Entries of an earlier run's manifest; an unreadable one is ignored (everything is redone) with a warning."""
-    if not path.is_file():
-        return {}
-    try:
-        files = json.loads(path.read_text(encoding="utf-8"))["files"]
-        return {source: FileResult(source=source, **entry) for source, entry in files.items()}
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        log.warning("%s: unreadable manifest (%s); processing every file again", path, error)
-        return {}
-
-
-def write_manifest(path: Path, results: dict[str, FileResult], config: ProcessConfig) -> None:
-    """OUT_DIR/manifest.json, atomically: each file's status, reason, faces, seconds and settings key."""
-    files = {source: {k: v for k, v in asdict(result).items() if k != "source"}
-             for source, result in sorted(results.items())}
-    document = {"version": MANIFEST_VERSION, "expression": config.expression, "counts": dict(
-        Counter(r.status for r in results.values())), "files": files}
-    text = json.dumps(document, indent=1) + "\n"
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def is_complete(source: Source, previous: FileResult | None, out_dir: Path, settings: str) -> bool:
-    """Done earlier with these settings from this very input, and the output is still there."""
-    return (previous is not None and previous.status in COMPLETE and previous.settings == settings
-            and previous.size == source.size and previous.mtime_ns == source.mtime_ns
-            and (out_dir / source.relative).is_file())
-
-
-# ---------------------------------------------------------------- processing
-
-
-def convert_file(source: Source, out_dir: Path, config: ProcessConfig, models, settings: str) -> FileResult:
-    """Process one file; any failure becomes a failed result with a one-line reason (the batch goes on)."""
-    started = time.perf_counter()
-    try:
-        result = process_file(source.path, out_dir / source.relative, config, models)
-    except Exception as error:  # noqa: BLE001 - one bad file must not stop the batch; its reason is recorded
-        return file_result(source, settings, ImageOutcome(source.path, error=error), time.perf_counter() - started)
-    return file_result(source, settings, ImageOutcome(source.path, result))
-
-
-def convert_images(sources: Sequence[Source], out_dir: Path, config: ProcessConfig, models,
-                   settings: str) -> Iterator[FileResult]:
-    """Still images through process_images' overlapping stages (generator batched across images), in order."""
-    if not sources:
-        return
-    pairs = [(source.path, out_dir / source.relative) for source in sources]
-    for source, outcome in zip(sources, process_images(pairs, config, models)):
-        yield file_result(source, settings, outcome)
-
-
-def file_result(source: Source, settings: str, outcome: ImageOutcome, seconds: float = 0.0) -> FileResult:
-    """The manifest entry for one file's outcome: done (with a note when no face was found) or failed and why."""
-    stamp = {"settings": settings, "size": source.size, "mtime_ns": source.mtime_ns}
-    if outcome.result is None:
-        log.debug("%s failed", source.path, exc_info=outcome.error)
-        return FileResult(source.relative, "failed", one_line(outcome.error), 0, seconds, **stamp)
-    result = outcome.result
-    reason = "" if result.faces_found else "no face found; written unchanged"
-    return FileResult(source.relative, "done", reason, result.faces_edited, result.seconds, **stamp)
-
-
-def convert_sources(sources: Sequence[Source], out_dir: Path, config: ProcessConfig, models,
-                    settings: str) -> Iterator[FileResult]:
-    """Every file with one set of models: the still images streamed together, then the videos one by one."""
-    images = [source for source in sources if is_image_path(source.path)]
-    yield from convert_images(images, out_dir, config, models, settings)
-    for source in sources:
-        if not is_image_path(source.path):
-            yield convert_file(source, out_dir, config, models, settings)
-
-
-def one_line(error: BaseException) -> str:
-    text = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
-    return text if isinstance(error, UserError) else f"{type(error).__name__}: {text}"
-
-
-def convert_chunk(sources: Sequence[Source], out_dir: Path, config: ProcessConfig, settings: str) -> list[FileResult]:
-    """Convert several files with one set of models (a worker's unit of work)."""
-    try:
-        models = load_models(config)
-    except UserError as error:  # weights or detector unusable: every file of the chunk fails with that reason
-        return [FileResult(s.relative, "failed", one_line(error), settings=settings) for s in sources]
-    return list(convert_sources(sources, out_dir, config, models, settings))
-
-
-def worker_config(config: ProcessConfig, jobs: int) -> ProcessConfig:
-    """Per-worker config: no progress bars, and the cores shared out between the workers."""
-    cpus = max(1, (os.cpu_count() or 1) // jobs)
-    encoder = replace(config.encoder, threads=config.encoder.threads or cpus)
-    return share_threads(replace(config, progress=False, encoder=encoder), cpus)
-
-
-def chunked(items: Sequence[Source], jobs: int) -> list[list[Source]]:
-    size = max(1, math.ceil(len(items) / (jobs * CHUNKS_PER_JOB)))
-    return [list(items[start:start + size]) for start in range(0, len(items), size)]
-
-
-def run_chunks(todo: Sequence[Source], out_dir: Path, config: ProcessConfig, jobs: int,
-               settings: str) -> Iterator[list[FileResult]]:
-    """Results as they finish: file by file in this process (jobs 1), chunk by chunk from joblib workers."""
-    if jobs <= 1:
-        chunk_config = worker_config(config, 1)
-        models = load_models(chunk_config) if todo else None
-        yield from ([result] for result in convert_sources(todo, out_dir, chunk_config, models, settings))
-        return
-    from joblib import Parallel, delayed
-
-    worker = worker_config(config, jobs)
-    parallel = Parallel(n_jobs=jobs, return_as="generator_unordered")
-    yield from parallel(delayed(convert_chunk)(chunk, out_dir, worker, settings) for chunk in chunked(todo, jobs))
+# ---------------------------------------------------------------- convert
 
 
 def convert_dir(in_dir: Path, out_dir: Path, config: ProcessConfig, recursive: bool = False,
@@ -257,43 +118,51 @@ def convert_dir(in_dir: Path, out_dir: Path, config: ProcessConfig, recursive: b
     started = time.perf_counter()
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     check_folders(in_dir, out_dir, recursive)
-    sources = list_sources(in_dir, recursive)
-    check_no_output_is_an_input(sources, out_dir)
+    files = list_files(in_dir, recursive)
+    check_no_output_is_an_input([source for source in files if is_supported(source)], out_dir)
     parse_schedule(config.expression, config.fade)  # option errors now, not once per file
     resolve_weights(config.synthesizer.weights)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest, settings = out_dir / MANIFEST_NAME, settings_key(config)
-    previous = read_manifest(manifest)
-    results: dict[str, FileResult] = {}
-    for source in sources:
-        entry = previous.get(source.relative)
-        if is_complete(source, entry, out_dir, settings):
-            results[source.relative] = replace(entry, status="skipped", reason="complete from an earlier run")
-    todo = [source for source in sources if source.relative not in results]
+    results = earlier_results(files, out_dir, settings)
+    todo = [source for source in files if source.relative not in results]
     try:
-        for finished in progress(run_chunks(todo, out_dir, config, jobs, settings), len(todo), config):
-            results.update((result.source, result) for result in finished)
-            write_manifest(manifest, results, config)
+        with contextlib.closing(convert_files(todo, out_dir, config, jobs, settings)) as finished:
+            for result in progress(finished, len(todo), config):
+                results[result.source] = result
+                write_manifest(manifest, results, config)
     finally:
         write_manifest(manifest, results, config)  # also on Ctrl-C: what finished is recorded for the resume
-    ordered = tuple(results[source.relative] for source in sources if source.relative in results)
+    ordered = tuple(results[source.relative] for source in files if source.relative in results)
     return BatchSummary(ordered, manifest, time.perf_counter() - started)
 
 
-def progress(chunks: Iterable[list[FileResult]], total: int, config: ProcessConfig) -> Iterator[list[FileResult]]:
-    """chunks, advancing a tqdm bar (files) on stderr."""
+def convert_files(todo: Sequence[Source], out_dir: Path, config: ProcessConfig, jobs: int,
+                  settings: str) -> Iterator[FileResult]:
+    """Each file's result as soon as its output is written: in this process (jobs 1) or from worker processes."""
+    if not todo:
+        return
+    if jobs <= 1:
+        yield from convert_here(todo, out_dir, config, settings)
+    else:
+        yield from convert_in_workers(todo, out_dir, config, jobs, settings)
+
+
+def progress(results: Iterable[FileResult], total: int, config: ProcessConfig) -> Iterator[FileResult]:
+    """results, advancing a tqdm bar (files) on stderr."""
     from tqdm import tqdm
 
     with tqdm(total=total, unit="file", file=sys.stderr, disable=not config.progress or total == 0,
               dynamic_ncols=True, leave=False) as bar:
-        for chunk in chunks:
-            yield chunk
-            bar.update(len(chunk))
+        for result in results:
+            yield result
+            bar.update(1)
 
 
 def summary_lines(summary: BatchSummary) -> list[str]:
     """Counts, then one line per failed file."""
     counts = summary.counts
     head = (f"{len(summary.results)} file(s) in {summary.seconds:.1f} s: {counts['done']} done, "
-            f"{counts['skipped']} skipped (already complete), {counts['failed']} failed; manifest: {summary.manifest}")
+            f"{counts['skipped']} skipped ({counts['complete']} already complete, {counts['unsupported']} of an "
+            f"unsupported type), {counts['failed']} failed; manifest: {summary.manifest}")
     return [head] + [f"failed: {result.source}: {result.reason}" for result in summary.failed]

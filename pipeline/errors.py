@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+from pathlib import Path
+
 from usgan.errors import UserError
 
 
@@ -11,3 +14,23 @@ class InputError(UserError):
 
 class OutputError(UserError):
     """An output path that cannot or must not be written (unknown extension, unwritable folder, == input)."""
+
+
+_OS_REASONS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ENOTDIR: "a folder on the path is a file",
+    errno.EEXIST: "exists and is not a folder",
+    errno.ENOENT: "no such file or folder",
+}
+
+
+def describe_os_error(error: OSError) -> str:
+    """One line naming the path and the problem, e.g. 'out/clip.mp4: no space left on the device'."""
+    reason = _OS_REASONS.get(error.errno, error.strerror or str(error) or type(error).__name__)
+    if error.errno == errno.EEXIST and error.filename and Path(error.filename).is_dir():
+        reason = "already exists"
+    return f"{error.filename}: {reason}" if error.filename else reason

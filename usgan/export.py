@@ -103,7 +103,10 @@ def export_onnx(weights_path: Path, out_path: Path, fp16: bool = False, opset: i
     precision: Literal["fp32", "fp16"] = "fp16" if fp16 else "fp32"
     tolerance = PARITY_TOLERANCE[precision]
     max_abs_diff = check_parity(generator, model.SerializeToString(), info.image_size, tolerance, out_path)
-    atomic_write(out_path, lambda tmp: onnx.save_model(model, str(tmp)))
+    try:
+        atomic_write(out_path, lambda tmp: onnx.save_model(model, str(tmp)))
+    except OSError as error:  # full disk, read-only folder, a parent that is a file: no partial file is left
+        raise ExportError(f"{out_path}: cannot write it ({error.strerror or error})") from error
     logger.info("%s: %s ONNX (opset %d), parity max |diff| %.2e", out_path, precision, opset, max_abs_diff)
     return ExportResult(path=out_path, precision=precision, opset=opset, max_abs_diff=max_abs_diff)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -49,8 +50,8 @@ def test_convert_keeps_paths_records_statuses_and_resumes(weights, photos, tmp_p
     before, out = fingerprints(photos), tmp_path / "out"
     summary = convert_dir(photos, out, config_for(weights["random"]), recursive=True)
     statuses = {r.source: r.status for r in summary.results}
-    assert statuses == {"broken.jpg": "failed", "sub/clip.mp4": "done", "sub/portrait.png": "done",
-                        "tight.jpg": "done", "wall.png": "done"}
+    assert statuses == {"broken.jpg": "failed", "notes.txt": "skipped", "sub/clip.mp4": "done",
+                        "sub/portrait.png": "done", "tight.jpg": "done", "wall.png": "done"}
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
         "manifest.json", "sub/clip.mp4", "sub/portrait.png", "tight.jpg", "wall.png"]
     manifest = json.loads((out / "manifest.json").read_text())
@@ -58,6 +59,8 @@ def test_convert_keeps_paths_records_statuses_and_resumes(weights, photos, tmp_p
         "reason"] and "\n" not in manifest["files"]["broken.jpg"]["reason"]
     assert manifest["files"]["tight.jpg"]["faces"] == 1  # the tight crop is found (padded retry)
     assert "no face found" in manifest["files"]["wall.png"]["reason"]
+    assert manifest["files"]["notes.txt"]["reason"] == "unsupported file type"  # every file of IN_DIR is accounted for
+    assert "4 done, 1 skipped (0 already complete, 1 of an unsupported type), 1 failed" in summary_lines(summary)[0]
     assert any(line.startswith("failed: broken.jpg: ") for line in summary_lines(summary))
     assert np.abs(cv2.imread(str(out / "tight.jpg")).astype(int) - tight_crop()).mean() > 3.0
 
@@ -65,6 +68,7 @@ def test_convert_keeps_paths_records_statuses_and_resumes(weights, photos, tmp_p
     assert {r.source: r.status for r in again.results} == {**statuses, "sub/clip.mp4": "skipped",
                                                            "sub/portrait.png": "skipped", "tight.jpg": "skipped",
                                                            "wall.png": "skipped"}
+    assert "0 done, 5 skipped (4 already complete, 1 of an unsupported type)" in summary_lines(again)[0]
     os.utime(photos / "wall.png", ns=(1, 1))  # a changed input is done again
     (out / "tight.jpg").unlink()  # and so is a missing output
     third = {r.source: r.status for r in convert_dir(photos, out, config_for(weights["random"]), True).results}
@@ -77,12 +81,13 @@ def test_other_settings_redo_the_files(weights, photos, tmp_path):
     out = tmp_path / "out"
     convert_dir(photos, out, config_for(weights["random"]))
     other = replace(config_for(weights["random"]), expression="sad")
-    assert {r.status for r in convert_dir(photos, out, other).results} == {"done", "failed"}
+    redone = {r.source: r.status for r in convert_dir(photos, out, other).results}
+    assert redone == {"broken.jpg": "failed", "notes.txt": "skipped", "tight.jpg": "done", "wall.png": "done"}
 
 
 def test_non_recursive_takes_only_the_top_level(weights, photos, tmp_path):
     summary = convert_dir(photos, photos / "edited", config_for(weights["identity"]))  # inside IN_DIR is fine here
-    assert sorted(r.source for r in summary.results) == ["broken.jpg", "tight.jpg", "wall.png"]
+    assert sorted(r.source for r in summary.results) == ["broken.jpg", "notes.txt", "tight.jpg", "wall.png"]
 
 
 @pytest.mark.parametrize("where, recursive, message", [
@@ -113,9 +118,35 @@ def test_two_worker_processes_give_the_same_outputs(weights, photos, tmp_path):
     two = convert_dir(photos, tmp_path / "two", config_for(weights["random"]), recursive=True, jobs=2)
     assert [(r.source, r.status) for r in one.results] == [(r.source, r.status) for r in two.results]
     for name in ("tight.jpg", "sub/portrait.png", "wall.png"):
-        # Equal up to float rounding, not byte-equal: jobs 1 batches the generator across photos and jobs 2 runs
-        # each photo alone, and a CI machine's CPU rounded the two batch sizes differently (the PNG bytes differed;
-        # this 2-core AMD gives equal bytes). A real difference (another face, target or blend) is far below 50 dB.
+        # Equal up to float rounding, not byte-equal: the workers batch the generator over other groups of photos
+        # than jobs 1 does, and some CPUs round two batch sizes differently. A real difference (another face,
+        # target or blend) is far below 50 dB.
         one_image = cv2.imread(str(tmp_path / "one" / name), cv2.IMREAD_UNCHANGED)
         two_image = cv2.imread(str(tmp_path / "two" / name), cv2.IMREAD_UNCHANGED)
         assert one_image.shape == two_image.shape and psnr(one_image, two_image) > 50, name
+
+
+@pytest.mark.slow
+def test_workers_that_cannot_load_the_models_fail_every_file_with_the_reason(weights, photos, tmp_path):
+    """--jobs 1 stops with the error; worker processes record it on each file, as a resume needs."""
+    config = config_for(weights["random"])
+    config = replace(config, detector=replace(config.detector, model_pack="absent", model_root=str(tmp_path)))
+    with pytest.raises(UserError, match="absent"):
+        convert_dir(photos, tmp_path / "one", config, recursive=True)
+    summary = convert_dir(photos, tmp_path / "two", config, recursive=True, jobs=2)
+    failed = {result.source: result.reason for result in summary.failed}
+    assert sorted(failed) == ["broken.jpg", "sub/clip.mp4", "sub/portrait.png", "tight.jpg", "wall.png"]
+    assert all("absent" in reason for reason in failed.values())
+
+
+def test_a_full_disk_under_the_manifest_is_one_error_naming_it(weights, tmp_path, monkeypatch):
+    import pipeline.manifest
+
+    def full_disk(path, write):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "notes.txt").write_text("nothing to convert")
+    monkeypatch.setattr(pipeline.manifest, "atomic_write", full_disk)
+    with pytest.raises(UserError, match=r"manifest\.json: cannot write it \(No space left on device\)"):
+        convert_dir(tmp_path / "in", tmp_path / "out", config_for(weights["identity"]))
