@@ -18,15 +18,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pipeline.batch_workers import convert_here, convert_in_workers
-from pipeline.config import ProcessConfig
+from pipeline.config import ProcessConfig, parse_edit
 from pipeline.files import nearest_existing_folder
 from pipeline.images import is_image_path
 from pipeline.manifest import (
     COMPLETE_REASON, MANIFEST_NAME, UNSUPPORTED_REASON, FileResult, Source, is_complete, read_manifest, settings_key,
     unsupported, write_manifest,
 )
-from pipeline.schedule import parse_schedule
-from pipeline.synthesize import resolve_weights
 from pipeline.video.codecs import is_video_path
 from usgan.errors import UserError
 
@@ -120,8 +118,7 @@ def convert_dir(in_dir: Path, out_dir: Path, config: ProcessConfig, recursive: b
     check_folders(in_dir, out_dir, recursive)
     files = list_files(in_dir, recursive)
     check_no_output_is_an_input([source for source in files if is_supported(source)], out_dir)
-    parse_schedule(config.expression, config.fade)  # option errors now, not once per file
-    resolve_weights(config.synthesizer.weights)
+    parse_edit(config)  # option errors now, not once per file
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest, settings = out_dir / MANIFEST_NAME, settings_key(config)
     results = earlier_results(files, out_dir, settings)

@@ -3,9 +3,9 @@
 Both ways stream the still images together through process_images (the generator batched across photos), then the
 videos one by one, and hand back each file's result as soon as its output is written, so the manifest can record it.
 With --jobs N, N worker processes each load the models once and pull files from two shared queues (images, then
-videos, largest first). They start with Ctrl-C blocked: on Ctrl-C the driver stops them with SIGTERM, which they
-turn into KeyboardInterrupt (the file in hand leaves no temp file), collects every result they finished, and only
-then raises KeyboardInterrupt itself.
+videos, largest first). They start with Ctrl-C blocked: on Ctrl-C the driver stops them with SIGTERM (WorkerStop:
+no new file, the photos in hand finished and reported, a video in hand abandoned without a temp file), collects
+every result they send, and only then raises KeyboardInterrupt itself.
 """
 
 from __future__ import annotations
@@ -221,19 +221,31 @@ def sigint_blocked() -> Iterator[None]:
 
 def work(images, videos, results, out_dir: Path, config: ProcessConfig, settings: str) -> None:
     """A worker process: load the models once, convert the files it pulls, and send each result when written."""
-    signal.signal(signal.SIGTERM, raise_interrupt)
-    with contextlib.suppress(KeyboardInterrupt):  # stopped by the driver; the file in hand left no temp file
-        for result in worker_results(pulled(images), pulled(videos), out_dir, config, settings):
+    stop = WorkerStop()
+    signal.signal(signal.SIGTERM, stop.request)
+    with contextlib.suppress(KeyboardInterrupt):  # a video in hand was abandoned; it left no temp file
+        for result in worker_results(stop.take(images), stop.take(videos, video=True), out_dir, config, settings):
             results.put(result)
 
 
-def raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+class WorkerStop:
+    """The driver's SIGTERM: take no new file, finish and report the photos in hand (their outputs may already be
+    renamed into place), abandon a video in hand at once (KeyboardInterrupt)."""
 
+    def __init__(self) -> None:
+        self.requested = False
+        self.in_video = False
 
-def pulled(tasks) -> Iterator[Source]:
-    while (source := tasks.get()) is not None:
-        yield source
+    def request(self, signum: int, frame: object) -> None:
+        self.requested = True
+        if self.in_video:
+            raise KeyboardInterrupt
+
+    def take(self, tasks, video: bool = False) -> Iterator[Source]:
+        while not self.requested and (source := tasks.get()) is not None and not self.requested:
+            self.in_video = video
+            yield source
+            self.in_video = False
 
 
 def worker_results(images: Iterator[Source], videos: Iterator[Source], out_dir: Path, config: ProcessConfig,

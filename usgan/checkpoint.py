@@ -107,13 +107,17 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CheckpointError(f"{path}: not a readable safetensors file ({first})") from error
+    return tensors, read_metadata(header, path, CheckpointError, "safetensors file")
+
+
+def read_metadata(header: dict[str, str], path: Path, error: type[UserError], kind: str) -> dict[str, Any]:
+    """Our JSON metadata from a file's string header (safetensors or ONNX); missing or corrupt is error naming path."""
     if METADATA_KEY not in header:
-        raise CheckpointError(f"{path}: safetensors file without US-GAN metadata (not one of our checkpoints)")
+        raise error(f"{path}: {kind} without US-GAN metadata (not one of our files)")
     try:
-        metadata = json.loads(header[METADATA_KEY])
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{path}: corrupt metadata header ({error})") from error
-    return tensors, metadata
+        return json.loads(header[METADATA_KEY])
+    except json.JSONDecodeError as problem:
+        raise error(f"{path}: corrupt US-GAN metadata ({problem})") from problem
 
 
 def generator_metadata(info: WeightsInfo) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from usgan.checkpoint import (
     atomic_write,
     generator_metadata,
     load_generator,
+    read_metadata,
     read_weights_info,
     refuse_overwrite,
 )
@@ -272,14 +273,8 @@ def check_interface(session: ort.InferenceSession, onnx_path: Path) -> None:
 
 def session_weights_info(session: ort.InferenceSession, onnx_path: Path) -> WeightsInfo:
     """The WeightsInfo that export_onnx embedded (image_size, expressions, provenance)."""
-    metadata = session.get_modelmeta().custom_metadata_map
-    if METADATA_KEY not in metadata:
-        raise SessionError(f"{onnx_path}: ONNX file without US-GAN metadata (not exported by usgan.export)")
-    try:
-        mapping = json.loads(metadata[METADATA_KEY])
-    except json.JSONDecodeError as error:
-        raise SessionError(f"{onnx_path}: corrupt US-GAN metadata ({error})") from error
-    return read_weights_info(onnx_path, mapping)
+    metadata = dict(session.get_modelmeta().custom_metadata_map)
+    return read_weights_info(onnx_path, read_metadata(metadata, onnx_path, SessionError, "ONNX file"))
 
 
 def run_generator(session: ort.InferenceSession, image: np.ndarray, expression: np.ndarray) -> np.ndarray:
