@@ -7,7 +7,6 @@ Tables are always generated here from measured numbers, never typed by hand.
 
 from __future__ import annotations
 
-import datetime
 import fcntl
 import os
 import platform
@@ -26,8 +25,8 @@ DOC_HEADER = """# Benchmarks
 
 Every table below is written by a script in `scripts/` (`bench_generator.py`, `bench_e2e.py`, `bench_memory.py`,
 `bench_blend.py`, `bench_train.py`); re-run a script to refresh its own section (it rewrites only the text between
-its markers). Each section names the command, the machine, its load average when the run started, how much CPU other
-processes used during the run, and the date. Ratios compare numbers measured side by side in the same run.
+its markers). Each section names the command, the machine, its load average when the run started and how much CPU
+other processes used during the run. Ratios compare numbers measured side by side in the same run.
 
 Other work on the machine slows the timings; each section states how much CPU it took during the run. Generators
 are randomly initialised or partly trained files of the real size: speed does not depend on the weight values.
@@ -80,7 +79,7 @@ def package_versions() -> str:
 
 
 def machine_lines(load_at_start: tuple[float, float, float], note: str = "") -> list[str]:
-    """Markdown bullet lines: CPU, cores, RAM, GPU, package versions, load average at start, date, note."""
+    """Markdown bullet lines: CPU, cores, RAM, GPU, package versions, load average at start, note."""
     gpu = gpu_name()
     lines = [
         f"- machine: {cpu_model()}, {os.cpu_count()} cores, {total_ram_gib():.0f} GiB RAM, "
@@ -88,7 +87,6 @@ def machine_lines(load_at_start: tuple[float, float, float], note: str = "") -> 
         f"- software: {package_versions()}",
         f"- load average at start (1/5/15 min): {load_at_start[0]:.2f} / {load_at_start[1]:.2f} / "
         f"{load_at_start[2]:.2f}",
-        f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
     ]
     return lines + ([f"- note: {note}"] if note else [])
 
