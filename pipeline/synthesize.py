@@ -28,7 +28,7 @@ from pipeline.types import BACKENDS, Backend
 from usgan.checkpoint import CheckpointError, WeightsInfo, file_sha256, load_generator
 from usgan.errors import UserError
 from usgan.export import (
-    CUDA, ExecutionPreference, create_session, export_onnx, run_generator, session_weights_info, usable_providers,
+    CUDA, ExecutionPreference, ExportError, create_session, export_onnx, run_generator, session_weights_info, usable_providers,
 )
 from usgan.expressions import EXPRESSIONS
 from usgan.inference import add_residual, apply_generator, resize_residual, resize_to_generator
@@ -222,8 +222,11 @@ def exported_onnx(weights: Path, fp16: bool, cache_dir: Path) -> Path:
         log.info("%s: exporting to %s (once per weights file)", weights, path)
         try:
             export_onnx(weights, path, fp16=fp16)
-        except OSError as error:
-            raise UserError(f"{path}: cannot write the ONNX export ({error.strerror or error}); "
+        except ExportError as error:
+            cause = error.__cause__
+            if not isinstance(cause, OSError):
+                raise
+            raise UserError(f"{path}: cannot write the ONNX export ({cause.strerror or cause}); "
                             "set synthesizer.onnx.cache_dir to a writable folder") from error
     return path
 
