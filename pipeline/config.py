@@ -13,22 +13,68 @@ import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import yaml
 
 from pipeline.faces.detector import DetectorConfig
 from pipeline.faces.tracking import TrackerConfig
 from pipeline.schedule import Schedule, parse_schedule
-from pipeline.synthesize import TORCH_PRECISIONS, SynthesizerConfig, resolve_weights
-from pipeline.types import BACKENDS, BLEND_MODES, FACE_SELECTIONS, BlendMode, FaceSelection
+from pipeline.types import BACKENDS, BLEND_MODES, FACE_SELECTIONS, Backend, BlendMode, FaceSelection
 from pipeline.video.codecs import VIDEO_CODECS, EncoderConfig
 from usgan.config import ConfigError, flatten, from_mapping, load_config
-from usgan.export import EXECUTION_PREFERENCES
+from usgan.errors import UserError
+from usgan.providers import EXECUTION_PREFERENCES, ExecutionPreference
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pipeline" / "default.yaml"
 FAST_PRESET = DEFAULT_CONFIG.with_name("fast.yaml")
 """The `--fast` preset: a partial config whose keys override the base config (explicit options override both)."""
+
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "usgan_tfeid.safetensors"
+"""The project's shipped generator; the one place its path is written."""
+DEFAULT_ONNX_CACHE = "~/.cache/usgan/onnx"
+
+TorchDevice = Literal["auto", "cpu", "cuda"]
+TORCH_DEVICES: tuple[TorchDevice, ...] = get_args(TorchDevice)
+TorchPrecision = Literal["fp32", "bf16", "auto"]  # auto: bf16 where it runs natively (see bf16_native), else fp32
+TORCH_PRECISIONS: tuple[TorchPrecision, ...] = get_args(TorchPrecision)
+
+
+class WeightsMissingError(UserError):
+    """No weights given and none shipped."""
+
+
+@dataclass(frozen=True)
+class OnnxConfig:
+    """ONNX Runtime settings. fp16 None: fp16 exactly when a GPU provider is usable (fp32 on the CPU)."""
+
+    preference: ExecutionPreference = "auto"
+    fp16: bool | None = None
+    cache_dir: str = DEFAULT_ONNX_CACHE  # exported graphs (keyed by the weights' hash) and TensorRT engines
+    threads: int = 0  # intra-op threads; 0 = automatic (the pipeline gives the generator all the cores)
+
+
+@dataclass(frozen=True)
+class SynthesizerConfig:
+    """Which generator to run and on what. weights None: DEFAULT_WEIGHTS."""
+
+    backend: Backend = "torch"
+    weights: Path | None = None
+    device: TorchDevice = "auto"  # torch back-end: cuda when available
+    threads: int = 0  # torch intra-op threads; 0 = automatic (the pipeline gives the generator all the cores)
+    precision: TorchPrecision = "fp32"  # torch back-end: bf16 runs the convolutions in bfloat16 (autocast)
+    onnx: OnnxConfig = OnnxConfig()
+
+
+def resolve_weights(weights: Path | str | None) -> Path:
+    """The weights file to load: the given one, or the shipped default when it exists."""
+    if weights is not None:
+        return Path(weights).expanduser()
+    if not DEFAULT_WEIGHTS.is_file():
+        raise WeightsMissingError(
+            f"{DEFAULT_WEIGHTS}: default weights missing from this checkout: pass --weights W.safetensors")
+    return DEFAULT_WEIGHTS
 
 
 @dataclass(frozen=True)

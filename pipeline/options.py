@@ -103,7 +103,7 @@ def process_defaults():
 def processing_choices(name: str) -> Callable[[], tuple[str, ...]]:
     """The closed set an option offers, from its one definition in the pipeline."""
     def values() -> tuple[str, ...]:
-        from pipeline.synthesize import TORCH_PRECISIONS
+        from pipeline.config import TORCH_PRECISIONS
         from pipeline.types import BACKENDS, BLEND_MODES, FACE_SELECTIONS
         from pipeline.video.codecs import VIDEO_CODECS, X264_PRESETS
 
@@ -113,7 +113,7 @@ def processing_choices(name: str) -> Callable[[], tuple[str, ...]]:
 
 
 def shipped_weights() -> str:
-    from pipeline.synthesize import DEFAULT_WEIGHTS
+    from pipeline.config import DEFAULT_WEIGHTS
 
     return repo_path(DEFAULT_WEIGHTS)
 

@@ -16,60 +16,23 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, get_args
+from typing import Protocol
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from pipeline.types import BACKENDS, Backend
+from pipeline.config import OnnxConfig, SynthesizerConfig, TorchDevice, TorchPrecision, resolve_weights
+from pipeline.types import BACKENDS
 from usgan.checkpoint import CheckpointError, WeightsInfo, file_sha256, load_generator
 from usgan.errors import UserError
-from usgan.export import (
-    CUDA, ExecutionPreference, ExportError, create_session, export_onnx, run_generator, session_weights_info, usable_providers,
-)
+from usgan.export import ExportError, create_session, export_onnx, run_generator, session_weights_info
+from usgan.providers import CUDA, ExecutionPreference, usable_providers
 from usgan.expressions import EXPRESSIONS
 from usgan.inference import add_residual, apply_generator, resize_residual, resize_to_generator
 
 log = logging.getLogger(__name__)
-
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "usgan_tfeid.safetensors"
-"""The project's shipped generator; the one place its path is written."""
-DEFAULT_ONNX_CACHE = "~/.cache/usgan/onnx"
-
-TorchDevice = Literal["auto", "cpu", "cuda"]
-TORCH_DEVICES: tuple[TorchDevice, ...] = get_args(TorchDevice)
-TorchPrecision = Literal["fp32", "bf16", "auto"]  # auto: bf16 where it runs natively (see bf16_native), else fp32
-TORCH_PRECISIONS: tuple[TorchPrecision, ...] = get_args(TorchPrecision)
-
-
-class WeightsMissingError(UserError):
-    """No weights given and none shipped."""
-
-
-@dataclass(frozen=True)
-class OnnxConfig:
-    """ONNX Runtime settings. fp16 None: fp16 exactly when a GPU provider is usable (fp32 on the CPU)."""
-
-    preference: ExecutionPreference = "auto"
-    fp16: bool | None = None
-    cache_dir: str = DEFAULT_ONNX_CACHE  # exported graphs (keyed by the weights' hash) and TensorRT engines
-    threads: int = 0  # intra-op threads; 0 = automatic (the pipeline gives the generator all the cores)
-
-
-@dataclass(frozen=True)
-class SynthesizerConfig:
-    """Which generator to run and on what. weights None: DEFAULT_WEIGHTS."""
-
-    backend: Backend = "torch"
-    weights: Path | None = None
-    device: TorchDevice = "auto"  # torch back-end: cuda when available
-    threads: int = 0  # torch intra-op threads; 0 = automatic (the pipeline gives the generator all the cores)
-    precision: TorchPrecision = "fp32"  # torch back-end: bf16 runs the convolutions in bfloat16 (autocast)
-    onnx: OnnxConfig = OnnxConfig()
-
 
 class FaceSynthesizer(Protocol):
     """Edits (N, S, S, 3) uint8 BGR crops; the generator itself works at image_size (S may differ)."""
@@ -83,16 +46,6 @@ class FaceSynthesizer(Protocol):
 
 
 # ---------------------------------------------------------------- conversions (pure)
-
-
-def resolve_weights(weights: Path | str | None) -> Path:
-    """The weights file to load: the given one, or the shipped default when it exists."""
-    if weights is not None:
-        return Path(weights).expanduser()
-    if not DEFAULT_WEIGHTS.is_file():
-        raise WeightsMissingError(
-            f"{DEFAULT_WEIGHTS}: default weights missing from this checkout: pass --weights W.safetensors")
-    return DEFAULT_WEIGHTS
 
 
 def check_batch(crops: NDArray, targets: NDArray, intensity: NDArray) -> None:

@@ -35,7 +35,8 @@ import bench_common as bc
 import numpy as np
 import torch
 
-from pipeline.synthesize import OnnxConfig, OnnxSynthesizer, TorchSynthesizer, bf16_native
+from pipeline.config import OnnxConfig
+from pipeline.synthesize import OnnxSynthesizer, TorchSynthesizer, bf16_native
 from usgan.checkpoint import load_generator
 from usgan.expressions import EXPRESSIONS, one_hot
 

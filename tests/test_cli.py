@@ -22,7 +22,7 @@ import pipeline.batch
 import pipeline.config
 import pipeline.process
 from pipeline.options import ConfigOption, config_value
-from pipeline.synthesize import TorchPrecision
+from pipeline.config import TorchPrecision
 from pipeline.types import Backend, BlendMode, FaceSelection
 from pipeline.video.codecs import X264_PRESETS, VideoCodec
 from usgan.checkpoint import WeightsInfo, save_generator

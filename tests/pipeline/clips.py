@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from pipeline.config import ProcessConfig
-from pipeline.synthesize import SynthesizerConfig, TorchSynthesizer
+from pipeline.config import SynthesizerConfig
+from pipeline.synthesize import TorchSynthesizer
 from pipeline.types import Face
 from pipeline.video.codecs import EncoderConfig
 from usgan.checkpoint import WeightsInfo, save_generator

@@ -16,7 +16,7 @@ import pytest
 from clips import face_frame, make_clip, portrait, psnr, tight_crop
 from pipeline.batch import BatchError, convert_dir, summary_lines
 from pipeline.config import ProcessConfig
-from pipeline.synthesize import SynthesizerConfig
+from pipeline.config import SynthesizerConfig
 from pipeline.video.codecs import EncoderConfig
 from usgan.errors import UserError
 

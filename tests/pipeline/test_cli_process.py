@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import cli as cli_module
-import pipeline.synthesize as synthesize
+import pipeline.config
 from clips import face_frame, leftovers, make_clip, portrait, psnr
 from pipeline.faces.detector import FaceDetector
 from pipeline.video.probe import probe_video
@@ -127,7 +127,7 @@ def test_unwritable_folder_is_refused(weights, tmp_path, monkeypatch):
 
 
 def test_missing_default_weights_says_to_pass_weights(tmp_path, monkeypatch):
-    monkeypatch.setattr(synthesize, "DEFAULT_WEIGHTS", tmp_path / "weights" / "usgan_tfeid.safetensors")
+    monkeypatch.setattr(pipeline.config, "DEFAULT_WEIGHTS", tmp_path / "weights" / "usgan_tfeid.safetensors")
     source = make_clip(tmp_path / "in.mp4", frames=2)
     result = invoke("process", source, "-e", "sad")
     assert result.exit_code == 1

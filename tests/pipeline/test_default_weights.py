@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from cli import cli
 from clips import PORTRAIT
 from pipeline.faces.detector import DetectorConfig, FaceDetector
-from pipeline.synthesize import DEFAULT_WEIGHTS
+from pipeline.config import DEFAULT_WEIGHTS
 from usgan.checkpoint import load_generator, load_tensors
 from usgan.expressions import EXPRESSIONS
 from usgan.model import GeneratorConfig, count_parameters

@@ -16,7 +16,7 @@ from pipeline.config import (
     parse_edit, share_threads,
 )
 from pipeline.faces.detector import DetectorConfig
-from pipeline.synthesize import DEFAULT_WEIGHTS, SynthesizerConfig
+from pipeline.config import DEFAULT_WEIGHTS, SynthesizerConfig
 from usgan.config import ConfigError
 
 

@@ -8,20 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+import pipeline.config
 import pipeline.synthesize as synthesize
 from clips import save_weights
 from usgan.errors import UserError
+from pipeline.config import OnnxConfig, SynthesizerConfig, WeightsMissingError, resolve_weights
 from pipeline.synthesize import (
-    OnnxConfig,
-    OnnxSynthesizer,
-    SynthesizerConfig,
-    TorchSynthesizer,
-    WeightsMissingError,
-    build_synthesizer,
-    from_model_output,
-    onnx_cache_path,
-    resolve_weights,
-    to_model_input,
+    OnnxSynthesizer, TorchSynthesizer, build_synthesizer, from_model_output, onnx_cache_path, to_model_input,
 )
 
 
@@ -128,7 +121,7 @@ def test_build_synthesizer_follows_the_config(weights, tmp_path):
 
 
 def test_default_weights_missing_is_one_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(synthesize, "DEFAULT_WEIGHTS", tmp_path / "weights" / "usgan_tfeid.safetensors")
+    monkeypatch.setattr(pipeline.config, "DEFAULT_WEIGHTS", tmp_path / "weights" / "usgan_tfeid.safetensors")
     with pytest.raises(WeightsMissingError,
                        match="default weights missing from this checkout: pass --weights W.safetensors"):
         resolve_weights(None)

@@ -18,20 +18,9 @@ from usgan.checkpoint import CheckpointError, WeightsInfo, load_generator, save_
 from usgan.official import import_official
 from usgan.model import Generator, GeneratorConfig
 from usgan.export import (
-    CPU,
-    CUDA,
-    PARITY_TOLERANCE,
-    PRECISION_KEY,
-    TENSORRT,
-    ExportError,
-    SessionError,
-    build_providers,
-    create_session,
-    export_onnx,
-    run_generator,
-    session_weights_info,
-    usable_providers,
+    PARITY_TOLERANCE, PRECISION_KEY, ExportError, create_session, export_onnx, run_generator, session_weights_info,
 )
+from usgan.providers import CPU, CUDA, TENSORRT, SessionError, build_providers, usable_providers
 
 IMAGE_SIZE = 32  # small crops keep the CPU parity runs fast; H and W are dynamic in the graph anyway
 
