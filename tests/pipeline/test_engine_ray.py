@@ -1,0 +1,135 @@
+"""pipeline.engine_ray: convert on a real Ray (a two-node cluster on this machine): the local engine's outputs, the
+manifest, resume, a failing file, work on both nodes, a removed node, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import pytest
+
+ray = pytest.importorskip("ray", reason="Ray is not installed (scripts/setup_env.sh installs the ray extra)")
+
+from clips import face_frame, leftovers, portrait, psnr, tight_crop  # noqa: E402
+from pipeline.batch import convert_dir  # noqa: E402
+from pipeline.engines import engine_for  # noqa: E402
+from test_batch import config_for, fingerprints  # noqa: E402
+from test_cli_process import REPO, done_in_manifest, interrupt, start_cli, wait_for  # noqa: E402
+
+PHOTOS = [f"p{index}.png" for index in range(6)]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Two Ray nodes of one CPU each on this machine, with this process connected as the driver."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address, logging_level=logging.WARNING)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    """Six face photos, a tight crop, a face-less image and a corrupt JPEG."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for index, name in enumerate(PHOTOS):
+        cv2.imwrite(str(folder / name), face_frame(160, 120, index))
+    cv2.imwrite(str(folder / "tight.jpg"), tight_crop())
+    cv2.imwrite(str(folder / "wall.png"), face_frame(96, 72, 0, face=False))
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return folder
+
+
+def statuses(summary) -> dict[str, str]:
+    return {result.source: result.status for result in summary.results}
+
+
+def test_ray_gives_the_local_outputs_and_a_complete_manifest(cluster, weights, photos, tmp_path, caplog):
+    before, config = fingerprints(photos), config_for(weights["random"])
+    local = convert_dir(photos, tmp_path / "local", config)
+    caplog.set_level(logging.DEBUG, logger="pipeline.engine_ray")
+    on_ray = convert_dir(photos, tmp_path / "ray", config, engine=engine_for("ray"))
+    assert statuses(on_ray) == statuses(local) and statuses(on_ray)["broken.jpg"] == "failed"
+    assert {r.source: r.faces for r in on_ray.results} == {r.source: r.faces for r in local.results}
+    for name in [*PHOTOS, "tight.jpg", "wall.png"]:
+        local_image, ray_image = (cv2.imread(str(tmp_path / kind / name)) for kind in ("local", "ray"))
+        assert local_image.shape == ray_image.shape and psnr(local_image, ray_image) > 45, name
+    files = json.loads((tmp_path / "ray" / "manifest.json").read_text())["files"]
+    assert set(files) == set(statuses(local)) and "broken.jpg" in files["broken.jpg"]["reason"]
+    assert fingerprints(photos) == before
+    nodes = set(re.findall(r"on node (\w+)", caplog.text))  # each file's result names the node that wrote it
+    assert nodes == {node["NodeID"] for node in ray.nodes() if node["Alive"]} and len(nodes) == 2
+
+
+def test_ray_resumes_and_redoes_only_what_changed(cluster, weights, photos, tmp_path):
+    config, out = config_for(weights["random"]), tmp_path / "out"
+    first = convert_dir(photos, out, config, engine=engine_for("ray"))
+    written = {name: (out / name).stat().st_mtime_ns for name in PHOTOS}
+    (out / "p0.png").unlink()
+    again = convert_dir(photos, out, config, engine=engine_for("ray"))
+    assert statuses(again) == {**statuses(first), **{name: "skipped" for name in PHOTOS[1:]},
+                               "tight.jpg": "skipped", "wall.png": "skipped"}
+    assert {name: (out / name).stat().st_mtime_ns for name in PHOTOS[1:]} == {
+        name: written[name] for name in PHOTOS[1:]}
+    assert (out / "p0.png").is_file()
+
+
+@pytest.mark.slow
+def test_a_node_removed_mid_run_loses_no_file(cluster, weights, tmp_path):
+    """A third node is removed once the first file is in the manifest: its work is retried or recorded."""
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    for index in range(16):
+        cv2.imwrite(str(folder / f"q{index:02d}.png"), face_frame(160, 120, index))
+    doomed = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+
+    def remove_node() -> None:
+        deadline = time.monotonic() + 120
+        while not done_in_manifest(out) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        cluster.remove_node(doomed)
+
+    remover = threading.Thread(target=remove_node)
+    remover.start()
+    summary = convert_dir(folder, out, config_for(weights["random"]), engine=engine_for("ray"))
+    remover.join()
+    files = json.loads((out / "manifest.json").read_text())["files"]
+    assert sorted(files) == sorted(p.name for p in folder.iterdir())
+    for name, entry in files.items():
+        assert entry["status"] == "done" and (out / name).is_file() or \
+            entry["status"] == "failed" and entry["reason"].startswith("not converted on Ray"), (name, entry)
+    assert len(summary.results) == 16 and leftovers(out) == []
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_ray_exits_130_with_a_true_manifest(cluster, weights, tmp_path):
+    """The CLI joins the cluster by address; Ctrl-C: exit 130, every file listed is on disk and nothing else is."""
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    for index in range(24):
+        cv2.imwrite(str(folder / f"r{index:02d}.png"), portrait())
+    child = start_cli("convert", folder, out, "-e", "happy", "--weights", weights["random"], "--crop-size", 64,
+                      "--engine", "ray", "--ray-address", cluster.address)
+    wait_for(lambda: done_in_manifest(out), child, "a first file in the manifest")
+    assert interrupt(child).startswith("interrupted: finished files are kept in OUT_DIR")
+    listed = done_in_manifest(out)
+    assert listed == {p.name for p in out.iterdir() if p.name != "manifest.json"} and 0 < len(listed) < 24
+
+
+def test_ray_address_needs_the_ray_engine(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "cli.py"), "convert", tmp_path, tmp_path / "out",
+                             "--ray-address", "auto"], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2 and "--ray-address needs --engine ray" in result.stderr
