@@ -62,7 +62,7 @@ def node_id() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
-@ray.remote(num_cpus=1)
+@ray.remote(num_cpus=1, scheduling_strategy="SPREAD")  # new work over every node; finish follows its data
 def prepare_photo(source: Source, index: int, out_dir: Path, config: ProcessConfig,
                   settings: str) -> ImageTask | FileResult:
     """Read a photo and find and align its faces; a failure is the file's result already."""
@@ -88,7 +88,7 @@ def finish_photo(source: Source, task: ImageTask | FileResult, edits: tuple | Fi
     return file_result(source, settings, finish_task(task, models, config)), node_id()
 
 
-@ray.remote(num_cpus=1)
+@ray.remote(num_cpus=1, scheduling_strategy="SPREAD")
 def convert_video(source: Source, out_dir: Path, config: ProcessConfig, settings: str) -> tuple[FileResult, str]:
     """A whole video with its own streaming pipeline (decode, faces, generator, blend, encode) in this task."""
     from pipeline.batch_workers import convert_file

@@ -130,6 +130,7 @@ def test_ctrl_c_on_ray_exits_130_with_a_true_manifest(cluster, weights, tmp_path
 
 
 def test_ray_address_needs_the_ray_engine(tmp_path):
-    result = subprocess.run([sys.executable, str(REPO / "cli.py"), "convert", tmp_path, tmp_path / "out",
-                             "--ray-address", "auto"], capture_output=True, text=True, cwd=REPO)
+    command = ["convert", tmp_path, tmp_path / "out", "-e", "happy", "--ray-address", "auto"]
+    result = subprocess.run([sys.executable, str(REPO / "cli.py"), *map(str, command)], capture_output=True,
+                            text=True, cwd=REPO)
     assert result.returncode == 2 and "--ray-address needs --engine ray" in result.stderr
