@@ -176,13 +176,15 @@ class RayConvert:
                         + [[video] for video in videos])
         pending: dict[ray.ObjectRef, Source] = {}
         with interrupt_flag() as interrupted:
-            while (waiting or pending) and not interrupted.is_set():
-                while waiting and len(pending) < self.limit:
-                    pending.update(self.submit(waiting.popleft()))
-                yield from self.collect(pending, _POLL_S)
-            if interrupted.is_set():
+            try:
+                while (waiting or pending) and not interrupted.is_set():
+                    while waiting and len(pending) < self.limit:
+                        pending.update(self.submit(waiting.popleft()))
+                    yield from self.collect(pending, _POLL_S)
+            finally:  # Ctrl-C, or the caller stopped early: no new output after this
                 for ref in pending:
                     ray.cancel(ref)
+            if interrupted.is_set():
                 yield from self.collect(pending, _STOP_S, until_all=True)
         if interrupted.is_set():
             raise KeyboardInterrupt
