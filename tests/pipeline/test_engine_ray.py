@@ -93,7 +93,7 @@ def test_a_node_removed_mid_run_loses_no_file(cluster, weights, tmp_path):
     folder.mkdir()
     for index in range(16):
         cv2.imwrite(str(folder / f"q{index:02d}.png"), face_frame(160, 120, index))
-    doomed = cluster.add_node(num_cpus=1)
+    doomed, finished_before = cluster.add_node(num_cpus=1), []
     cluster.wait_for_nodes()
 
     def remove_node() -> None:
@@ -101,6 +101,7 @@ def test_a_node_removed_mid_run_loses_no_file(cluster, weights, tmp_path):
         while not done_in_manifest(out) and time.monotonic() < deadline:
             time.sleep(0.05)
         cluster.remove_node(doomed)
+        finished_before.append(len(done_in_manifest(out)))
 
     remover = threading.Thread(target=remove_node)
     remover.start()
@@ -111,7 +112,7 @@ def test_a_node_removed_mid_run_loses_no_file(cluster, weights, tmp_path):
     for name, entry in files.items():
         assert entry["status"] == "done" and (out / name).is_file() or \
             entry["status"] == "failed" and entry["reason"].startswith("not converted on Ray"), (name, entry)
-    assert len(summary.results) == 16 and leftovers(out) == []
+    assert len(summary.results) == 16 and leftovers(out) == [] and 0 < finished_before[0] < 16  # removed mid-run
 
 
 @pytest.mark.slow
