@@ -62,30 +62,31 @@ def node_id() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
-@ray.remote(num_cpus=1, scheduling_strategy="SPREAD")  # new work over every node; finish follows its data
+@ray.remote(num_cpus=1, num_returns=2, scheduling_strategy="SPREAD")  # new work over every node
 def prepare_photo(source: Source, index: int, out_dir: Path, config: ProcessConfig,
-                  settings: str) -> ImageTask | FileResult:
-    """Read a photo and find and align its faces; a failure is the file's result already."""
+                  settings: str) -> tuple[ImageTask | FileResult, str]:
+    """Read a photo and find and align its faces (a failure is the file's result already); and this node."""
     started = time.perf_counter()
     config = worker_config(config, os.cpu_count() or 1)  # one core: this task's share of its node
     models = worker_models(config, settings, generator=False)
     task = ImageTask(index, source.path, out_dir / source.relative, started)
     task = next(plan_tasks([attempt(task, lambda: read_task(task))], models, config))
     if task.error is not None:
-        return file_result(source, settings, ImageOutcome(source.path, error=task.error))
-    return replace(task, started=time.perf_counter() - started)  # a duration: the clocks of two nodes differ
+        return file_result(source, settings, ImageOutcome(source.path, error=task.error)), node_id()
+    return replace(task, started=time.perf_counter() - started), node_id()  # a duration: two nodes' clocks differ
 
 
 @ray.remote(num_cpus=1)
-def finish_photo(source: Source, task: ImageTask | FileResult, edits: tuple | FileResult, config: ProcessConfig,
-                 settings: str) -> tuple[FileResult, str]:
-    """Blend a photo's edited faces back and write it (atomically); (its result, the node that wrote it)."""
+def finish_photo(source: Source, task: ImageTask | FileResult, edits: tuple | FileResult, prepared_on: str,
+                 config: ProcessConfig, settings: str) -> tuple[FileResult, str]:
+    """Blend a photo's edited faces back and write it (atomically); (its result, the nodes that did the work)."""
+    nodes = f"{prepared_on} and {node_id()}"
     if isinstance(task, FileResult) or isinstance(edits, FileResult):
-        return (task if isinstance(task, FileResult) else edits), node_id()
+        return (task if isinstance(task, FileResult) else edits), nodes
     config = worker_config(config, os.cpu_count() or 1)
     models = worker_models(config, settings, generator=False)
     task = replace(task, started=time.perf_counter() - task.started, edited=EditedFrame(task.job.frame, edits))
-    return file_result(source, settings, finish_task(task, models, config)), node_id()
+    return file_result(source, settings, finish_task(task, models, config)), nodes
 
 
 @ray.remote(num_cpus=1, scheduling_strategy="SPREAD")
@@ -195,14 +196,14 @@ class RayConvert:
         if not is_image_path(sources[0].path):
             return {convert_video.options(**self.video_options).remote(sources[0], out_dir, config, settings):
                     sources[0]}
-        prepared = [prepare_photo.remote(source, self.submitted + n, out_dir, config, settings)
-                    for n, source in enumerate(sources)]
+        prepared, nodes = zip(*[prepare_photo.remote(source, self.submitted + n, out_dir, config, settings)
+                                for n, source in enumerate(sources)])
         self.submitted += len(sources)
         generator = self.generators[(self.submitted // self.chunk) % len(self.generators)]
         edits = generator.synthesize.options(num_returns=len(sources)).remote(sources, *prepared)
         edits = edits if len(sources) > 1 else [edits]
-        return {finish_photo.remote(source, task, edit, config, settings): source
-                for source, task, edit in zip(sources, prepared, edits)}
+        return {finish_photo.remote(source, task, edit, node, config, settings): source
+                for source, task, edit, node in zip(sources, prepared, edits, nodes)}
 
     def collect(self, pending: dict[ray.ObjectRef, Source], timeout: float,
                 until_all: bool = False) -> Iterator[FileResult]:
@@ -227,5 +228,5 @@ class RayConvert:
         except ray.exceptions.RayError as error:
             cause = getattr(error, "cause", None) or error
             return failed(source, self.settings, f"not converted on Ray: {one_line(cause)}")
-        log.debug("%s: %s on node %s", source.relative, result.status, node)
+        log.debug("%s: %s on node %s", source.relative, result.status, node)  # nodes: "A and B" for photos
         return result

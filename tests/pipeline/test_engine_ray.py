@@ -69,7 +69,8 @@ def test_ray_gives_the_local_outputs_and_a_complete_manifest(cluster, weights, p
     files = json.loads((tmp_path / "ray" / "manifest.json").read_text())["files"]
     assert set(files) == set(statuses(local)) and "broken.jpg" in files["broken.jpg"]["reason"]
     assert fingerprints(photos) == before
-    nodes = set(re.findall(r"on node (\w+)", caplog.text))  # each file's result names the node that wrote it
+    nodes = set(re.findall(r"on node (\w+) and (\w+)", caplog.text))  # the nodes that read and wrote each file
+    nodes = {node for pair in nodes for node in pair}
     assert nodes == {node["NodeID"] for node in ray.nodes() if node["Alive"]} and len(nodes) == 2
 
 
