@@ -1,8 +1,9 @@
-"""pipeline.engine_ray: convert on a real Ray (a two-node cluster on this machine): the local engine's outputs, the
-manifest, resume, a failing file, work on both nodes, a removed node, Ctrl-C."""
+"""pipeline.engine_ray: convert on a real Ray (a two-node cluster on this machine, and the CLI's own local Ray): the
+local engine's outputs, the manifest, resume, a failing file, work on both nodes, a removed node, Ctrl-C."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -116,19 +117,36 @@ def test_a_node_removed_mid_run_loses_no_file(cluster, weights, tmp_path):
     assert len(summary.results) == 16 and leftovers(out) == [] and 0 < finished_before[0] < 16  # removed mid-run
 
 
+def ray_processes() -> set[int]:
+    """Pids of the Ray services running on this machine (each Ray instance has its own gcs_server and raylet)."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and (entry / "comm").read_text().strip() in {"gcs_server", "raylet"}:
+                pids.add(int(entry.name))
+    return pids
+
+
 @pytest.mark.slow
 def test_ctrl_c_on_ray_exits_130_with_a_true_manifest(cluster, weights, tmp_path):
-    """The CLI joins the cluster by address; Ctrl-C: exit 130, every file listed is on disk and nothing else is."""
+    """The command's own local Ray; Ctrl-C: exit 130, every file listed is on disk and nothing else is, and the
+    Ray it started is stopped."""
     folder, out = tmp_path / "in", tmp_path / "out"
     folder.mkdir()
     for index in range(24):
         cv2.imwrite(str(folder / f"r{index:02d}.png"), portrait())
+    before = ray_processes()
     child = start_cli("convert", folder, out, "-e", "happy", "--weights", weights["random"], "--crop-size", 64,
-                      "--engine", "ray", "--ray-address", cluster.address)
+                      "--engine", "ray", "--jobs", 2)
     wait_for(lambda: done_in_manifest(out), child, "a first file in the manifest")
+    assert ray_processes() - before  # the command started a Ray of its own
     assert interrupt(child).startswith("interrupted: finished files are kept in OUT_DIR")
     listed = done_in_manifest(out)
     assert listed == {p.name for p in out.iterdir() if p.name != "manifest.json"} and 0 < len(listed) < 24
+    deadline = time.monotonic() + 30
+    while ray_processes() - before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not ray_processes() - before
 
 
 def test_ray_address_needs_the_ray_engine(tmp_path):
