@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -18,7 +19,7 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (scripts/setup_env.sh installs the ray extra)")
 
-from clips import face_frame, leftovers, portrait, psnr, tight_crop  # noqa: E402
+from clips import decode_frames, face_frame, leftovers, make_clip, portrait, psnr, tight_crop  # noqa: E402
 from pipeline.batch import convert_dir  # noqa: E402
 from pipeline.engines import engine_for  # noqa: E402
 from test_batch import config_for, fingerprints  # noqa: E402
@@ -42,7 +43,7 @@ def cluster():
 
 @pytest.fixture
 def photos(tmp_path) -> Path:
-    """Six face photos, a tight crop, a face-less image and a corrupt JPEG."""
+    """Six face photos, a tight crop, a face-less image, a corrupt JPEG and a short clip."""
     folder = tmp_path / "in"
     folder.mkdir()
     for index, name in enumerate(PHOTOS):
@@ -50,6 +51,7 @@ def photos(tmp_path) -> Path:
     cv2.imwrite(str(folder / "tight.jpg"), tight_crop())
     cv2.imwrite(str(folder / "wall.png"), face_frame(96, 72, 0, face=False))
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    make_clip(folder / "clip.mp4", frames=4, width=160, height=120)
     return folder
 
 
@@ -59,6 +61,7 @@ def statuses(summary) -> dict[str, str]:
 
 def test_ray_gives_the_local_outputs_and_a_complete_manifest(cluster, weights, photos, tmp_path, caplog):
     before, config = fingerprints(photos), config_for(weights["random"])
+    config = replace(config, encoder=replace(config.encoder, crf=10))  # the comparison sees the pipeline, not x264
     local = convert_dir(photos, tmp_path / "local", config)
     caplog.set_level(logging.DEBUG, logger="pipeline.engine_ray")
     on_ray = convert_dir(photos, tmp_path / "ray", config, engine=engine_for("ray"))
@@ -67,6 +70,9 @@ def test_ray_gives_the_local_outputs_and_a_complete_manifest(cluster, weights, p
     for name in [*PHOTOS, "tight.jpg", "wall.png"]:
         local_image, ray_image = (cv2.imread(str(tmp_path / kind / name)) for kind in ("local", "ray"))
         assert local_image.shape == ray_image.shape and psnr(local_image, ray_image) > 45, name
+    local_frames, ray_frames = (decode_frames(tmp_path / kind / "clip.mp4") for kind in ("local", "ray"))
+    assert len(local_frames) == len(ray_frames) == 4  # the video: one whole-file task
+    assert min(psnr(a, b) for a, b in zip(local_frames, ray_frames)) > 45
     files = json.loads((tmp_path / "ray" / "manifest.json").read_text())["files"]
     assert set(files) == set(statuses(local)) and "broken.jpg" in files["broken.jpg"]["reason"]
     assert fingerprints(photos) == before
@@ -82,7 +88,7 @@ def test_ray_resumes_and_redoes_only_what_changed(cluster, weights, photos, tmp_
     (out / "p0.png").unlink()
     again = convert_dir(photos, out, config, engine=engine_for("ray"))
     assert statuses(again) == {**statuses(first), **{name: "skipped" for name in PHOTOS[1:]},
-                               "tight.jpg": "skipped", "wall.png": "skipped"}
+                               "tight.jpg": "skipped", "wall.png": "skipped", "clip.mp4": "skipped"}
     assert {name: (out / name).stat().st_mtime_ns for name in PHOTOS[1:]} == {
         name: written[name] for name in PHOTOS[1:]}
     assert (out / "p0.png").is_file()
