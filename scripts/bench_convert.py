@@ -2,7 +2,8 @@
 """Photos/s of `convert` with --engine local against --engine ray on this machine, side by side in one run.
 
 Usage (from the repo root):
-  PYTHONPATH=. .venv/bin/python scripts/bench_convert.py [--photos 48] [--jobs 2] [--rounds 2] [--no-write]
+  PYTHONPATH=. .venv/bin/python scripts/bench_convert.py [--photos 48] [--jobs 2] [--rounds 2] \
+      [--no-write]
 Makes --photos face photos (the portrait InsightFace ships, on a textured background, shifted per photo), converts
 them with the default settings and a generator of the real size, in rounds that run both engines in turn (best of
 each). The Ray engine runs on a fresh local Ray of --jobs CPUs per run, started outside the timing (as a running
