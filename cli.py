@@ -29,6 +29,7 @@ if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is signal.default_
 
 import click  # noqa: E402 - after the Ctrl-C handler
 
+from pipeline.engines import ENGINES  # noqa: E402
 from pipeline.errors import describe_os_error  # noqa: E402
 from pipeline.files import check_output_path  # noqa: E402
 from pipeline.options import (  # noqa: E402
@@ -340,9 +341,14 @@ def process_command(input_path: Path, output: Path | None, config_path: Path | N
 @processing_options
 @click.option("--recursive", is_flag=True, help="Also convert the files of IN_DIR's subfolders.")
 @click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Worker processes, each with its own models.")
+              help="Worker processes, each with its own models (ray: the CPUs of the local Ray it starts).")
+@click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True,
+              help="local: this machine; ray: a Ray cluster (docs/RAY.md).")
+@click.option("--ray-address", metavar="ADDR", default=None,
+              help="With --engine ray: a running cluster to join ('auto': this machine's); default: a local Ray "
+                   "for this run.")
 def convert_command(in_dir: Path, out_dir: Path, config_path: Path | None, fast: bool, recursive: bool, jobs: int,
-                    **options: Any) -> None:
+                    engine: str, ray_address: str | None, **options: Any) -> None:
     """Convert every photo and video of IN_DIR into OUT_DIR (same relative paths and names).
 
     OUT_DIR/manifest.json lists every file of IN_DIR as done, skipped (complete from an earlier run, or of an
@@ -354,11 +360,16 @@ def convert_command(in_dir: Path, out_dir: Path, config_path: Path | None, fast:
       python cli.py convert photos/ out/ --expression happy
       python cli.py convert shoot/ shoot_sad/ -e sad --recursive --jobs 2 --backend onnx
       python cli.py convert photos/ out/ -e happy --fast
+      python cli.py convert /shared/photos/ /shared/out/ -e happy --engine ray --ray-address auto
     """
     from pipeline.batch import convert_dir, summary_lines
+    from pipeline.engines import engine_for
 
+    if ray_address is not None and engine != "ray":
+        raise click.UsageError("--ray-address needs --engine ray")
     config = process_config(config_path, fast, options)
-    summary = convert_dir(in_dir, out_dir, config, recursive=recursive, jobs=jobs)
+    summary = convert_dir(in_dir, out_dir, config, recursive=recursive, jobs=jobs,
+                          engine=engine_for(engine, ray_address))
     for line in summary_lines(summary):
         click.echo(line)
     if summary.failed:

@@ -3,7 +3,7 @@
 Outputs keep their relative path, base name and extension. OUT_DIR/manifest.json (pipeline.manifest, rewritten
 atomically as soon as each file is written) accounts for every file of IN_DIR: done, skipped (complete from an
 earlier run, or of an unsupported type) or failed with its reason; hidden files are left out. A re-run skips the
-complete ones, also after Ctrl-C. Inputs are only read. How the files are processed: pipeline.batch_workers.
+complete ones, also after Ctrl-C. Inputs are only read. Which engine processes the files: pipeline.engines.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from pipeline.batch_workers import convert_here, convert_in_workers
 from pipeline.config import ProcessConfig, parse_edit
+from pipeline.engines import ConvertFiles, convert_locally
 from pipeline.files import nearest_existing_folder
 from pipeline.images import is_image_path
 from pipeline.manifest import (
@@ -110,9 +110,10 @@ def earlier_results(files: Sequence[Source], out_dir: Path, settings: str) -> di
 # ---------------------------------------------------------------- convert
 
 
-def convert_dir(in_dir: Path, out_dir: Path, config: ProcessConfig, recursive: bool = False,
-                jobs: int = 1) -> BatchSummary:
-    """Convert every image and video of IN_DIR into OUT_DIR; see the module docstring for layout and resume."""
+def convert_dir(in_dir: Path, out_dir: Path, config: ProcessConfig, recursive: bool = False, jobs: int = 1,
+                engine: ConvertFiles = convert_locally) -> BatchSummary:
+    """Convert every image and video of IN_DIR into OUT_DIR with engine (pipeline.engines); see the module
+    docstring for layout and resume."""
     started = time.perf_counter()
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     check_folders(in_dir, out_dir, recursive)
@@ -124,7 +125,7 @@ def convert_dir(in_dir: Path, out_dir: Path, config: ProcessConfig, recursive: b
     results = earlier_results(files, out_dir, settings)
     todo = [source for source in files if source.relative not in results]
     try:
-        with contextlib.closing(convert_files(todo, out_dir, config, jobs, settings)) as finished:
+        with contextlib.closing(engine(todo, out_dir, config, settings, jobs)) as finished:
             for result in progress(finished, len(todo), config):
                 results[result.source] = result
                 write_manifest(manifest, results, config)
@@ -132,17 +133,6 @@ def convert_dir(in_dir: Path, out_dir: Path, config: ProcessConfig, recursive: b
         write_manifest(manifest, results, config)  # also on Ctrl-C: what finished is recorded for the resume
     ordered = tuple(results[source.relative] for source in files if source.relative in results)
     return BatchSummary(ordered, manifest, time.perf_counter() - started)
-
-
-def convert_files(todo: Sequence[Source], out_dir: Path, config: ProcessConfig, jobs: int,
-                  settings: str) -> Iterator[FileResult]:
-    """Each file's result as soon as its output is written: in this process (jobs 1) or from worker processes."""
-    if not todo:
-        return
-    if jobs <= 1:
-        yield from convert_here(todo, out_dir, config, settings)
-    else:
-        yield from convert_in_workers(todo, out_dir, config, jobs, settings)
 
 
 def progress(results: Iterable[FileResult], total: int, config: ProcessConfig) -> Iterator[FileResult]:

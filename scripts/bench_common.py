@@ -24,7 +24,8 @@ SHARED = REPO.parent / "shared"
 DOC_HEADER = """# Benchmarks
 
 Every table below is written by a script in `scripts/` (`bench_generator.py`, `bench_e2e.py`, `bench_memory.py`,
-`bench_blend.py`, `bench_train.py`); re-run a script to refresh its own section (it rewrites only the text between
+`bench_blend.py`, `bench_train.py`,
+`bench_convert.py`); re-run a script to refresh its own section (it rewrites only the text between
 its markers). Each section names the command, the machine, its load average when the run started and how much CPU
 other processes used during the run. Ratios compare numbers measured side by side in the same run.
 
@@ -36,6 +37,7 @@ Goals and where to read them:
 - `process` on d18.mp4 >= 1.0x real time with efficiency >= 0.8: "End to end", first table;
 - peak RSS on d6.mp4 / d18.mp4 <= 1.15: "Memory";
 - what the faster settings (`--fast`, bf16, detector size and interval) cost in output quality: "Presets";
+- `convert --engine ray` >= 0.8 of `--engine local`'s photos/s on one node: "Convert engines";
 - blend ms per face and training iterations/s (no goal): "Blend", "Training".
 """
 
