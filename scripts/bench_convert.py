@@ -44,9 +44,8 @@ def engine_runs(photos: Path, work: Path, jobs: int) -> tuple[dict[str, float], 
     import ray
 
     from pipeline.batch import convert_dir
-    from pipeline.config import ProcessConfig
+    from pipeline.config import ProcessConfig, SynthesizerConfig
     from pipeline.engines import engine_for
-    from pipeline.config import SynthesizerConfig
 
     config = ProcessConfig(synthesizer=SynthesizerConfig(weights=bc.default_weights(work)), progress=False)
     best, ray_start = {"local": float("inf"), "ray": float("inf")}, 0.0
