@@ -103,7 +103,7 @@ class GeneratorActor:
     """The generator, loaded once; synthesizes the faces of a chunk of photos in batches across them."""
 
     def __init__(self, config: ProcessConfig, settings: str):
-        self.config = worker_config(config, 2)  # on a CPU: half the node's cores, the CPU steps use the rest
+        self.config = worker_config(config, 1)  # every core of the node: the generator bounds a CPU run
         self.synthesizer = worker_models(self.config, settings, generator=True).synthesizer
         self.settings = settings
 

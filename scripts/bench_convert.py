@@ -2,7 +2,7 @@
 """Photos/s of `convert` with --engine local against --engine ray on this machine, side by side in one run.
 
 Usage (from the repo root):
-  PYTHONPATH=. .venv/bin/python scripts/bench_convert.py [--photos 48] [--jobs 2] [--rounds 2] \
+  PYTHONPATH=. .venv/bin/python scripts/bench_convert.py [--photos 144] [--jobs 2] [--rounds 2] \
       [--no-write]
 Makes --photos face photos (the portrait InsightFace ships, on a textured background, shifted per photo), converts
 them with the default settings and a generator of the real size, in rounds that run both engines in turn (best of
@@ -132,7 +132,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--photos", type=int, default=48)
+    parser.add_argument("--photos", type=int, default=144)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--no-write", action="store_true")
