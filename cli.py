@@ -347,8 +347,9 @@ def process_command(input_path: Path, output: Path | None, config_path: Path | N
 @click.option("--ray-address", metavar="ADDR", default=None,
               help="With --engine ray: a running cluster to join ('auto': this machine's); default: a local Ray "
                    "for this run.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
 def convert_command(in_dir: Path, out_dir: Path, config_path: Path | None, fast: bool, recursive: bool, jobs: int,
-                    engine: str, ray_address: str | None, **options: Any) -> None:
+                    engine: str, ray_address: str | None, no_progress: bool, **options: Any) -> None:
     """Convert every photo and video of IN_DIR into OUT_DIR (same relative paths and names).
 
     OUT_DIR/manifest.json lists every file of IN_DIR as done, skipped (complete from an earlier run, or of an
@@ -367,7 +368,7 @@ def convert_command(in_dir: Path, out_dir: Path, config_path: Path | None, fast:
 
     if ray_address is not None and engine != "ray":
         raise click.UsageError("--ray-address needs --engine ray")
-    config = process_config(config_path, fast, options)
+    config = process_config(config_path, fast, options, progress=False if no_progress else None)
     summary = convert_dir(in_dir, out_dir, config, recursive=recursive, jobs=jobs,
                           engine=engine_for(engine, ray_address))
     for line in summary_lines(summary):

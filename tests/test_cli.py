@@ -26,6 +26,7 @@ from pipeline.config import TorchPrecision
 from pipeline.types import Backend, BlendMode, FaceSelection
 from pipeline.video.codecs import X264_PRESETS, VideoCodec
 from usgan.checkpoint import WeightsInfo, save_generator
+from usgan.errors import UserError
 from usgan.model import Generator, GeneratorConfig
 
 REPO = Path(cli_module.__file__).resolve().parent
@@ -227,3 +228,23 @@ def test_export_failing_to_write_is_one_line_and_leaves_nothing(weights, tmp_pat
     assert result.exit_code == 1
     assert one_line(result) == f"error: {out}: cannot write it ({os.strerror(code)})"
     assert not out.exists() and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("command", ["process", "convert"])
+def test_no_progress_reaches_the_config(tmp_path, monkeypatch, command):
+    seen = []
+
+    def capture(*args, **kwargs):
+        seen.extend(arg for arg in args if isinstance(arg, pipeline.config.ProcessConfig))
+        raise UserError("captured")
+
+    if command == "convert":
+        monkeypatch.setattr(pipeline.batch, "convert_dir", capture)
+        paths = [tmp_path, tmp_path / "out"]
+    else:
+        monkeypatch.setattr(pipeline.process, "process_file", capture)
+        paths = [tmp_path / "in.png"]
+    result = invoke(command, *paths, "-e", "sad", "--no-progress")
+    assert one_line(result) == "error: captured" and result.exit_code == 1
+    assert [config.progress for config in seen] == [False]
+
