@@ -4,8 +4,9 @@ Both ways stream the still images together through process_images (the generator
 videos one by one, and hand back each file's result as soon as its output is written, so the manifest can record it.
 With --jobs N, N worker processes each load the models once and pull files from two shared queues (images, then
 videos, largest first). They start with Ctrl-C blocked: on Ctrl-C the driver stops them with SIGTERM (WorkerStop:
-no new file, the photos in hand finished and reported, a video in hand abandoned without a temp file), collects
-every result they send, and only then raises KeyboardInterrupt itself.
+no new file, the photos already in a worker's pipeline finished and reported, a video in hand abandoned without a
+temp file), collects every result they send, removes any output a worker renamed into place but could not report
+(a worker killed after _STOP_S; discard_unreported), and only then raises KeyboardInterrupt itself.
 """
 
 from __future__ import annotations
@@ -133,6 +134,7 @@ def convert_in_workers(todo: Sequence[Source], out_dir: Path, config: ProcessCon
     args = (*tasks, results, out_dir, worker_config(config, jobs), settings)
     workers = [context.Process(target=work, args=args, name=f"usgan-convert-{n}", daemon=True) for n in range(count)]
     reported: set[str] = set()
+    since = time.time()
     with interrupt_flag() as interrupted:
         with sigint_blocked():
             for worker in workers:
@@ -144,6 +146,7 @@ def convert_in_workers(todo: Sequence[Source], out_dir: Path, config: ProcessCon
         finally:
             end_workers(workers)
     if interrupted.is_set():
+        discard_unreported(todo, reported, out_dir, since)
         raise KeyboardInterrupt
     codes = ", ".join(sorted({str(worker.exitcode) for worker in workers if worker.exitcode}))
     for source in todo:
@@ -246,6 +249,17 @@ class WorkerStop:
             self.in_video = video
             yield source
             self.in_video = False
+
+
+def discard_unreported(todo: Sequence[Source], reported: set[str], out_dir: Path, since: float) -> None:
+    """Remove what a stopped worker renamed into place but could not report before it ended, so the manifest stays
+    true to the disk; the next run redoes those files. Only outputs written by this run (mtime >= since) go."""
+    for source in todo:
+        output = out_dir / source.relative
+        with contextlib.suppress(FileNotFoundError):
+            if source.relative not in reported and output.stat().st_mtime >= since:
+                log.info("%s: written while stopping, not reported: removed", output)
+                output.unlink()
 
 
 def worker_results(images: Iterator[Source], videos: Iterator[Source], out_dir: Path, config: ProcessConfig,

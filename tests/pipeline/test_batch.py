@@ -15,8 +15,9 @@ import pytest
 
 from clips import face_frame, make_clip, portrait, psnr, tight_crop
 from pipeline.batch import BatchError, convert_dir, summary_lines
-from pipeline.config import ProcessConfig
-from pipeline.config import SynthesizerConfig
+from pipeline.batch_workers import discard_unreported
+from pipeline.config import ProcessConfig, SynthesizerConfig
+from pipeline.manifest import Source
 from pipeline.video.codecs import EncoderConfig
 from usgan.errors import UserError
 
@@ -150,3 +151,18 @@ def test_a_full_disk_under_the_manifest_is_one_error_naming_it(weights, tmp_path
     monkeypatch.setattr(pipeline.manifest, "atomic_write", full_disk)
     with pytest.raises(UserError, match=r"manifest\.json: cannot write it \(No space left on device\)"):
         convert_dir(tmp_path / "in", tmp_path / "out", config_for(weights["identity"]))
+
+
+def test_outputs_written_while_stopping_but_not_reported_are_removed(tmp_path):
+    """After Ctrl-C the manifest must be true to the disk: an output a worker renamed into place but could not
+    report goes; reported outputs and outputs older than the run stay."""
+    out = tmp_path / "out"
+    out.mkdir()
+    names = ("reported.png", "unreported.png", "older.png")
+    for name in names:
+        (out / name).write_bytes(b"x")
+    os.utime(out / "older.png", (1_000_000, 1_000_000))
+    todo = [Source(tmp_path / name, name, 1, 0) for name in names]
+    discard_unreported(todo, {"reported.png"}, out, since=2_000_000)
+    assert sorted(p.name for p in out.iterdir()) == ["older.png", "reported.png"]
+
