@@ -1,0 +1,315 @@
+"""Expression geometry: a 106-landmark shape model that separates a face's shape from its expression, and the
+smooth warp of an aligned crop from its landmarks to the target expression's.
+
+Shapes are (106, 2) landmark positions in crop units ([0, 1] of the aligned crop's side), compared after a
+similarity that maps the stable points (nose, eye centres) onto the mean shape, so crop shifts do not count.
+A shape is modelled as mean + nuisance modes (identity and head pose: PCA of neutral photos of many people) +
+a speech mode (the jaw's opening, never removed) + one expression's displacement (the mean of same-person
+expression - neutral pairs) + style modes (how people differ in showing expressions). Each expression is a Gaussian
+class over shapes; the fit gives the posterior over expressions, the source's expression component, and a
+confidence that falls where the shape is unlike any training face (profiles, occlusion, bad landmarks).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numpy.typing import NDArray
+from safetensors.numpy import load_file, save_file
+
+from usgan.expressions import EXPRESSIONS
+from usgan.files import atomic_write
+
+FORMAT = "usgan-geometry"
+POINTS = 106
+NOSE = tuple(range(72, 87))
+LEFT_EYE, RIGHT_EYE = tuple(range(33, 43)), tuple(range(87, 97))
+# The lower lip (outer 53, 55, 56, 58, 59; inner 54, 57, 60): with the jaw, what opens when someone talks.
+LOWER_LIP = (53, 54, 55, 56, 57, 58, 59, 60)
+UPPER_INNER_LIP = (66, 62, 70)
+CONTOUR = tuple(range(33))
+MOUTH_CORNERS = (52, 61)
+NEUTRAL = EXPRESSIONS.index("neutral")
+ARRAYS = ("mean", "nuisance_modes", "nuisance_var", "speech", "style_modes", "style_var", "displacements")
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """How hard the fit trusts the data. noise: landmark noise variance, as a multiple of the model's measured
+    floor; spread: variance of an expression's strength around its mean; bound: largest removed component, in
+    units of that expression's mean displacement; the removal's confidence falls from 1 at the fit's distance
+    conf_low to 0 at conf_high, the target's from 1 at conf_high to 0 at twice it (the landmarks themselves are
+    then implausible: a profile, an occlusion); scales: per-target multiple of the mean displacement."""
+
+    noise: float = 1.0
+    spread: float = 0.25
+    neutral_prior: float = 1.0
+    bound: float = 1.5
+    conf_low: float = 0.47
+    conf_high: float = 1.0
+    scales: dict[str, float] = field(default_factory=dict)
+    keep_opening: bool = True
+
+
+@dataclass(frozen=True)
+class ShapeModel:
+    """The stored model; arrays flattened to 212 = 106 (x, y) pairs. noise_floor: per-coordinate variance."""
+
+    mean: NDArray            # (212,)
+    nuisance_modes: NDArray  # (K, 212) orthonormal rows
+    nuisance_var: NDArray    # (K,)
+    speech: NDArray          # (212,) the jaw-opening direction, unit length
+    style_modes: NDArray     # (M, 212)
+    style_var: NDArray       # (M,)
+    displacements: NDArray   # (7, 212), EXPRESSIONS order; neutral's is 0
+    noise_floor: float
+    settings: FitSettings = FitSettings()
+    sources: dict = field(default_factory=dict)
+
+
+def stable_points(points: NDArray) -> NDArray:
+    """(N, 106, 2) -> (N, 17, 2): the nose points and the two eye centres."""
+    eyes = np.stack([points[:, list(LEFT_EYE)].mean(1), points[:, list(RIGHT_EYE)].mean(1)], 1)
+    return np.concatenate([points[:, list(NOSE)], eyes], 1)
+
+
+def similarity_to(points: NDArray, reference: NDArray) -> tuple[NDArray, NDArray, NDArray]:
+    """Per shape, the similarity mapping its stable points onto reference's: (aligned (N,106,2), A (N,2,2), t)."""
+    src, dst = stable_points(points), stable_points(reference[None])
+    src_mean, dst_mean = src.mean(1, keepdims=True), dst.mean(1, keepdims=True)
+    a = (src - src_mean) @ np.array([1, 1j])
+    b = ((dst - dst_mean) @ np.array([1, 1j]))
+    z = (a.conj() * b).sum(1) / (a.conj() * a).sum(1)  # rotation and scale as one complex number
+    matrix = np.stack([np.stack([z.real, -z.imag], -1), np.stack([z.imag, z.real], -1)], 1)
+    aligned = np.einsum("nij,npj->npi", matrix, points - src_mean) + dst_mean
+    return aligned, matrix, np.broadcast_to(dst_mean, (len(points), 1, 2)).copy()
+
+
+def principal_modes(rows: NDArray, count: int) -> tuple[NDArray, NDArray]:
+    """(count, D) orthonormal principal directions of (N, D) centred rows and their variances."""
+    _, values, vectors = np.linalg.svd(rows, full_matrices=False)
+    variances = values ** 2 / max(len(rows) - 1, 1)
+    return vectors[:count], variances[:count]
+
+
+def build_model(points: NDArray, labels: NDArray, groups: list[str], nuisance: int = 16, style: int = 12,
+                sources: dict | None = None) -> ShapeModel:
+    """The model from N photos' (N, 106, 2) landmarks in crop units, their EXPRESSIONS indices, and groups: the
+    same string for photos of one person seen from one view point (pairs are taken within a group)."""
+    reference = points[labels == NEUTRAL].mean(0)
+    aligned = similarity_to(points, reference)[0].reshape(len(points), -1)
+    neutral = aligned[labels == NEUTRAL]
+    mean = neutral.mean(0)
+    modes, variances = principal_modes(neutral - mean, nuisance + 40)
+    floor = float(variances[nuisance:].mean())
+    displacements, pairs = np.zeros((len(EXPRESSIONS), mean.size)), [[] for _ in EXPRESSIONS]
+    for group in sorted(set(groups)):
+        rows = np.array([g == group for g in groups])
+        base = aligned[rows & (labels == NEUTRAL)]
+        for k in range(len(EXPRESSIONS)):
+            if k != NEUTRAL and len(base) and (rows & (labels == k)).any():
+                pairs[k] += list(aligned[rows & (labels == k)] - base.mean(0))
+    for k in range(len(EXPRESSIONS)):
+        displacements[k] = np.mean(pairs[k], 0) if pairs[k] else 0.0
+    speech = np.zeros((POINTS, 2))
+    speech[list(LOWER_LIP), 1] = displacements[EXPRESSIONS.index("surprised")].reshape(POINTS, 2)[list(LOWER_LIP), 1]
+    speech = speech.reshape(-1) / max(np.linalg.norm(speech), 1e-9)
+    residuals = np.concatenate([np.array(p) - displacements[k] for k, p in enumerate(pairs) if p])
+    residuals -= np.outer(residuals @ speech, speech)
+    style_modes, style_var = principal_modes(residuals, style)
+    return ShapeModel(mean, modes[:nuisance], variances[:nuisance], speech, style_modes, style_var, displacements,
+                      floor, sources=dict(sources or {}))
+
+
+# --- file -------------------------------------------------------------------------------------------------------
+
+
+def save_model(path: Path, model: ShapeModel) -> None:
+    """A small safetensors file; its JSON header holds the format, expressions, settings and data sources."""
+    arrays = {name: np.ascontiguousarray(getattr(model, name), dtype=np.float32) for name in ARRAYS}
+    header = {"format": FORMAT, "version": "1", "expressions": json.dumps(list(EXPRESSIONS)),
+              "noise_floor": repr(model.noise_floor), "settings": json.dumps(asdict(model.settings)),
+              "sources": json.dumps(model.sources)}
+    atomic_write(Path(path), lambda tmp: save_file(arrays, str(tmp), metadata=header))
+
+
+def load_model(path: Path) -> ShapeModel:
+    """The model saved by save_model; ValueError naming the file if it is not one."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "np") as handle:
+        header = handle.metadata() or {}
+    if header.get("format") != FORMAT or json.loads(header.get("expressions", "[]")) != list(EXPRESSIONS):
+        raise ValueError(f"{path}: not a {FORMAT} file for expressions {', '.join(EXPRESSIONS)}")
+    arrays = {name: value.astype(np.float64) for name, value in load_file(str(path)).items()}
+    return ShapeModel(**arrays, noise_floor=float(header["noise_floor"]),
+                      settings=FitSettings(**json.loads(header["settings"])), sources=json.loads(header["sources"]))
+
+
+# --- fit ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fit:
+    """Per source: posterior over EXPRESSIONS (N, 7), the expression component (N, 106, 2) in the aligned frame,
+    its confidence (N,) in [0, 1], the Mahalanobis distance per coordinate (N,), and the frame's similarity."""
+
+    posterior: NDArray
+    component: NDArray
+    confidence: NDArray
+    distance: NDArray
+    validity: NDArray
+    matrix: NDArray
+    offset: NDArray
+
+    def select(self, rows) -> Fit:
+        """The fit of some of the sources (an index array or list)."""
+        return Fit(*(value[rows] for value in (self.posterior, self.component, self.confidence, self.distance,
+                                              self.validity, self.matrix, self.offset)))
+
+
+def class_covariances(model: ShapeModel, settings: FitSettings) -> NDArray:
+    """(7, 212, 212) covariance of each expression's shapes around mean + its displacement."""
+    base = settings.noise * model.noise_floor * np.eye(model.mean.size)
+    base += (model.nuisance_modes.T * model.nuisance_var) @ model.nuisance_modes
+    base += np.outer(model.speech, model.speech) * model.nuisance_var[0]  # speech: as free as the largest mode
+    style = (model.style_modes.T * model.style_var) @ model.style_modes
+    return np.stack([base if k == NEUTRAL else base + style + settings.spread * np.outer(d, d)
+                     for k, d in enumerate(model.displacements)])
+
+
+_PRECISIONS: dict[tuple[int, str], tuple] = {}
+
+
+def class_precisions(model: ShapeModel, settings: FitSettings) -> tuple[NDArray, NDArray, NDArray]:
+    """Per expression: inverse covariance (7, 212, 212), its log-determinant (7,), and the gain (7, 212, 212) that
+    maps a shape's offset from the class mean to its expression part's posterior mean. Cached per model/settings."""
+    key = (id(model.mean), repr(settings))
+    cached = _PRECISIONS.get(key)
+    if cached is None or cached[0] is not model.mean:  # the id of a freed array can be reused
+        covariances = class_covariances(model, settings)
+        inverses = np.linalg.inv(covariances)
+        style = (model.style_modes.T * model.style_var) @ model.style_modes
+        gains = np.stack([inverses[k] @ (style + settings.spread * np.outer(d, d))
+                          for k, d in enumerate(model.displacements)])
+        cached = _PRECISIONS[key] = (model.mean, inverses, np.linalg.slogdet(covariances)[1], gains)
+    return cached[1:]
+
+
+def fit_expression(model: ShapeModel, points: NDArray, settings: FitSettings | None = None) -> Fit:
+    """Fit (N, 106, 2) crop-unit landmarks: which expression each face shows and its component to remove."""
+    settings = settings or model.settings
+    aligned, matrix, offset = similarity_to(points, model.mean.reshape(POINTS, 2))
+    r = aligned.reshape(len(points), -1) - model.mean
+    inverses, logdets, gains = class_precisions(model, settings)
+    centred = r[:, None] - model.displacements[None]                        # (N, 7, 212)
+    mahalanobis = (np.einsum("nkd,kde->nke", centred, inverses, optimize=True) * centred).sum(2)
+    prior = np.where(np.arange(len(EXPRESSIONS)) == NEUTRAL, np.log(max(settings.neutral_prior, 1e-9)), 0.0)
+    score = -0.5 * (mahalanobis + logdets) + prior
+    posterior = np.exp(score - score.max(1, keepdims=True))
+    posterior /= posterior.sum(1, keepdims=True)
+    components = model.displacements[None] + np.einsum("nkd,kde->nke", centred, gains, optimize=True)
+    components[:, NEUTRAL] = 0.0
+    limit = settings.bound * np.linalg.norm(model.displacements, axis=1)[None, :, None]
+    norms = np.linalg.norm(components, axis=2, keepdims=True)
+    components *= np.minimum(1.0, limit / np.maximum(norms, 1e-12))
+    component = np.einsum("nk,nkd->nd", posterior, components)
+    distance = np.sqrt((mahalanobis * posterior).sum(1) / model.mean.size)
+    confidence = np.clip((settings.conf_high - distance) / (settings.conf_high - settings.conf_low), 0.0, 1.0)
+    validity = np.clip(2.0 - distance / settings.conf_high, 0.0, 1.0)
+    return Fit(posterior, component.reshape(-1, POINTS, 2), confidence, distance, validity, matrix, offset)
+
+
+def target_landmarks(model: ShapeModel, points: NDArray, targets: list[str], intensity: float | NDArray = 1.0,
+                     settings: FitSettings | None = None, fit: Fit | None = None) -> NDArray:
+    """(N, 106, 2) crop-unit landmarks of each face showing its target: source - its expression component +
+    the target's displacement (replaced, not stacked), each scaled by its confidence, all by intensity."""
+    settings = settings or model.settings
+    fit = fit or fit_expression(model, points, settings)
+    wanted = np.stack([model.displacements[EXPRESSIONS.index(t)] * settings.scales.get(t, 1.0) for t in targets])
+    change = wanted.reshape(-1, POINTS, 2) * fit.validity[:, None, None]
+    removed = speech_kept(model, fit.component) if settings.keep_opening else fit.component
+    change -= removed * fit.confidence[:, None, None]
+    inverse = np.linalg.inv(fit.matrix)  # aligned-frame displacement -> crop frame
+    scale = np.broadcast_to(np.asarray(intensity, float), (len(points),)).reshape(-1, 1, 1)
+    return points + np.einsum("nij,npj->npi", inverse, change * scale)
+
+
+def speech_kept(model: ShapeModel, component: NDArray) -> NDArray:
+    """The component with the lower lip and jaw moved vertically as the upper inner lip: removing it then keeps
+    the source's mouth opening, which in a talking face is speech, not expression."""
+    mean = model.mean.reshape(POINTS, 2)
+    jaw = [i for i in CONTOUR if mean[i, 1] > mean[list(MOUTH_CORNERS), 1].mean()]
+    kept = component.copy()
+    kept[:, list(LOWER_LIP) + jaw, 1] = component[:, list(UPPER_INNER_LIP), 1].mean(1, keepdims=True)
+    return kept
+
+
+# --- warp ---------------------------------------------------------------------------------------------------------
+
+
+def anchor_ring(count: int = 40) -> torch.Tensor:
+    """(count + 16, 2) fixed crop-unit points around the face: an ellipse just outside the landmarks of the
+    aligned crop, plus the crop's border, so the warp leaves everything beyond the face in place."""
+    angle = torch.arange(count, dtype=torch.float64) * (2 * torch.pi / count)
+    ellipse = torch.stack([0.5 + 0.47 * torch.cos(angle), 0.57 + 0.45 * torch.sin(angle)], 1)
+    edge = torch.linspace(0, 1, 5, dtype=torch.float64)[:4]
+    border = torch.cat([torch.stack([edge, torch.zeros(4)], 1), torch.stack([torch.ones(4), edge], 1),
+                        torch.stack([1 - edge, torch.ones(4)], 1), torch.stack([torch.zeros(4), 1 - edge], 1)])
+    return torch.cat([ellipse, border]).float()
+
+
+def _tps_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    d2 = torch.cdist(a, b).square()
+    return 0.5 * d2 * torch.log(d2.clamp_min(1e-12))
+
+
+def warp_field(source: torch.Tensor, target: torch.Tensor, size: int, grid: int = 32,
+               smooth: float = 1e-5) -> torch.Tensor:
+    """(N, size, size, 2) displacement in crop units: for each output pixel, where to read the input, minus the
+    pixel itself. Thin-plate spline through target -> source landmarks (N, P, 2) and the fixed anchor ring."""
+    n = source.shape[0]
+    ring = anchor_ring().to(source).expand(n, -1, -1)
+    dst, src = torch.cat([target, ring], 1), torch.cat([source, ring], 1)
+    count = dst.shape[1]
+    ones = torch.ones(n, count, 1, dtype=dst.dtype, device=dst.device)
+    affine = torch.cat([ones, dst], 2)
+    system = torch.zeros(n, count + 3, count + 3, dtype=dst.dtype, device=dst.device)
+    system[:, :count, :count] = _tps_kernel(dst, dst) + smooth * torch.eye(count, device=dst.device)
+    system[:, :count, count:], system[:, count:, :count] = affine, affine.transpose(1, 2)
+    values = torch.cat([src - dst, torch.zeros(n, 3, 2, dtype=dst.dtype, device=dst.device)], 1)
+    weights = torch.linalg.solve(system, values)
+    axis = (torch.arange(grid, dtype=dst.dtype, device=dst.device) + 0.5) / grid
+    points = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1).reshape(1, -1, 2).expand(n, -1, -1)
+    basis = torch.cat([_tps_kernel(points, dst), torch.ones_like(points[..., :1]), points], 2)
+    field = (basis @ weights).reshape(n, grid, grid, 2).permute(0, 3, 1, 2)
+    field = F.interpolate(field, size=(size, size), mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
+    return field * face_mask(size).to(field)[None, :, :, None]
+
+
+def face_mask(size: int) -> torch.Tensor:
+    """(size, size) weight of the warp: 1 inside the anchor ellipse's inner 85%, falling to 0 on the ellipse."""
+    axis = (torch.arange(size, dtype=torch.float64) + 0.5) / size
+    y, x = torch.meshgrid(axis, axis, indexing="ij")
+    radius = (((x - 0.5) / 0.47) ** 2 + ((y - 0.57) / 0.45) ** 2).sqrt()
+    return ((1.0 - radius) / 0.15).clamp(0.0, 1.0).float()
+
+
+def warp_crops(crops: torch.Tensor, source: torch.Tensor, target: torch.Tensor, grid: int = 32) -> torch.Tensor:
+    """(N, C, S, S) crops warped so that their landmarks source (N, P, 2, crop units) move to target."""
+    n, _, size, _ = crops.shape
+    field = warp_field(source.to(crops.device, torch.float32), target.to(crops.device, torch.float32), size, grid)
+    axis = (torch.arange(size, dtype=torch.float32, device=crops.device) + 0.5) / size
+    base = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1)
+    where = (base + field) * 2 - 1  # grid_sample's [-1, 1], align_corners=False: pixel centres land exactly
+    return F.grid_sample(crops, where, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def with_settings(model: ShapeModel, **changes) -> ShapeModel:
+    """The model with some fit settings replaced."""
+    return replace(model, settings=replace(model.settings, **changes))
