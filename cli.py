@@ -101,7 +101,7 @@ prepare_option = options_from(prepare_defaults)
 
 
 @cli.command("prepare-data")
-@click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @prepare_option("--size", "sizes", config_key="sizes", type=click.IntRange(32, 1024), multiple=True,
                 callback=lambda ctx, param, sizes: tuple(sorted(set(sizes))) or None,
@@ -115,20 +115,22 @@ prepare_option = options_from(prepare_defaults)
 @prepare_option("--det-root", config_key="detector.model_root", help="Root holding models/<NAME>/.")
 @prepare_option("--det-threshold", config_key="detector.threshold", type=click.FloatRange(0.05, 0.99),
                 help="Minimum detection score.")
-def prepare_data_command(src: Path, out: Path, **options: Any) -> None:
+def prepare_data_command(sources: tuple[Path, ...], out: Path, **options: Any) -> None:
     """Detect, align and index a training set: OUT/<size>/<expression>/<stem>.png plus index.csv.
 
-    SRC holds TFEID photos (PPTVxNN.jpg) or one folder per expression. Re-running skips existing crops.
+    Each SOURCE holds TFEID photos (PPTVxNN.jpg) and/or one folder per expression (e.g. the London set's neutral/
+    and smiling/), where a file named PERSON_REST.jpg names its person. Re-running skips existing crops.
 
     \b
     Examples:
       python cli.py prepare-data ../shared/data/tfeid/faces_256x256 ~/.cache/usgan/data/tfeid --size 128 --size 256
+      python cli.py prepare-data ../shared/data/tfeid/faces_256x256 ../shared/data/london ~/.cache/usgan/data/faces
       python cli.py prepare-data my_faces/ data/mine --jobs 2 --det-pack buffalo_l
     """
     from pipeline.evaluation.prepare import prepare_data, prepare_summary_text
 
     config = with_values(prepare_defaults(), given_values(options))
-    click.echo(prepare_summary_text(prepare_data(src, out, config), out))
+    click.echo(prepare_summary_text(prepare_data(sources, out, config), out))
 
 
 # --- import-official / export (usgan/checkpoint.py, usgan/export.py) ---

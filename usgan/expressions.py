@@ -38,6 +38,7 @@ _ALIASES: dict[str, Expression] = {
     "happiness": "happy",
     "joy": "happy",
     "smile": "happy",
+    "smiling": "happy",
     "calm": "neutral",
     "sadness": "sad",
     "unhappy": "sad",

@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 
@@ -111,15 +112,21 @@ def _tfeid_item(path: Path, src: Path) -> SourceImage | Skipped:
     return SourceImage(path, source, parsed[0], parsed[1])
 
 
+def person_from_name(path: Path) -> str:
+    """The person of a photo named PERSON_REST.ext (e.g. the London set's 001_03.jpg), else '' (unknown)."""
+    person, sep, rest = path.stem.partition("_")
+    return person if sep and person.isalnum() and rest else ""
+
+
 def _folder_items(folder: Path, src: Path) -> list[SourceImage | Skipped]:
-    """Images of a folder named after an expression; identity is unknown in this layout."""
+    """Images of a folder named after an expression; a file named PERSON_REST.ext names its person."""
     try:
         expression = parse_expression(folder.name)
     except UnknownExpressionError:
         reason = f"folder {folder.name!r} is not an expression"
         return [Skipped(p.relative_to(src).as_posix(), reason) for p in _files(folder)]
     return [
-        SourceImage(p, p.relative_to(src).as_posix(), "", expression) if _is_image(p)
+        SourceImage(p, p.relative_to(src).as_posix(), person_from_name(p), expression) if _is_image(p)
         else Skipped(p.relative_to(src).as_posix(), "not an image file")
         for p in _files(folder)
     ]
@@ -133,8 +140,9 @@ def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def list_training_images(src: Path) -> list[SourceImage | Skipped]:
-    """Every file of SRC as a labelled image or a skip: TFEID names at the top, expression-named subfolders below."""
+def list_training_images(src: Path, prefix: str = "") -> list[SourceImage | Skipped]:
+    """Every file of SRC as a labelled image or a skip: TFEID names at the top, expression-named subfolders below.
+    prefix goes before each source path (several sources in one output)."""
     if not src.is_dir():
         raise PrepareError(f"{src}: not a folder")
     items: list[SourceImage | Skipped] = []
@@ -142,6 +150,16 @@ def list_training_images(src: Path) -> list[SourceImage | Skipped]:
         items.append(_tfeid_item(path, src) if _is_image(path) else Skipped(path.name, "not an image file"))
     for folder in sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith(".")):
         items.extend(_folder_items(folder, src))
+    if prefix:
+        items = [replace(item, source=f"{prefix}/{item.source}") if isinstance(item, SourceImage)
+                 else replace(item, file=f"{prefix}/{item.file}") for item in items]
+    return items
+
+
+def list_sources(sources: Sequence[Path]) -> list[SourceImage | Skipped]:
+    """The images of every source folder; with several, source paths start with their folder's name."""
+    several = len(sources) > 1
+    items = [item for src in sources for item in list_training_images(src, src.resolve().name if several else "")]
     return _drop_duplicate_outputs(items)
 
 
@@ -241,12 +259,14 @@ def _check_folders(src: Path, out: Path) -> None:
         raise PrepareError(f"{out}: exists and is not a folder")
 
 
-def prepare_data(src: Path, out: Path, config: PrepareConfig = PrepareConfig()) -> PrepareSummary:
-    """Build an aligned training set from SRC in OUT; existing crops are kept, so a re-run only does what is missing."""
+def prepare_data(sources: Path | Sequence[Path], out: Path, config: PrepareConfig = PrepareConfig()) -> PrepareSummary:
+    """Build an aligned training set from one or several source folders in OUT; existing crops are kept, so a
+    re-run only does what is missing."""
     started = time.perf_counter()
-    src, out = Path(src), Path(out)
-    _check_folders(src, out)
-    items = list_training_images(src)
+    sources, out = [Path(sources)] if isinstance(sources, (str, Path)) else [Path(s) for s in sources], Path(out)
+    for src in sources:
+        _check_folders(src, out)
+    items = list_sources(sources)
     skipped = [item for item in items if isinstance(item, Skipped)]
     images = [item for item in items if isinstance(item, SourceImage)]
     todo = [item for item in images if not _outputs_exist(item, out, config.sizes)]

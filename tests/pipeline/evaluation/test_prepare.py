@@ -110,6 +110,25 @@ def test_prepare_data_on_expression_folders(tmp_path):
                        "holiday/c.jpg": "folder 'holiday' is not an expression"}
 
 
+def test_several_sources_with_people_named_in_file_names(tmp_path):
+    """The London layout (neutral/ and smiling/, PERSON_NN.jpg) beside a second source: one index, people known."""
+    london, other, out = tmp_path / "london", tmp_path / "other", tmp_path / "out"
+    portrait = BUNDLED / "yaoming.jpg"
+    for folder, name in [("neutral", "007_03.jpg"), ("smiling", "007_08.jpg")]:
+        (london / folder).mkdir(parents=True)
+        shutil.copy(portrait, london / folder / name)
+    (other / "sad").mkdir(parents=True)
+    shutil.copy(portrait, other / "sad" / "x.jpg")
+    summary = prepare_data([london, other], out, PrepareConfig(sizes=(64,)))
+    assert summary.counts == {"happy": 1, "neutral": 1, "sad": 1}
+    rows = read_csv(out / "64" / "index.csv")
+    assert [(r["path"], r["identity"], r["expression"], r["source"]) for r in rows] == [
+        ("happy/007_08.png", "007", "happy", "london/smiling/007_08.jpg"),
+        ("neutral/007_03.png", "007", "neutral", "london/neutral/007_03.jpg"),
+        ("sad/x.png", "", "sad", "other/sad/x.jpg"),
+    ]
+
+
 @pytest.mark.slow  # spawns two worker processes that import torch
 def test_prepare_data_with_two_jobs_matches_one(tmp_path):
     src = tmp_path / "src"
