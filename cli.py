@@ -41,6 +41,7 @@ NOTHING_WRITTEN = "no output was written"
 KEPT_ON_INTERRUPT = {  # what Ctrl-C leaves behind, for the commands that keep finished work
     "convert": "finished files are kept in OUT_DIR and listed in its manifest.json; the same command skips them",
     "prepare-data": "crops already written are kept; the same command skips them",
+    "build-geometry": "landmarks already found are kept in FOLDER/landmarks.npz; the same command reuses them",
     "train": "checkpoints already saved are kept; --resume continues from the newest",
 }
 
@@ -131,6 +132,34 @@ def prepare_data_command(sources: tuple[Path, ...], out: Path, **options: Any) -
 
     config = with_values(prepare_defaults(), given_values(options))
     click.echo(prepare_summary_text(prepare_data(sources, out, config), out))
+
+
+# --- build-geometry (pipeline/evaluation/geometry_build.py) ---
+
+
+@cli.command("build-geometry")
+@click.argument("folders", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The geometry model file to write (e.g. weights/geometry.safetensors).")
+@click.option("--hold-out", default="", metavar="IDS",
+              help="People left out of the model, comma-separated (those you evaluate on).")
+def build_geometry_command(folders: tuple[Path, ...], out: Path, hold_out: str) -> None:
+    """Build the expression geometry model from prepare-data output FOLDERS (OUT/<size>).
+
+    Finds the 106 landmarks of every crop (cached in FOLDER/landmarks.npz, which training on warped input reads)
+    and fits a shape model: the mean face and how people's shapes differ, from neutral photos of known people, and
+    each expression's mean displacement, from photos of one person with and without it.
+
+    \b
+    Examples:
+      python cli.py build-geometry ~/.cache/usgan/data/faces/128 --out weights/geometry.safetensors \\
+          --hold-out 16,17,30
+    """
+    from pipeline.evaluation.geometry_build import write_geometry
+    from usgan.dataset import parse_identities
+
+    model = write_geometry(folders, parse_identities(hold_out), out)
+    click.echo(f"wrote {out}: {model.sources['photos']} photos of {model.sources['people']} people")
 
 
 # --- import-official / export (usgan/checkpoint.py, usgan/export.py) ---

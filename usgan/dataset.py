@@ -11,10 +11,15 @@ import csv
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from numpy.typing import NDArray
 
 from PIL import Image, UnidentifiedImageError
 
 from usgan.errors import UserError
+from usgan.files import atomic_write
 from usgan.expressions import EXPRESSIONS, Expression, UnknownExpressionError, parse_expression
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -99,3 +104,49 @@ def scan_dataset(root: Path) -> list[Sample]:
 def parse_identities(text: str) -> tuple[str, ...]:
     """'16, 17,30' -> ('16', '17', '30'): a comma-separated list of performer identities, blanks dropped."""
     return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+# --- landmarks: FOLDER/landmarks.npz, written by build-geometry ---------------------------------------------
+
+LANDMARKS_FILE = "landmarks.npz"
+
+
+@dataclass(frozen=True)
+class FolderLandmarks:
+    """Landmarks of a folder's crops: paths relative to the folder, (N, 106, 2) crop units, and of the mirrors."""
+
+    paths: tuple[str, ...]
+    points: NDArray[np.float32]
+    mirrored: NDArray[np.float32]
+
+    def lookup(self, folder: Path, samples: Sequence[Sample]) -> tuple[NDArray, NDArray]:
+        """The rows of samples, in their order; DataError naming the folder when one is missing."""
+        row = {name: i for i, name in enumerate(self.paths)}
+        names = [s.path.relative_to(Path(folder).resolve()).as_posix() for s in samples]
+        missing = [n for n in names if n not in row]
+        if missing:
+            raise DataError(f"{folder / LANDMARKS_FILE}: no landmarks for {missing[0]} ({len(missing)} crops); "
+                            "run `python cli.py build-geometry` on it")
+        rows = [row[n] for n in names]
+        return self.points[rows], self.mirrored[rows]
+
+
+def read_landmarks(folder: Path) -> FolderLandmarks:
+    """FOLDER/landmarks.npz as build-geometry writes it; DataError naming it when absent or unreadable."""
+    path = Path(folder) / LANDMARKS_FILE
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            return FolderLandmarks(tuple(str(p) for p in stored["paths"]), stored["points"], stored["mirrored"])
+    except FileNotFoundError:
+        raise DataError(f"{path}: no landmarks; run `python cli.py build-geometry {folder} --out MODEL` first") from None
+    except (OSError, KeyError, ValueError) as error:
+        raise DataError(f"{path}: not a landmarks file ({error})") from error
+
+
+def write_landmarks(folder: Path, landmarks: FolderLandmarks) -> None:
+    """FOLDER/landmarks.npz, atomically."""
+    def save(path: Path) -> None:
+        with open(path, "wb") as handle:
+            np.savez(handle, paths=np.array(landmarks.paths), points=landmarks.points, mirrored=landmarks.mirrored)
+
+    atomic_write(Path(folder) / LANDMARKS_FILE, save)

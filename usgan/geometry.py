@@ -104,6 +104,8 @@ def build_model(points: NDArray, labels: NDArray, groups: list[str], nuisance: i
     reference = points[labels == NEUTRAL].mean(0)
     aligned = similarity_to(points, reference)[0].reshape(len(points), -1)
     neutral = aligned[labels == NEUTRAL]
+    if len(neutral) <= nuisance + 1:
+        raise ValueError(f"{len(neutral)} neutral photos; the shape model needs more than {nuisance + 1}")
     mean = neutral.mean(0)
     modes, variances = principal_modes(neutral - mean, nuisance + 40)
     floor = float(variances[nuisance:].mean())
@@ -300,14 +302,24 @@ def face_mask(size: int) -> torch.Tensor:
     return ((1.0 - radius) / 0.15).clamp(0.0, 1.0).float()
 
 
+def sampling_grid(source: torch.Tensor, target: torch.Tensor, size: int, grid: int = 32) -> torch.Tensor:
+    """(N, size, size, 2) grid_sample coordinates in [-1, 1] that move landmarks source (N, P, 2, crop units) to
+    target; computed without gradients (the landmarks are data, not parameters)."""
+    with torch.no_grad():
+        field = warp_field(source.float(), target.float(), size, grid)
+        axis = (torch.arange(size, dtype=torch.float32, device=field.device) + 0.5) / size
+        base = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1)
+        return (base + field) * 2 - 1  # align_corners=False: pixel centres land exactly
+
+
+def resample(crops: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """crops (N, C, S, S) read at a sampling_grid (bilinear, edges repeated)."""
+    return F.grid_sample(crops, where.to(crops), mode="bilinear", padding_mode="border", align_corners=False)
+
+
 def warp_crops(crops: torch.Tensor, source: torch.Tensor, target: torch.Tensor, grid: int = 32) -> torch.Tensor:
     """(N, C, S, S) crops warped so that their landmarks source (N, P, 2, crop units) move to target."""
-    n, _, size, _ = crops.shape
-    field = warp_field(source.to(crops.device, torch.float32), target.to(crops.device, torch.float32), size, grid)
-    axis = (torch.arange(size, dtype=torch.float32, device=crops.device) + 0.5) / size
-    base = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1)
-    where = (base + field) * 2 - 1  # grid_sample's [-1, 1], align_corners=False: pixel centres land exactly
-    return F.grid_sample(crops, where, mode="bilinear", padding_mode="border", align_corners=False)
+    return resample(crops, sampling_grid(source.to(crops.device), target.to(crops.device), crops.shape[-1], grid))
 
 
 def with_settings(model: ShapeModel, **changes) -> ShapeModel:

@@ -146,6 +146,10 @@ class TrainConfig:
     # Per-image rotation / scale / shift (training.data.geometry_params), the same on an image and its paired
     # target. 0 = off (the paper); 1 = up to 6 degrees, 6% scale and 4% shift.
     geometry_jitter: float = 0.0
+    # A usgan-geometry file (build-geometry): the generator's input is each crop warped towards its target
+    # expression, as in the product, and the cycle goes back through the inverse warp. "" = plain crops (the paper).
+    # Needs DATA/landmarks.npz, which build-geometry writes.
+    geometry_model: str = ""
 
     def __post_init__(self) -> None:
         if not 0 <= self.pair_fraction <= 1:

@@ -23,10 +23,11 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from usgan.dataset import DataError, Sample, scan_dataset
+from usgan.dataset import DataError, Sample, read_landmarks, scan_dataset
 from usgan.expressions import EXPRESSIONS
 from usgan.training.config import DataConfig, TrainConfig
 from usgan.training.distributed import DistInfo
+from usgan.training.warp import WarpSource, load_warp_source
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +237,8 @@ class DataBundle:
     batches_per_epoch: int
     name: str
     pairs: PairSource | None = None  # set when config.pair_fraction > 0
+    warp: WarpSource | None = None  # set when config.geometry_model names a geometry file
+    fixed_points: Tensor | None = None  # (R, 106, 2) the grid rows' landmarks, with warp
 
 
 def spread_over_expressions(samples: tuple[Sample, ...], count: int) -> list[Sample]:
@@ -274,7 +277,14 @@ def setup_data(config: TrainConfig, data_dir: Path, info: DistInfo) -> DataBundl
         pairs = PairSource(split.train, partner_table(split.train), config.model.image_size)
         log.info("paired guidance: %d of %d training images have a same-person partner",
                  sum(bool(p) for p in pairs.partners), len(split.train))
-    return DataBundle(loader, sampler, fixed, sampler.num_samples // config.optim.batch_size, name, pairs)
+    warp = fixed_points = None
+    if config.geometry_model:
+        warp = load_warp_source(config.geometry_model, data_dir, split.train)
+        fixed_points = torch.from_numpy(read_landmarks(data_dir).lookup(Path(data_dir), rows)[0]).float()
+        log.info("warped input: geometry model %s, landmarks of %d training images", config.geometry_model,
+                 len(split.train))
+    return DataBundle(loader, sampler, fixed, sampler.num_samples // config.optim.batch_size, name, pairs, warp,
+                      fixed_points)
 
 
 def describe_data(config: TrainConfig, data_dir: Path) -> str:

@@ -30,6 +30,7 @@ from usgan.training.state import (
     TrainState, find_resume_checkpoint, init_critic, init_generator, load_checkpoint, save_checkpoint,
 )
 from usgan.training.step import make_scaler, train_step
+from usgan.training.warp import warp_columns
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +88,16 @@ def write_run_config(config: TrainConfig, run_dir: Path, info: DistInfo) -> None
 
 
 @torch.no_grad()
-def sample_grid(generator: Generator, images: Tensor) -> Tensor:
-    """(R*8, 3, S, S) in [0, 1]: per input row, the input then the 7 expressions in EXPRESSIONS order."""
+def sample_grid(generator: Generator, images: Tensor, inputs: list[Tensor] | None = None) -> Tensor:
+    """(R*8, 3, S, S) in [0, 1]: per input row, the input then the 7 expressions in EXPRESSIONS order. inputs: the
+    generator's input per expression (the images warped towards it), when training on warped input."""
     was_training = generator.training
     generator.eval()
     try:
         columns = [images]
         for index in range(len(EXPRESSIONS)):
             target = F.one_hot(torch.full((images.shape[0],), index, device=images.device), len(EXPRESSIONS))
-            columns.append(generator(images, target.float()))
+            columns.append(generator(images if inputs is None else inputs[index], target.float()))
     finally:
         generator.train(was_training)
     grid = torch.stack(columns, dim=1).flatten(0, 1)
@@ -107,7 +109,11 @@ def write_sample_grid(state: TrainState, data: DataBundle, run_dir: Path, writer
     from torchvision.utils import make_grid, save_image
 
     device = next(state.raw_generator.parameters()).device
-    grid = make_grid(sample_grid(state.raw_generator, data.fixed_images.to(device)), nrow=1 + len(EXPRESSIONS))
+    inputs = None
+    if data.warp is not None and data.fixed_points is not None:
+        inputs = [x.to(device) for x in warp_columns(data.warp.model, data.fixed_images, data.fixed_points)]
+    grid = make_grid(sample_grid(state.raw_generator, data.fixed_images.to(device), inputs),
+                     nrow=1 + len(EXPRESSIONS))
     path = run_dir / "samples" / f"step_{state.step:08d}.png"
     atomic_write(path, lambda tmp: save_image(grid, tmp, format="PNG"))
     writer.add_image("samples", grid, state.step)
@@ -228,7 +234,7 @@ def run_loop(state: TrainState, config: TrainConfig, ctx: RunContext, end: int) 
     stream = batches(ctx.data, state, config.optim.batch_size)
     with StopRequest() as stop:
         while state.step < end:
-            terms = train_step(state, next(stream), config, ctx.info, ctx.data.pairs)
+            terms = train_step(state, next(stream), config, ctx.info, ctx.data.pairs, ctx.data.warp)
             advance(state, ctx.data.batches_per_epoch)
             after_step(state, terms, config, ctx)
             if any_process(stop.requested, ctx.info):

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from usgan.geometry import resample
 from usgan.model import binomial_kernel, blur
 from usgan.training.config import LossConfig
 
@@ -94,6 +95,7 @@ def residual_chroma(residual: Tensor) -> Tensor:
 def generator_loss(
     generator: Translator, critic: Critic, x_real: Tensor, c_org: Tensor, c_trg: Tensor, label_trg: Tensor,
     config: LossConfig, x_pair: Tensor | None = None, pair_mask: Tensor | None = None, x_fake: Tensor | None = None,
+    x_input: Tensor | None = None, back_grid: Tensor | None = None,
 ) -> LossTerms:
     """G loss: -D(G(x, c_trg)) + lambda_cls * CE(fake, target) + lambda_rec * |G(G(x, c_trg), c_org) - x|_1.
 
@@ -101,11 +103,14 @@ def generator_loss(
     lambda_smooth * residual_high_pass(G(x, c_trg) - x) and lambda_chroma * residual_chroma(G(x, c_trg) - x) when
     those weights are set.
     x_fake, when given, is G(x_real, c_trg) already computed with its graph (the train step shares it with D's update).
+    On warped input, x_input is G's input (x_real warped towards the target) and back_grid the inverse warp: the
+    cycle is G(back(x_fake), c_org), and the change the smoothness terms see is x_fake - x_input.
     """
+    x_input = x_real if x_input is None else x_input
     if x_fake is None:
-        x_fake = generator(x_real, c_trg)
+        x_fake = generator(x_input, c_trg)
     fake_scores, fake_logits = critic(x_fake)
-    x_rec = generator(x_fake, c_org)
+    x_rec = generator(x_fake if back_grid is None else resample(x_fake, back_grid), c_org)
     adv = -fake_scores.float().mean()
     cls = classification_loss(fake_logits, label_trg)
     rec = (x_real.float() - x_rec.float()).abs().mean()
@@ -115,10 +120,10 @@ def generator_loss(
         terms["g/pair"] = pair_loss(x_fake, x_pair, pair_mask, config.pair_pool)
         total = total + config.lambda_pair * terms["g/pair"]
     if config.lambda_smooth > 0:
-        terms["g/smooth"] = residual_high_pass(x_fake - x_real)
+        terms["g/smooth"] = residual_high_pass(x_fake - x_input)
         total = total + config.lambda_smooth * terms["g/smooth"]
     if config.lambda_chroma > 0:
-        terms["g/chroma"] = residual_chroma(x_fake - x_real)
+        terms["g/chroma"] = residual_chroma(x_fake - x_input)
         total = total + config.lambda_chroma * terms["g/chroma"]
     terms["g/total"] = total
     return LossTerms(total, {k: v.detach() for k, v in terms.items()})

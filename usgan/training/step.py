@@ -22,6 +22,7 @@ from usgan.training.data import (
 )
 from usgan.training.distributed import DistInfo
 from usgan.training.state import TrainState
+from usgan.training.warp import WarpSource, batch_points, jitter_points, warp_towards
 
 
 def use_amp(config: TrainConfig, device: torch.device) -> bool:
@@ -98,14 +99,22 @@ class StepBatch:
     alpha: Tensor  # (N, 1, 1, 1) gradient-penalty interpolation weights
     x_pair: Tensor | None = None  # (N, 3, S, S) same-person photo with the target expression, where pair_mask
     pair_mask: Tensor | None = None  # (N,) bool
+    x_input: Tensor | None = None  # G's input when it is not x_real: x_real warped towards the target
+    back_grid: Tensor | None = None  # (N, S, S, 2) the inverse warp, for the cycle
+
+    @property
+    def generator_input(self) -> Tensor:
+        return self.x_real if self.x_input is None else self.x_input
 
 
 def prepare_batch(
     batch: tuple[Tensor, ...], config: TrainConfig, info: DistInfo, step: int, pairs: PairSource | None = None,
+    warp: WarpSource | None = None,
 ) -> StepBatch:
     """Augment and draw targets on the CPU with the step's RNG, then move everything to the device.
 
-    batch is (images, labels) or (images, labels, dataset indices); the indices are needed for paired targets.
+    batch is (images, labels) or (images, labels, dataset indices); the indices are needed for paired targets and
+    for the landmarks of warped input.
     """
     images, labels, *rest = batch
     if images.ndim != 4 or images.shape[1:] != (3, config.model.image_size, config.model.image_size):
@@ -123,10 +132,13 @@ def prepare_batch(
         colour = colour_params(images.shape[0], config.colour_jitter, rng)
         images = colour_jitter(images, colour)
         x_pair = None if x_pair is None else colour_jitter(x_pair, colour)
+    points = None if warp is None else batch_points(warp, rest[0], flip.view(-1))
     if config.geometry_jitter > 0:  # drawn after colour, so runs without it keep their random stream
         geometry = geometry_params(images.shape[0], config.geometry_jitter, rng)
         images = geometry_jitter(images, geometry)
         x_pair = None if x_pair is None else geometry_jitter(x_pair, geometry)
+        points = None if points is None else jitter_points(points, geometry)
+    warped = None if points is None else warp_towards(warp.model, images, points, targets)
     if x_pair is not None:
         x_pair, pair_mask = x_pair.to(info.device), pair_mask.to(info.device)
     to = dict(device=info.device, non_blocking=True)
@@ -135,6 +147,8 @@ def prepare_batch(
         x_real=images.to(**to), label_org=labels, label_trg=targets,
         c_org=F.one_hot(labels, len(EXPRESSIONS)).float(), c_trg=F.one_hot(targets, len(EXPRESSIONS)).float(),
         alpha=alpha.to(**to), x_pair=x_pair, pair_mask=pair_mask,
+        x_input=None if warped is None else warped.x_input.to(**to),
+        back_grid=None if warped is None else warped.back_grid.to(**to),
     )
 
 
@@ -157,7 +171,7 @@ def update_discriminator(
     """One D update on the batch's fakes: x_fake when given (the G update of this step reuses it), else G's output."""
     if x_fake is None:
         with torch.no_grad(), autocast(config, device):
-            x_fake = state.raw_generator(batch.x_real, batch.c_trg)
+            x_fake = state.raw_generator(batch.generator_input, batch.c_trg)
     grad_scale = state.d_scaler.get_scale() if state.d_scaler is not None else 1.0
     state.d_optim.zero_grad(set_to_none=True)
     with autocast(config, device):
@@ -179,7 +193,7 @@ def update_generator(
         with autocast(config, device):
             result = losses.generator_loss(
                 state.generator, state.raw_discriminator, batch.x_real, batch.c_org, batch.c_trg, batch.label_trg,
-                config.loss, batch.x_pair, batch.pair_mask, x_fake,
+                config.loss, batch.x_pair, batch.pair_mask, x_fake, batch.x_input, batch.back_grid,
             )
         apply_gradients(result.total, state.g_optim, state.g_scaler)
     finally:
@@ -189,6 +203,7 @@ def update_generator(
 
 def train_step(
     state: TrainState, batch: tuple[Tensor, ...], config: TrainConfig, info: DistInfo, pairs: PairSource | None = None,
+    warp: WarpSource | None = None,
 ) -> dict:
     """One iteration at state.step: a D update, plus a G update every n_critic-th step; returns loss terms.
 
@@ -196,10 +211,10 @@ def train_step(
     back-propagates through it (G has not changed in between, so this equals two separate forward passes).
     """
     set_learning_rates(state, config.optim)
-    step_batch = prepare_batch(batch, config, info, state.step, pairs)
+    step_batch = prepare_batch(batch, config, info, state.step, pairs, warp)
     if not updates_generator(state.step, config.optim):
         return update_discriminator(state, step_batch, config, info.device)
     with autocast(config, info.device):
-        x_fake = state.generator(step_batch.x_real, step_batch.c_trg)
+        x_fake = state.generator(step_batch.generator_input, step_batch.c_trg)
     terms = update_discriminator(state, step_batch, config, info.device, x_fake.detach())
     return terms | update_generator(state, step_batch, config, info.device, x_fake)
