@@ -319,6 +319,31 @@ def evaluate_command(weights: Path | None, data_dir: Path | None, out_dir: Path,
     click.echo(f"wrote {out_dir}/metrics.json, report.md{grids}")
 
 
+@cli.command("evaluate-video")
+@click.argument("clips", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Report folder: metrics.json, report.md and the processed clips in clips/.")
+@processing_options
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def evaluate_video_command(clips: tuple[Path, ...], out_dir: Path, config_path: Path | None, fast: bool,
+                           no_progress: bool, **options: Any) -> None:
+    """Process video CLIPS as `process` does and measure each output against its input: flicker inside the face
+    crops (and its ratio to the input's), and the correlation of the mouth's opening (speech kept).
+
+    \b
+    Examples:
+      python cli.py evaluate-video ../shared/media/video/talk*.mp4 -e happy --out reports/video
+      python cli.py evaluate-video clip.mp4 -e sad --weights my.safetensors --out reports/video_sad
+    """
+    from pipeline.evaluation.report import evaluation_summary_lines
+    from pipeline.evaluation.video_clips import evaluate_clips
+
+    config = process_config(config_path, fast, options, progress=False if no_progress else None)
+    for line in evaluation_summary_lines(evaluate_clips(clips, out_dir, config)):
+        click.echo(line)
+    click.echo(f"wrote {out_dir}/metrics.json, report.md and the processed clips in {out_dir}/clips")
+
+
 # --- process / convert (pipeline/process.py, pipeline/batch.py) ---
 
 

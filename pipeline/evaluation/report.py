@@ -157,6 +157,23 @@ def flicker_section(flicker: dict[str, Any]) -> list[str]:
             f"over {flicker['frames']} frames", ""]
 
 
+def clips_section(metrics: dict[str, Any]) -> list[str]:
+    """report.md lines for processed clips: flicker in the face crops and mouth motion against the input."""
+    process = metrics["process"]
+    lines = [f"## Video clips: process -e {process['expression']} (intensity {process['intensity']:g}, "
+             f"weights `{process['weights']}`)", "",
+             "| clip | frames | faces edited | flicker: input → output | ratio | mouth opening r (frames) |",
+             "|---|---|---|---|---|---|"]
+    for clip in metrics["clips"]:
+        flicker, mouth = clip["flicker"], clip["mouth"]
+        lines.append(f"| {Path(clip['clip']).name} | {clip['frames']} | {clip['faces_edited']} "
+                     f"| {flicker['input']:.2f} → {flicker['output']:.2f} | {_fmt(flicker['ratio'])} "
+                     f"| {_fmt(mouth['correlation'])} ({mouth['frames']}) |")
+    return [*lines, "", "Flicker: mean |frame t - frame t-1| in grey levels inside the tracked faces' aligned crops "
+            "(weighted by the blend mask). Mouth opening: inner-lip distance of the largest face per frame (2d106det "
+            "on its aligned crop); r: Pearson correlation of output with input (talking faces keep their speech).", ""]
+
+
 def report_markdown(metrics: dict[str, Any]) -> str:
     """The human-readable report.md."""
     lines = ["# Evaluation", ""]
@@ -166,6 +183,8 @@ def report_markdown(metrics: dict[str, Any]) -> str:
         lines += geometry_section(metrics)
     if metrics.get("flicker"):
         lines += flicker_section(metrics["flicker"])
+    if "clips" in metrics:
+        lines += clips_section(metrics)
     return "\n".join(lines)
 
 
@@ -193,6 +212,10 @@ def evaluation_summary_lines(metrics: dict[str, Any]) -> list[str]:
     if metrics.get("flicker"):
         f = metrics["flicker"]
         lines.append(f"flicker: input {f['input']:.2f}, output {f['output']:.2f}, ratio {_fmt(f['ratio'])}")
+    for clip in metrics.get("clips", ()):
+        lines.append(f"{Path(clip['clip']).name}: flicker {clip['flicker']['input']:.2f} -> "
+                     f"{clip['flicker']['output']:.2f} (ratio {_fmt(clip['flicker']['ratio'])}), mouth opening r "
+                     f"{_fmt(clip['mouth']['correlation'])} over {clip['mouth']['frames']} frames")
     return lines
 
 
