@@ -6,13 +6,12 @@ import itertools
 import json
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from cli import cli
-from clips import make_clip, make_face
+from clips import make_clip, make_face, write_video
 from pipeline.blend import build_face_mask
 from pipeline.evaluation.sources import EvaluateError
 from pipeline.evaluation.video_clips import (
@@ -83,19 +82,9 @@ def test_a_clip_and_a_shorter_output_do_not_compare(tmp_path, models):
         measure_clip(long, short, *models, SETTINGS)
 
 
-def write_frames(path: Path, frames: list[np.ndarray], rate: int = 25) -> Path:
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=rate, options={"crf": "10", "preset": "ultrafast"})
-        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="bgr24")))
-        container.mux(stream.encode())
-    return path
-
-
 def test_the_mouth_of_a_real_talking_face_opens_and_closes(shared_dir, tmp_path, models):
     frames = [f.image for f in itertools.islice(decode_video(shared_dir / "media/video/talk1.mp4"), 40)]
-    clip = write_frames(tmp_path / "talk.mp4", frames)
+    clip = write_video(tmp_path / "talk.mp4", frames)
     measures = measure_clip(clip, clip, *models, ClipSettings(TrackerConfig(), 256, build_face_mask(256)))
     opening = measures.mouth_input
     assert np.isfinite(opening).all() and 0.0 <= opening.min() and opening.max() - opening.min() > 0.03
