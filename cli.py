@@ -308,8 +308,15 @@ evaluate_option = options_from(evaluate_defaults)
                  help="Scale the generator's change by this instead of the weights' own gains (to calibrate it).")
 @click.option("--expression-gain", "expression_gains", multiple=True, metavar="EXPRESSION=G",
               help="Use gain G for edits towards EXPRESSION (repeatable), e.g. --expression-gain happy=1.5.")
+@click.option("--geometry", metavar="PATH|off", default=None,
+              help="Expression geometry model (.safetensors): also judge the landmark warp alone and the warp followed "
+                   "by the generator, side by side with the generator alone. Default: the file the weights' header "
+                   "names, if any; 'off': the generator alone.")
+@evaluate_option("--warp-intensity", config_key="warp_intensity", type=FiniteRange(0.0, 2.0),
+                 help="Scale the warp's landmark displacement (0: the warp changes nothing).")
 def evaluate_command(weights: Path | None, data_dir: Path | None, out_dir: Path, identities: str, limit: int | None,
-                     video_pair: tuple[Path, Path] | None, expression_gains: tuple[str, ...], **options: Any) -> None:
+                     video_pair: tuple[Path, Path] | None, expression_gains: tuple[str, ...], geometry: str | None,
+                     **options: Any) -> None:
     """Judge a generator: ArcFace identity cosine and fer expression accuracy per target class, plus a grid.
 
     \b
@@ -318,6 +325,7 @@ def evaluate_command(weights: Path | None, data_dir: Path | None, out_dir: Path,
       python cli.py evaluate --weights W.safetensors --data D --out R --identities 05,21 --limit 40
       python cli.py evaluate --weights W.safetensors --data D --out R --edit-gain 1.5
       python cli.py evaluate --weights W.safetensors --data D --out R --edit-gain 1.1 --expression-gain happy=1.5
+      python cli.py evaluate --weights W.safetensors --data D --out R --geometry weights/geometry.safetensors
       python cli.py evaluate --video-pair in.mp4 out.mp4 --out reports/flicker
     """
     from pipeline.evaluation.evaluate import EvaluateConfig, run_evaluation
@@ -329,12 +337,42 @@ def evaluate_command(weights: Path | None, data_dir: Path | None, out_dir: Path,
         raise click.UsageError("--weights and --data go together")
     if weights is None and not video_pair:
         raise click.UsageError("give --weights and --data, or --video-pair, or both")
+    if weights is None and geometry is not None:
+        raise click.UsageError("--geometry goes with --weights and --data")
     config = EvaluateConfig(out=out_dir, weights=weights, data=data_dir, limit=limit,
                             identities=parse_identities(identities), video_pair=tuple(video_pair) if video_pair else None,
-                            expression_gains=tuple(parse_expression_gains(expression_gains).items()))
-    for line in evaluation_summary_lines(run_evaluation(with_values(config, given_values(options)))):
+                            expression_gains=tuple(parse_expression_gains(expression_gains).items()),
+                            geometry="auto" if geometry is None else "off" if geometry == "off" else Path(geometry))
+    metrics = run_evaluation(with_values(config, given_values(options)))
+    for line in evaluation_summary_lines(metrics):
         click.echo(line)
-    click.echo(f"wrote {out_dir}/metrics.json, report.md" + (", grid.png" if weights else ""))
+    grids = (", grid.png" if weights else "") + (", grid_warp.png" if "conditions" in metrics else "")
+    click.echo(f"wrote {out_dir}/metrics.json, report.md{grids}")
+
+
+@cli.command("evaluate-video")
+@click.argument("clips", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Report folder: metrics.json, report.md and the processed clips in clips/.")
+@processing_options
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def evaluate_video_command(clips: tuple[Path, ...], out_dir: Path, config_path: Path | None, fast: bool,
+                           no_progress: bool, **options: Any) -> None:
+    """Process video CLIPS as `process` does and measure each output against its input: flicker inside the face
+    crops (and its ratio to the input's), and the correlation of the mouth's opening (speech kept).
+
+    \b
+    Examples:
+      python cli.py evaluate-video ../shared/media/video/talk*.mp4 -e happy --out reports/video
+      python cli.py evaluate-video clip.mp4 -e sad --weights my.safetensors --out reports/video_sad
+    """
+    from pipeline.evaluation.report import evaluation_summary_lines
+    from pipeline.evaluation.video_clips import evaluate_clips
+
+    config = process_config(config_path, fast, options, progress=False if no_progress else None)
+    for line in evaluation_summary_lines(evaluate_clips(clips, out_dir, config)):
+        click.echo(line)
+    click.echo(f"wrote {out_dir}/metrics.json, report.md and the processed clips in {out_dir}/clips")
 
 
 # --- process / convert (pipeline/process.py, pipeline/batch.py) ---

@@ -1,7 +1,10 @@
 """evaluate: how well a generator changes expressions (fer judge) and keeps identity (ArcFace), plus video flicker.
 
 Every source crop (sources) is edited towards every other expression; its 5 landmarks are the crop template itself.
-Outputs: REPORT/metrics.json, REPORT/report.md and REPORT/grid.png, each written atomically (report).
+With an expression geometry model, each edit is also made by the landmark warp alone and by the warp followed by
+the generator (conditions), and the three are reported side by side against the unchanged inputs.
+Outputs: REPORT/metrics.json, REPORT/report.md and REPORT/grid.png (grid_warp.png with geometry), each written
+atomically (report).
 """
 
 from __future__ import annotations
@@ -18,18 +21,23 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from pipeline.evaluation.conditions import (
+    Editor, FittedFaces, GeometryChoice, edit_conditions, fit_faces, load_geometry, resolve_geometry,
+)
 from pipeline.evaluation.flicker import video_flicker
 from pipeline.evaluation.judges import ExpressionJudge, IdentityJudge, cosine_similarity
-from pipeline.evaluation.metrics import Judgements, change_stats, summarise_judgements
+from pipeline.evaluation.metrics import (
+    GENERATOR, WARP, WARP_GENERATOR, ConditionJudgements, GeometryJudgements, Judgements, change_stats,
+    concatenate_judgements, summarise_conditions, summarise_fit, summarise_judgements,
+)
 from pipeline.evaluation.report import choose_grid_samples, grid_image, write_report
-from pipeline.evaluation.sources import EvaluateError, edit_crops, read_crop, read_crops, select_sources
+from pipeline.evaluation.sources import EvaluateError, read_crop, read_crops, select_sources
 from pipeline.faces.align import crop_template
 from pipeline.faces.detector import DetectorConfig, FaceDetector
 from pipeline.types import Frame
 from usgan.checkpoint import WeightsInfo, load_generator
 from usgan.dataset import Sample
 from usgan.expressions import EXPRESSIONS
-from usgan.model import Generator
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +60,8 @@ class EvaluateConfig:
     # per-expression ones too); expression_gains override it per target expression.
     edit_gain: float | None = None
     expression_gains: tuple[tuple[str, float], ...] = ()
+    geometry: GeometryChoice = "auto"  # a geometry file, "auto" (the one the weights' header names) or "off"
+    warp_intensity: float = 1.0  # scales the warp's landmark displacement (0: the warp changes nothing)
 
 
 @dataclass(frozen=True)
@@ -60,61 +70,78 @@ class Judges:
     identity: IdentityJudge
 
 
-def judge_batch(
-    generator: Generator, info: WeightsInfo, judges: Judges, crops: Sequence[Frame], labels: Sequence[int],
-) -> tuple[NDArray, NDArray, list[tuple[int, int, NDArray, float, tuple[float, float]]]]:
-    """Input probabilities (B, 7), input embeddings (B, d) and, for every other target, (source, target, output
-    probs, identity cosine, change_stats)."""
+@dataclass(frozen=True)
+class TargetEdits:
+    """Some sources edited towards one target: the judges' word per condition, and the generator's change."""
+
+    judged: dict[str, ConditionJudgements]
+    change: NDArray[np.float32]  # (k, 2) change_stats of the generator's outputs
+
+
+def judge_edits(editor: Editor, judges: Judges, crops: Sequence[Frame], embeddings: NDArray,
+                faces: FittedFaces | None, target: int) -> TargetEdits:
+    """The crops edited towards target under each condition, judged (identity against the sources' embeddings)."""
+    outputs = edit_conditions(editor, crops, [EXPRESSIONS[target]] * len(crops), faces)
+    landmarks = [crop_template(crops[0].shape[0]).astype(np.float32)] * len(crops)  # the edits keep the template
+    judged = {name: ConditionJudgements(judges.expression.predict_batch(images, landmarks),
+                                        cosine_similarity(embeddings, judges.identity.embed_batch(images, landmarks)))
+              for name, images in outputs.items()}
+    change = np.array([change_stats(c, out) for c, out in zip(crops, outputs[GENERATOR])], np.float32)
+    return TargetEdits(judged, change.reshape(-1, 2))
+
+
+def joined_condition(edits: Sequence[TargetEdits], name: str) -> ConditionJudgements:
+    return ConditionJudgements(np.concatenate([e.judged[name].output_probs for e in edits]),
+                               np.concatenate([e.judged[name].identity for e in edits]))
+
+
+def geometry_judgements(edits: Sequence[TargetEdits], faces: FittedFaces | None) -> GeometryJudgements | None:
+    """The warp's conditions and the sources' fit, when a geometry model was evaluated."""
+    if faces is None:
+        return None
+    fit = faces.fit
+    return GeometryJudgements({name: joined_condition(edits, name) for name in (WARP, WARP_GENERATOR)},
+                              fit_named=fit.posterior.argmax(1), fit_confidence=fit.confidence.astype(np.float32),
+                              fit_validity=fit.validity.astype(np.float32))
+
+
+def judge_batch(editor: Editor, judges: Judges, samples: Sequence[Sample]) -> Judgements:
+    """The judges on a batch of source crops and on their edits towards every other expression, per condition."""
+    crops, labels = read_crops(samples), np.array([s.label for s in samples], dtype=np.int64)
     landmarks = [crop_template(crops[0].shape[0]).astype(np.float32)] * len(crops)
-    input_probs = judges.expression.predict_batch(crops, landmarks)
-    input_embeddings = judges.identity.embed_batch(crops, landmarks)
-    pairs = []
-    for target in range(len(EXPRESSIONS)):
-        chosen = [i for i, label in enumerate(labels) if label != target]
-        if not chosen:
-            continue
-        outputs = edit_crops(generator, info, [crops[i] for i in chosen], [EXPRESSIONS[target]] * len(chosen))
-        out_landmarks = landmarks[: len(chosen)]  # the generator keeps the face where the crop template put it
-        probs = judges.expression.predict_batch(outputs, out_landmarks)
-        cosines = cosine_similarity(input_embeddings[chosen], judges.identity.embed_batch(outputs, out_landmarks))
-        pairs += [(i, target, p, float(c), change_stats(crops[i], out))
-                  for i, p, c, out in zip(chosen, probs, cosines, outputs)]
-    return input_probs, input_embeddings, pairs
+    embeddings = judges.identity.embed_batch(crops, landmarks)
+    faces = fit_faces(editor.geometry, crops) if editor.geometry is not None else None
+    pairs = [(np.flatnonzero(labels != target), target) for target in range(len(EXPRESSIONS))]
+    pairs = [(chosen, target) for chosen, target in pairs if chosen.size]
+    edits = [judge_edits(editor, judges, [crops[i] for i in chosen], embeddings[chosen],
+                         faces.select(chosen) if faces is not None else None, target) for chosen, target in pairs]
+    generator = joined_condition(edits, GENERATOR)
+    return Judgements(labels=labels, input_probs=judges.expression.predict_batch(crops, landmarks),
+                      pair_source=np.concatenate([chosen for chosen, _ in pairs]),
+                      pair_target=np.concatenate([np.full(chosen.size, target) for chosen, target in pairs]),
+                      output_probs=generator.output_probs, identity=generator.identity,
+                      change=np.concatenate([e.change for e in edits]), embeddings=embeddings,
+                      identities=tuple(s.identity for s in samples), geometry=geometry_judgements(edits, faces))
 
 
-def judge_sources(generator: Generator, info: WeightsInfo, judges: Judges, samples: Sequence[Sample],
-                  batch_size: int) -> Judgements:
+def judge_sources(editor: Editor, judges: Judges, samples: Sequence[Sample], batch_size: int) -> Judgements:
     """Run the judges on every source crop and on its edits towards every other expression."""
-    labels = np.array([EXPRESSIONS.index(s.expression) for s in samples], dtype=np.int64)
-    input_probs, embeddings, pairs = [], [], []
+    parts = []
     for start in range(0, len(samples), batch_size):
-        batch = samples[start:start + batch_size]
-        probs, batch_embeddings, batch_pairs = judge_batch(generator, info, judges, read_crops(batch),
-                                                           labels[start:start + batch_size])
-        input_probs.append(probs)
-        embeddings.append(batch_embeddings)
-        pairs += [(start + i, *rest) for i, *rest in batch_pairs]
+        parts.append(judge_batch(editor, judges, samples[start:start + batch_size]))
         log.info("judged %d/%d sources", min(start + batch_size, len(samples)), len(samples))
-    return Judgements(
-        labels=labels,
-        input_probs=np.concatenate(input_probs),
-        pair_source=np.array([p[0] for p in pairs], dtype=np.int64),
-        pair_target=np.array([p[1] for p in pairs], dtype=np.int64),
-        output_probs=np.stack([p[2] for p in pairs]).astype(np.float32),
-        identity=np.array([p[3] for p in pairs], dtype=np.float32),
-        change=np.array([p[4] for p in pairs], dtype=np.float32).reshape(-1, 2),
-        embeddings=np.concatenate(embeddings),
-        identities=tuple(s.identity for s in samples),
-    )
+    return concatenate_judgements(parts)
 
 
-def make_grid(generator: Generator, info: WeightsInfo, samples: Sequence[Sample], config: EvaluateConfig) -> Frame:
+def make_grid(editor: Editor, samples: Sequence[Sample], config: EvaluateConfig,
+              condition: str = GENERATOR) -> Frame:
     """Rows = chosen inputs; columns = the input, then its edit towards each of the 7 expressions."""
     chosen = choose_grid_samples(samples, config.grid_rows)
     rows = []
     for sample in chosen:
-        crop = read_crop(sample.path)
-        rows.append([crop, *edit_crops(generator, info, [crop] * len(EXPRESSIONS), list(EXPRESSIONS))])
+        crops = [read_crop(sample.path)] * len(EXPRESSIONS)
+        faces = fit_faces(editor.geometry, crops[:1]).select([0] * len(crops)) if editor.geometry else None
+        rows.append([crops[0], *edit_conditions(editor, crops, EXPRESSIONS, faces)[condition]])
     labels = [f"{s.identity or ''} {s.expression}".strip() for s in chosen]
     return grid_image(rows, ("input", *EXPRESSIONS), config.grid_cell, labels)
 
@@ -138,36 +165,47 @@ def with_gains(info: WeightsInfo, config: EvaluateConfig) -> WeightsInfo:
     return info
 
 
-def evaluate_generator(config: EvaluateConfig) -> tuple[dict[str, Any], Frame]:
-    """Metrics and grid for config.weights on config.data."""
+def evaluate_generator(config: EvaluateConfig) -> tuple[dict[str, Any], dict[str, Frame]]:
+    """Metrics and grids ({file name: image}) for config.weights on config.data."""
     samples = select_sources(config.data, config.identities, config.limit)
     generator, info = load_generator(config.weights, config.device)
-    info = with_gains(info, config)
+    geometry_path, geometry_source = resolve_geometry(config.geometry, config.weights)
+    geometry = load_geometry(geometry_path, config.warp_intensity) if geometry_path is not None else None
+    editor = Editor(generator, with_gains(info, config), geometry)
     judges = Judges(ExpressionJudge(), IdentityJudge())
     started = time.perf_counter()
-    judgements = judge_sources(generator, info, judges, samples, config.batch_size)
+    judgements = judge_sources(editor, judges, samples, config.batch_size)
     seconds = time.perf_counter() - started
     metrics = summarise_judgements(judgements)
-    metrics["weights"] = {"path": str(config.weights), "step": info.step, "image_size": info.image_size,
-                          "dataset": info.dataset, "edit_gain": info.edit_gain,
-                          "expression_gains": dict(info.expression_gains)}
+    metrics["weights"] = weights_summary(config.weights, editor.info)
     metrics["data"] = {"path": str(config.data), "sources": len(samples), "outputs": int(judgements.pair_target.size),
                        "crop_size": int(read_crop(samples[0].path).shape[0]),
                        "identities": sorted({s.identity for s in samples if s.identity})}
     metrics["timing"] = {"seconds": seconds, "ms_per_output": 1000 * seconds / max(judgements.pair_target.size, 1)}
-    return metrics, make_grid(generator, info, samples, config)
+    grids = {"grid.png": make_grid(editor, samples, config)}
+    if geometry is not None:
+        metrics["conditions"] = summarise_conditions(judgements)
+        metrics["geometry"] = {"path": str(geometry.path), "source": geometry_source, "intensity": geometry.intensity,
+                               "fit": summarise_fit(judgements)}
+        grids["grid_warp.png"] = make_grid(editor, samples, config, WARP_GENERATOR)
+    return metrics, grids
+
+
+def weights_summary(path: Path, info: WeightsInfo) -> dict[str, Any]:
+    return {"path": str(path), "step": info.step, "image_size": info.image_size, "dataset": info.dataset,
+            "edit_gain": info.edit_gain, "expression_gains": dict(info.expression_gains)}
 
 
 def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
     """Run the evaluation described by config and write its report; returns the metrics."""
     check_evaluate_config(config)
     metrics: dict[str, Any] = {}
-    grid = None
+    grids: dict[str, Frame] = {}
     if config.weights is not None:
-        metrics, grid = evaluate_generator(config)
+        metrics, grids = evaluate_generator(config)
     if config.video_pair is not None:
         flicker = video_flicker(*config.video_pair, FaceDetector(DetectorConfig()))
         metrics["flicker"] = {"input": flicker.input, "output": flicker.output, "ratio": flicker.ratio,
                               "frames": flicker.frames}
-    write_report(Path(config.out), metrics, grid)
+    write_report(Path(config.out), metrics, grids)
     return metrics

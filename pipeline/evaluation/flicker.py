@@ -35,28 +35,43 @@ def _weighted_change(previous: Frame, current: Frame, mask: Mask) -> tuple[float
     return float((change * mask).sum()), float(mask.sum())
 
 
+class FlickerMeter:
+    """The flicker of an input video and its output, fed one frame pair at a time (nothing kept but the last)."""
+
+    def __init__(self) -> None:
+        self._totals = np.zeros(3)  # input change, output change, weight
+        self._previous: tuple[Frame, Frame] | None = None
+        self.frames = 0
+
+    def add(self, frame_in: Frame, frame_out: Frame, mask: Mask) -> None:
+        """The next frame of both; mask (H, W) in [0, 1] weights its change from the frame before."""
+        if frame_in.shape != frame_out.shape or mask.shape != frame_in.shape[:2]:
+            raise ValueError(f"flicker_index: frame {self.frames}: shapes {frame_in.shape}, {frame_out.shape}, "
+                             f"mask {mask.shape} differ")
+        if self._previous is not None:
+            change_in, weight = _weighted_change(self._previous[0], frame_in, mask)
+            change_out, _ = _weighted_change(self._previous[1], frame_out, mask)
+            self._totals += (change_in, change_out, weight)
+        self._previous, self.frames = (frame_in, frame_out), self.frames + 1
+
+    def result(self) -> Flicker:
+        if self._totals[2] == 0:
+            return Flicker(input=0.0, output=0.0, frames=self.frames)
+        return Flicker(input=self._totals[0] / self._totals[2], output=self._totals[1] / self._totals[2],
+                       frames=self.frames)
+
+
 def flicker_index(inputs: Iterable[Frame], outputs: Iterable[Frame], masks: Iterable[Mask]) -> Flicker:
     """Flicker of an input video and its processed output over the face region; frames are streamed, not kept.
 
     masks[t] (H, W) in [0, 1] weights the change from frame t-1 to frame t. Sequences must have equal lengths.
     """
-    totals = np.zeros(3)  # input change, output change, weight
-    previous: tuple[Frame, Frame] | None = None
-    frames = 0
+    meter = FlickerMeter()
     for frame_in, frame_out, mask in itertools.zip_longest(inputs, outputs, masks):
         if frame_in is None or frame_out is None or mask is None:
             raise ValueError("flicker_index: input, output and mask sequences differ in length")
-        if frame_in.shape != frame_out.shape or mask.shape != frame_in.shape[:2]:
-            raise ValueError(f"flicker_index: frame {frames}: shapes {frame_in.shape}, {frame_out.shape}, "
-                             f"mask {mask.shape} differ")
-        if previous is not None:
-            change_in, weight = _weighted_change(previous[0], frame_in, mask)
-            change_out, _ = _weighted_change(previous[1], frame_out, mask)
-            totals += (change_in, change_out, weight)
-        previous, frames = (frame_in, frame_out), frames + 1
-    if totals[2] == 0:
-        return Flicker(input=0.0, output=0.0, frames=frames)
-    return Flicker(input=totals[0] / totals[2], output=totals[1] / totals[2], frames=frames)
+        meter.add(frame_in, frame_out, mask)
+    return meter.result()
 
 
 def face_mask(shape: tuple[int, ...], faces: Sequence[Face]) -> Mask:

@@ -12,6 +12,28 @@ from numpy.typing import NDArray
 from pipeline.types import Frame
 from usgan.expressions import EXPRESSIONS
 
+GENERATOR, WARP, WARP_GENERATOR = "generator", "warp", "warp+generator"
+KEY_TARGETS = ("angry", "happy", "sad", "surprised")  # the targets the expression goal is stated over
+
+
+@dataclass(frozen=True)
+class ConditionJudgements:
+    """What the judges said about the m edits of one condition (the same source/target pairs as the generator's)."""
+
+    output_probs: NDArray[np.float32]  # (m, 7)
+    identity: NDArray[np.float32]  # (m,)
+
+
+@dataclass(frozen=True)
+class GeometryJudgements:
+    """The warp's conditions and, per source, the geometry fit: the expression it named, its confidence (0: nothing
+    removed) and validity (0: landmarks implausible, no warp)."""
+
+    conditions: dict[str, ConditionJudgements]  # WARP and WARP_GENERATOR
+    fit_named: NDArray[np.int64]  # (n,)
+    fit_confidence: NDArray[np.float32]  # (n,)
+    fit_validity: NDArray[np.float32]  # (n,)
+
 
 @dataclass(frozen=True)
 class Judgements:
@@ -27,6 +49,15 @@ class Judgements:
     # (n, d) ArcFace embeddings of the sources, and who each one is (None: unknown), for the real-pair reference
     embeddings: NDArray[np.float32] | None = None
     identities: tuple[str | None, ...] | None = None
+    geometry: GeometryJudgements | None = None
+
+    def condition(self, name: str) -> ConditionJudgements:
+        """The judgements of one condition: GENERATOR (the fields above) or one of the geometry's."""
+        if name == GENERATOR:
+            return ConditionJudgements(self.output_probs, self.identity)
+        if self.geometry is None or name not in self.geometry.conditions:
+            raise KeyError(f"no judgements for condition {name!r}")
+        return self.geometry.conditions[name]
 
 
 def change_stats(source: Frame, output: Frame) -> tuple[float, float]:
@@ -100,3 +131,84 @@ def summarise_judgements(j: Judgements) -> dict[str, Any]:
         metrics["change"] = {"mean_abs": float(j.change[:, 0].mean()),
                              "colour_share": float(j.change[:, 1].sum() / max(j.change[:, 0].sum(), 1e-9))}
     return metrics
+
+
+# --- the conditions side by side (with an expression geometry model) ------------------------------------------------
+
+
+def _all_or_none(values: list[float | None]) -> float | None:
+    """Mean of values, None when any is missing (a mean over some of the targets would mislead)."""
+    return None if any(v is None for v in values) else float(np.mean(values))
+
+
+def condition_row(j: Judgements, name: str, mask: NDArray[np.bool_]) -> dict[str, Any]:
+    """Judge accuracy, mean identity cosine and its 5th percentile of one condition's edits in mask."""
+    judged = j.condition(name)
+    identity = judged.identity[mask]
+    return {"judge": _mean(judged.output_probs[mask].argmax(1) == j.pair_target[mask]), "identity": _mean(identity),
+            "identity_p5": float(np.percentile(identity, 5)) if identity.size else None}
+
+
+def summarise_conditions(j: Judgements) -> dict[str, Any]:
+    """Per target: the judge on unchanged inputs and each condition's judge / identity / its 5th percentile; then
+    the mean over KEY_TARGETS (judge: mean of their rates; identity: over their edits) and over all edits."""
+    names = (GENERATOR, *(j.geometry.conditions if j.geometry else ()))
+    inputs = j.input_probs[j.pair_source].argmax(1) == j.pair_target
+    per_target = {}
+    for k, target in enumerate(EXPRESSIONS):
+        mask = j.pair_target == k
+        per_target[target] = {"count": int(mask.sum()), "inputs": _mean(inputs[mask]),
+                              **{name: condition_row(j, name, mask) for name in names}}
+    key = np.isin(j.pair_target, [EXPRESSIONS.index(t) for t in KEY_TARGETS])
+    key_row: dict[str, Any] = {"targets": list(KEY_TARGETS), "count": int(key.sum()),
+                               "inputs": _all_or_none([per_target[t]["inputs"] for t in KEY_TARGETS])}
+    for name in names:
+        key_row[name] = {**condition_row(j, name, key),
+                         "judge": _all_or_none([per_target[t][name]["judge"] for t in KEY_TARGETS])}
+    every = np.ones_like(inputs)
+    all_row = {"count": int(inputs.size), "inputs": _mean(inputs), **{n: condition_row(j, n, every) for n in names}}
+    return {"names": list(names), "per_target": per_target, "key_targets": key_row, "all": all_row}
+
+
+def summarise_fit(j: Judgements) -> dict[str, Any]:
+    """How often the geometry fit named each source's own expression, and how many fits had confidence 0 (the
+    source's expression left in place) or validity 0 (landmarks implausible: no warp)."""
+    if j.geometry is None:
+        raise ValueError("summarise_fit: no geometry judgements")
+    g = j.geometry
+    named = g.fit_named == j.labels
+    expressive = j.labels != EXPRESSIONS.index("neutral")
+    return {"sources": int(named.size), "named": _mean(named), "expressive": int(expressive.sum()),
+            "named_expressive": _mean(named[expressive]),
+            "named_per_class": {name: _mean(named[j.labels == k]) for k, name in enumerate(EXPRESSIONS)},
+            "confidence_mean": _mean(g.fit_confidence), "confidence_zero": int((g.fit_confidence == 0).sum()),
+            "validity_zero": int((g.fit_validity == 0).sum())}
+
+
+def _joined_geometry(parts: list[GeometryJudgements]) -> GeometryJudgements:
+    conditions = {name: ConditionJudgements(np.concatenate([p.conditions[name].output_probs for p in parts]),
+                                            np.concatenate([p.conditions[name].identity for p in parts]))
+                  for name in parts[0].conditions}
+    fits = {f: np.concatenate([getattr(p, f) for p in parts]) for f in ("fit_named", "fit_confidence", "fit_validity")}
+    return GeometryJudgements(conditions, **fits)
+
+
+def concatenate_judgements(parts: list[Judgements]) -> Judgements:
+    """One Judgements from several batches' (pair_source re-indexed to the concatenated sources)."""
+    offsets = np.cumsum([0] + [len(p.labels) for p in parts[:-1]])
+
+    def missing(values: list[Any]) -> bool:
+        return any(v is None for v in values)
+
+    def joined(name: str) -> Any:
+        values = [getattr(p, name) for p in parts]
+        return None if missing(values) else np.concatenate(values)
+
+    geometries = [p.geometry for p in parts]
+    identities = [p.identities for p in parts]
+    return Judgements(labels=joined("labels"), input_probs=joined("input_probs"),
+                      pair_source=np.concatenate([p.pair_source + o for p, o in zip(parts, offsets)]),
+                      pair_target=joined("pair_target"), output_probs=joined("output_probs"),
+                      identity=joined("identity"), change=joined("change"), embeddings=joined("embeddings"),
+                      identities=None if missing(identities) else sum(identities, ()),
+                      geometry=None if missing(geometries) else _joined_geometry(geometries))

@@ -109,6 +109,47 @@ def generator_section(metrics: dict[str, Any]) -> list[str]:
     ]
 
 
+CONDITION_TITLES = {"generator": "generator alone", "warp": "warp alone", "warp+generator": "warp + generator"}
+
+
+def _cell(row: dict[str, Any]) -> str:
+    return f"{_fmt(row['judge'])} / {_fmt(row['identity'])} / {_fmt(row['identity_p5'])}"
+
+
+def conditions_table(conditions: dict[str, Any]) -> list[str]:
+    """Markdown table: per target, the judge on unchanged inputs and judge / identity / its 5th percentile of each
+    condition; then the mean over the key targets and all edits."""
+    names = conditions["names"]
+    lines = ["| target | edits | unchanged inputs: judge | "
+             + " | ".join(f"{CONDITION_TITLES.get(n, n)}: judge / identity / p5" for n in names) + " |",
+             "|---|---|---|" + "---|" * len(names)]
+    key = conditions["key_targets"]
+    rows = [*conditions["per_target"].items(), (f"**mean of {', '.join(key['targets'])}**", key),
+            ("**all edits**", conditions["all"])]
+    for target, row in rows:
+        cells = " | ".join(_cell(row[n]) for n in names)
+        lines.append(f"| {target} | {row['count']} | {_fmt(row['inputs'])} | {cells} |")
+    return lines
+
+
+def geometry_section(metrics: dict[str, Any]) -> list[str]:
+    """report.md lines for the conditions side by side and the geometry fit."""
+    geometry, fit = metrics["geometry"], metrics["geometry"]["fit"]
+    named = ", ".join(f"{name} {_fmt(rate)}" for name, rate in fit["named_per_class"].items() if rate is not None)
+    return [
+        "## Generator, warp and both (geometry model)", "",
+        f"- geometry: `{geometry['path']}` (from the {geometry['source']}), warp intensity {geometry['intensity']:g}",
+        f"- the fit named the source's expression for {_fmt(fit['named'])} of {fit['sources']} sources "
+        f"({_fmt(fit['named_expressive'])} of the {fit['expressive']} not neutral); per class: {named}",
+        f"- fit confidence 0 (the source's expression left in place): {fit['confidence_zero']} faces; "
+        f"landmarks implausible (no warp): {fit['validity_zero']}; mean confidence {_fmt(fit['confidence_mean'])}",
+        "", *conditions_table(metrics["conditions"]), "",
+        "Judge: how often the fer judge names the target. Identity: ArcFace cosine to the source, mean / 5th "
+        "percentile. The mean row averages the four targets' judge rates and pools their edits' identities.", "",
+        "![warp + generator](grid_warp.png)", "",
+    ]
+
+
 def flicker_section(flicker: dict[str, Any]) -> list[str]:
     """report.md lines for a video pair."""
     return ["## Flicker (mean |frame t - frame t-1| in the face boxes, grey levels)", "",
@@ -116,13 +157,34 @@ def flicker_section(flicker: dict[str, Any]) -> list[str]:
             f"over {flicker['frames']} frames", ""]
 
 
+def clips_section(metrics: dict[str, Any]) -> list[str]:
+    """report.md lines for processed clips: flicker in the face crops and mouth motion against the input."""
+    process = metrics["process"]
+    lines = [f"## Video clips: process -e {process['expression']} (intensity {process['intensity']:g}, "
+             f"weights `{process['weights']}`)", "",
+             "| clip | frames | faces edited | flicker: input → output | ratio | mouth opening r (frames) |",
+             "|---|---|---|---|---|---|"]
+    for clip in metrics["clips"]:
+        flicker, mouth = clip["flicker"], clip["mouth"]
+        lines.append(f"| {Path(clip['clip']).name} | {clip['frames']} | {clip['faces_edited']} "
+                     f"| {flicker['input']:.2f} → {flicker['output']:.2f} | {_fmt(flicker['ratio'])} "
+                     f"| {_fmt(mouth['correlation'])} ({mouth['frames']}) |")
+    return [*lines, "", "Flicker: mean |frame t - frame t-1| in grey levels inside the tracked faces' aligned crops "
+            "(weighted by the blend mask). Mouth opening: inner-lip distance of the largest face per frame (2d106det "
+            "on its aligned crop); r: Pearson correlation of output with input (talking faces keep their speech).", ""]
+
+
 def report_markdown(metrics: dict[str, Any]) -> str:
     """The human-readable report.md."""
     lines = ["# Evaluation", ""]
     if "expression" in metrics:
         lines += generator_section(metrics)
+    if "conditions" in metrics:
+        lines += geometry_section(metrics)
     if metrics.get("flicker"):
         lines += flicker_section(metrics["flicker"])
+    if "clips" in metrics:
+        lines += clips_section(metrics)
     return "\n".join(lines)
 
 
@@ -138,6 +200,11 @@ def evaluation_summary_lines(metrics: dict[str, Any]) -> list[str]:
         lines.append(f"judge on outputs {_fmt(overall['output_accuracy'])} vs unchanged inputs "
                      f"{_fmt(overall['baseline'])} (real photos {_fmt(overall['real_accuracy'])}), "
                      f"{overall['count']} outputs")
+    if "conditions" in metrics:
+        key = metrics["conditions"]["key_targets"]
+        lines.append(f"mean of {', '.join(key['targets'])}: inputs {_fmt(key['inputs'])}; "
+                     + "; ".join(f"{CONDITION_TITLES.get(n, n)} {_cell(key[n])}" for n in metrics["conditions"]["names"])
+                     + " (judge / identity / p5)")
     if metrics.get("change"):
         change = metrics["change"]
         lines.append(f"change: mean |output - input| {change['mean_abs']:.1f} grey levels, "
@@ -145,13 +212,17 @@ def evaluation_summary_lines(metrics: dict[str, Any]) -> list[str]:
     if metrics.get("flicker"):
         f = metrics["flicker"]
         lines.append(f"flicker: input {f['input']:.2f}, output {f['output']:.2f}, ratio {_fmt(f['ratio'])}")
+    for clip in metrics.get("clips", ()):
+        lines.append(f"{Path(clip['clip']).name}: flicker {clip['flicker']['input']:.2f} -> "
+                     f"{clip['flicker']['output']:.2f} (ratio {_fmt(clip['flicker']['ratio'])}), mouth opening r "
+                     f"{_fmt(clip['mouth']['correlation'])} over {clip['mouth']['frames']} frames")
     return lines
 
 
-def write_report(out: Path, metrics: dict[str, Any], grid: Frame | None) -> None:
-    """metrics.json, report.md and grid.png, each written atomically."""
+def write_report(out: Path, metrics: dict[str, Any], grids: dict[str, Frame] | None = None) -> None:
+    """metrics.json, report.md and the grids ({file name: image}, PNG), each written atomically."""
     atomic_write(out / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2) + "\n"))
     atomic_write(out / "report.md", lambda tmp: tmp.write_text(report_markdown(metrics)))
-    if grid is not None:
+    for name, grid in (grids or {}).items():
         encoded = cv2.imencode(".png", grid)[1]
-        atomic_write(out / "grid.png", lambda tmp: tmp.write_bytes(encoded.tobytes()))
+        atomic_write(out / name, lambda tmp: tmp.write_bytes(encoded.tobytes()))

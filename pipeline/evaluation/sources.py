@@ -1,5 +1,5 @@
 """evaluate's inputs: aligned crops as prepare-data writes them (DIR/<expression>/*.png, optional DIR/index.csv),
-chosen to cover every expression and identity, and the generator applied to them as uint8 BGR images."""
+chosen to cover every expression and identity, and their conversion to and from the generator's tensors."""
 
 from __future__ import annotations
 
@@ -12,12 +12,9 @@ import numpy as np
 import torch
 
 from pipeline.types import Frame
-from usgan.checkpoint import WeightsInfo
 from usgan.dataset import Sample, scan_dataset
 from usgan.errors import UserError
 from usgan.expressions import EXPRESSIONS
-from usgan.inference import apply_generator
-from usgan.model import Generator
 
 
 class EvaluateError(UserError):
@@ -84,7 +81,3 @@ def tensor_to_bgr(images: torch.Tensor) -> list[Frame]:
     array = images.add(1.0).mul(127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
     return [np.ascontiguousarray(image[..., ::-1]) for image in array]
 
-
-def edit_crops(generator: Generator, info: WeightsInfo, crops: Sequence[Frame], targets: Sequence[str]) -> list[Frame]:
-    """Each crop edited towards its target expression, at the crop's own resolution."""
-    return tensor_to_bgr(apply_generator(generator, info, bgr_to_tensor(crops), list(targets)))

@@ -101,6 +101,17 @@ def make_clip(path: Path, frames: int = 10, width: int = 240, height: int = 180,
     return path
 
 
+def write_video(path: Path, frames: list[np.ndarray], rate: int = 25) -> Path:
+    """Given BGR frames as a near-lossless H.264 clip (no audio)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=rate, options={"crf": "10", "preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="bgr24")))
+        container.mux(stream.encode())
+    return path
+
+
 def decode_frames(path: Path) -> list[np.ndarray]:
     """Every frame as stored (BGR), decoded with plain PyAV (not the code under test)."""
     with av.open(str(path)) as container:

@@ -7,7 +7,6 @@ import itertools
 import json
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ import torch
 from click.testing import CliRunner
 
 from cli import cli
+from clips import write_video
 from pipeline.evaluation.flicker import face_mask, flicker_index
 from pipeline.evaluation.metrics import Judgements, change_stats, summarise_judgements
 from pipeline.evaluation.report import GRID_HEADER, choose_grid_samples, grid_image, report_markdown
@@ -275,15 +275,6 @@ def test_evaluate_refuses_a_report_inside_the_data(tmp_path, random_weights):
     result = CliRunner().invoke(cli, ["evaluate", "--weights", str(random_weights), "--data", str(tmp_path / "data"),
                                       "--out", str(tmp_path / "data" / "report")])
     assert result.exit_code == 1 and "inside the data folder" in result.output
-
-
-def write_video(path: Path, frames: list[np.ndarray], rate: int = 25) -> None:
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=rate, options={"crf": "10", "preset": "ultrafast"})
-        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="bgr24")))
-        container.mux(stream.encode())
 
 
 def test_video_pair_flicker_rises_with_per_frame_noise(shared_dir, tmp_path):
