@@ -28,7 +28,7 @@ from usgan.errors import UserError
 
 def ship(checkpoints: list[Path], out: Path, edit_gain: float, dataset: str, recipe: str,
          validation: tuple[str, ...], trained_on: str, fp16: bool = True,
-         expression_gains: dict[str, float] | None = None) -> WeightsInfo:
+         expression_gains: dict[str, float] | None = None, geometry: str = "") -> WeightsInfo:
     """Write the checkpoints' (mean) generator to out (atomically) with a header for users; returns that header."""
     for checkpoint in checkpoints:
         refuse_overwrite(checkpoint, out)
@@ -36,7 +36,7 @@ def ship(checkpoints: list[Path], out: Path, edit_gain: float, dataset: str, rec
     notes = {**info.notes, "source": checkpoints[-1].name, "recipe": recipe, "trained_on": trained_on,
              "validation_identities": list(validation)}
     info = dataclasses.replace(info, dataset=dataset, license=DEFAULT_LICENSE, edit_gain=edit_gain,
-                               expression_gains=dict(expression_gains or {}),
+                               expression_gains=dict(expression_gains or {}), geometry=geometry,
                                notes={k: v for k, v in notes.items() if v})
     save_generator(out, generator, info, fp16=fp16)
     return info
@@ -56,9 +56,11 @@ def ship(checkpoints: list[Path], out: Path, edit_gain: float, dataset: str, rec
 @click.option("--recipe", default="", help="How the weights were trained (configs, stages), for the header.")
 @click.option("--validation", default="", metavar="ID,ID,...", help="Held-out identities, for the header.")
 @click.option("--trained-on", default="", help="Hardware, for the header (e.g. '2-core CPU').")
+@click.option("--geometry", default="", metavar="NAME",
+              help="The geometry file (beside OUT) the generator was trained to take warped input from.")
 @click.option("--fp32", is_flag=True, help="Keep float32 weights (default: fp16, half the size).")
 def main(checkpoints: tuple[Path, ...], out: Path, edit_gain: float, expression_gains: tuple[str, ...], dataset: str,
-         recipe: str, validation: str, trained_on: str, fp32: bool) -> None:
+         recipe: str, validation: str, trained_on: str, geometry: str, fp32: bool) -> None:
     """Write CHECKPOINTS' generator to OUT with a user-facing header (fp16, licence, recipe notes, edit gain).
 
     Several checkpoints of one run (same architecture) are averaged into one generator; the header records them.
@@ -73,7 +75,7 @@ def main(checkpoints: tuple[Path, ...], out: Path, edit_gain: float, expression_
     """
     try:
         info = ship(list(checkpoints), out, edit_gain, dataset, recipe, parse_identities(validation), trained_on,
-                    fp16=not fp32, expression_gains=parse_expression_gains(expression_gains))
+                    fp16=not fp32, expression_gains=parse_expression_gains(expression_gains), geometry=geometry)
     except UserError as error:
         raise click.ClickException(str(error)) from error
     averaged = f", mean of {len(checkpoints)} checkpoints" if len(checkpoints) > 1 else ""

@@ -51,6 +51,9 @@ class WeightsInfo:
     edit_gain: float = 1.0
     # Per-target overrides of edit_gain, e.g. {"happy": 1.5}: some expressions need a larger change to read.
     expression_gains: dict[str, float] = field(default_factory=dict)
+    # The expression geometry file this generator expects its input warped with (trained on warped input), by name
+    # beside the weights file; "" = plain crops. The pipeline and evaluate use it unless told otherwise.
+    geometry: str = ""
 
     def __post_init__(self) -> None:
         if not 0 < self.edit_gain <= MAX_EDIT_GAIN:
@@ -156,7 +159,7 @@ def train_state_generator(
         model = metadata["config"]["model"]
         config = from_mapping(GeneratorConfig, model["generator"], f"{path}: config.model.generator")
         info = WeightsInfo(generator=config, image_size=model["image_size"], step=metadata["step"],
-                           dataset=metadata.get("dataset", "unknown"))
+                           dataset=metadata.get("dataset", "unknown"), geometry=metadata.get("geometry", ""))
     except (KeyError, TypeError, ConfigError) as error:
         raise CheckpointError(f"{path}: training checkpoint with a bad header ({error})") from error
     return strip_prefix(tensors, "G."), info

@@ -165,9 +165,12 @@ def save_checkpoint(state: TrainState, config: TrainConfig, run_dir: Path, info:
         "lr": {"g": state.g_optim.param_groups[0]["lr"], "d": state.d_optim.param_groups[0]["lr"]},
         "config": to_mapping(config), "rng": rng_metadata(), **extra,
     }
+    geometry = str(Path(config.geometry_model).expanduser().resolve()) if config.geometry_model else ""
+    if geometry:  # the generator expects input warped with this file: process and evaluate use it
+        metadata["geometry"] = geometry
     path = checkpoint_dir(run_dir) / f"step_{state.step:08d}.safetensors"
     save_tensors(path, tensors, metadata)
-    info_g = WeightsInfo(image_size=config.model.image_size, step=state.step, dataset=dataset)
+    info_g = WeightsInfo(image_size=config.model.image_size, step=state.step, dataset=dataset, geometry=geometry)
     save_generator(Path(run_dir) / "generator.safetensors", state.raw_generator, info_g)
     for _, old in list_checkpoints(run_dir)[: -config.logging.keep_checkpoints]:
         old.unlink(missing_ok=True)

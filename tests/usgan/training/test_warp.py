@@ -104,7 +104,8 @@ def test_training_on_warped_input(tiny_config, faces: Path, tmp_path: Path):
     state = train(config, RunOptions(faces, tmp_path / "run", max_steps=4))
     assert state.step == 4
     assert list((tmp_path / "run" / "samples").glob("step_*.png"))
-    load_generator(tmp_path / "run" / "generator.safetensors")
+    for weights in [tmp_path / "run" / "generator.safetensors", *(tmp_path / "run" / "checkpoints").glob("*")]:
+        assert load_generator(weights)[1].geometry == str(model_path.resolve())  # process warps with it
 
 
 def test_missing_landmarks_or_model_are_one_line_errors(tiny_config, faces: Path, tmp_path: Path):
