@@ -140,6 +140,6 @@ class CountingSynthesizer:
         self.image_size = self.inner.image_size
         self.batches: list[int] = []
 
-    def synthesize(self, crops, targets, intensity):
+    def synthesize(self, crops, targets, intensity, fields=None):
         self.batches.append(len(crops))
-        return self.inner.synthesize(crops, targets, intensity)
+        return self.inner.synthesize(crops, targets, intensity, fields)
