@@ -62,15 +62,15 @@ class ProcessResult:
 
 
 def process_result_line(result: ProcessResult) -> str:
-    """One line: output, frames, faces (and those without geometry), fps and seconds per stage."""
+    """One line: output, frames, faces, fps and seconds per stage, and with geometry on, the faces without it."""
     faces = f"{result.faces_edited} face(s) edited"
-    if result.faces_without_geometry is not None:
-        faces += f" ({without_geometry_text(result.faces_without_geometry)})"
-    if result.kind == "image":
-        return f"wrote {result.output}: {faces} in {result.seconds:.1f} s"
     stages = ", ".join(f"{name} {seconds:.1f}" for name, seconds in result.stage_seconds.items())
-    return (f"wrote {result.output}: {result.frames} frames, {faces} in {result.seconds:.1f} s "
+    line = (f"wrote {result.output}: {faces} in {result.seconds:.1f} s" if result.kind == "image" else
+            f"wrote {result.output}: {result.frames} frames, {faces} in {result.seconds:.1f} s "
             f"({result.fps:.1f} fps); busy seconds: {stages}")
+    if result.faces_without_geometry is None:
+        return line
+    return f"{line}; {without_geometry_text(result.faces_without_geometry)}"
 
 
 def without_geometry_text(count: int) -> str:

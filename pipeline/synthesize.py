@@ -195,8 +195,9 @@ class OnnxSynthesizer:
         (a GPU provider may run the warp in fp16)."""
         fields = np.zeros((len(x), FIELD_GRID, FIELD_GRID, 2), np.float32) if fields is None else fields
         warped, residual = run_warped_generator(self.session, x.numpy(), small, vectors, fields)
-        still = torch.from_numpy(~np.asarray(fields).any(axis=(1, 2, 3)))
-        return torch.where(still[:, None, None, None], x, torch.from_numpy(warped)), torch.from_numpy(residual)
+        still = ~np.asarray(fields).any(axis=(1, 2, 3))
+        warped[still] = x.numpy()[still]
+        return torch.from_numpy(warped), torch.from_numpy(residual)
 
 
 def gpu_provider_usable(preference: ExecutionPreference) -> bool:

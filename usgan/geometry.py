@@ -339,8 +339,9 @@ def coarse_field(source: torch.Tensor, target: torch.Tensor, grid: int = FIELD_G
     weights = np.linalg.solve(system, np.concatenate([src - dst, np.zeros((n, 3, 2))], 1))
     cells, fixed = _grid_basis(grid)
     landmarks = _tps_basis(cells[None].astype(np.float32), target.astype(np.float32))  # per face; float32 is faster
-    basis = np.concatenate([landmarks.astype(np.float64), np.broadcast_to(fixed, (n, *fixed.shape))], 2)
-    return torch.from_numpy((basis @ weights).reshape(n, grid, grid, 2).astype(np.float32))
+    points = target.shape[1]
+    field = landmarks @ weights[:, :points].astype(np.float32) + (fixed @ weights[:, points:]).astype(np.float32)
+    return torch.from_numpy(field.reshape(n, grid, grid, 2))
 
 
 @functools.lru_cache(maxsize=4)
@@ -365,9 +366,10 @@ def apply_field(crops: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
     Only ops that export to ONNX (opset >= 16), with S read from the crops, so one graph serves every crop size."""
     ones = torch.ones_like(crops[0, 0, 0])                      # (S,), built from the input: S stays dynamic
     axis = (ones.cumsum(0) - 0.5) / ones.sum()                  # pixel centres in crop units
-    field = F.interpolate(coarse.permute(0, 3, 1, 2), size=crops.shape[-2:], mode="bilinear", align_corners=False)
     y, x = axis[:, None] * ones[None], ones[:, None] * axis[None]
     radius = (((x - 0.5) / 0.47) ** 2 + ((y - 0.57) / 0.45) ** 2).sqrt()
     mask = ((1.0 - radius) / 0.15).clamp(0.0, 1.0)             # face_mask, in the graph
-    where = torch.stack([x, y], -1)[None] + field.permute(0, 2, 3, 1) * mask[None, :, :, None]
-    return F.grid_sample(crops, where * 2 - 1, mode="bilinear", padding_mode="border", align_corners=False)
+    # grid_sample's [-1, 1] units (x 2) applied to the small coarse field and the one base grid, not per pixel of N.
+    field = F.interpolate(coarse.permute(0, 3, 1, 2) * 2, size=crops.shape[-2:], mode="bilinear", align_corners=False)
+    where = (field * mask).permute(0, 2, 3, 1) + torch.stack([x, y], -1) * 2 - 1
+    return F.grid_sample(crops, where, mode="bilinear", padding_mode="border", align_corners=False)
