@@ -284,7 +284,8 @@ def warp_field(source: torch.Tensor, target: torch.Tensor, size: int, grid: int 
     system[:, :count, :count] = _tps_kernel(dst, dst) + smooth * torch.eye(count, device=dst.device)
     system[:, :count, count:], system[:, count:, :count] = affine, affine.transpose(1, 2)
     values = torch.cat([src - dst, torch.zeros(n, 3, 2, dtype=dst.dtype, device=dst.device)], 1)
-    weights = torch.linalg.solve(system, values)
+    # numpy: batched torch.linalg.solve returns garbage once torch.set_num_threads has been changed (MKL).
+    weights = torch.from_numpy(np.linalg.solve(system.double().cpu().numpy(), values.double().cpu().numpy())).to(dst)
     axis = (torch.arange(grid, dtype=dst.dtype, device=dst.device) + 0.5) / grid
     points = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1).reshape(1, -1, 2).expand(n, -1, -1)
     basis = torch.cat([_tps_kernel(points, dst), torch.ones_like(points[..., :1]), points], 2)
