@@ -68,7 +68,7 @@ def named_geometry(weights: Path) -> Path | None:
         name = read_metadata(header, weights, GeometryError, "safetensors file").get(GEOMETRY_KEY)
     except (SafetensorError, OSError, UserError, AttributeError):
         return None
-    return weights.parent / name if name else None
+    return weights.parent / name if isinstance(name, str) and name else None
 
 
 def read_shape_model(path: Path) -> ShapeModel:
