@@ -25,6 +25,7 @@ from pipeline.manifest import (
     COMPLETE_REASON, MANIFEST_NAME, UNSUPPORTED_REASON, FileResult, Source, is_complete, read_manifest, settings_key,
     unsupported, write_manifest,
 )
+from pipeline.process import without_geometry_text
 from pipeline.video.codecs import is_video_path
 from usgan.errors import UserError
 
@@ -40,6 +41,12 @@ class BatchSummary:
     results: tuple[FileResult, ...]
     manifest: Path
     seconds: float
+    geometry: bool = False  # expression geometry was on
+
+    @property
+    def without_geometry(self) -> int:
+        """Faces edited in this run whose landmarks failed (the generator alone)."""
+        return sum(result.without_geometry for result in self.results if result.status == "done")
 
     @property
     def counts(self) -> Counter:
@@ -119,7 +126,7 @@ def convert_dir(in_dir: Path, out_dir: Path, config: ProcessConfig, recursive: b
     check_folders(in_dir, out_dir, recursive)
     files = list_files(in_dir, recursive)
     check_no_output_is_an_input([source for source in files if is_supported(source)], out_dir)
-    parse_edit(config)  # option errors now, not once per file
+    edit = parse_edit(config)  # option errors now, not once per file
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest, settings = out_dir / MANIFEST_NAME, settings_key(config)
     results = earlier_results(files, out_dir, settings)
@@ -132,7 +139,7 @@ def convert_dir(in_dir: Path, out_dir: Path, config: ProcessConfig, recursive: b
     finally:
         write_manifest(manifest, results, config)  # also on Ctrl-C: what finished is recorded for the resume
     ordered = tuple(results[source.relative] for source in files if source.relative in results)
-    return BatchSummary(ordered, manifest, time.perf_counter() - started)
+    return BatchSummary(ordered, manifest, time.perf_counter() - started, edit.geometry is not None)
 
 
 def progress(results: Iterable[FileResult], total: int, config: ProcessConfig) -> Iterator[FileResult]:
@@ -147,9 +154,10 @@ def progress(results: Iterable[FileResult], total: int, config: ProcessConfig) -
 
 
 def summary_lines(summary: BatchSummary) -> list[str]:
-    """Counts, then one line per failed file."""
+    """Counts (and the faces without geometry, when it was on), then one line per failed file."""
     counts = summary.counts
     head = (f"{len(summary.results)} file(s) in {summary.seconds:.1f} s: {counts['done']} done, "
             f"{counts['skipped']} skipped ({counts['complete']} already complete, {counts['unsupported']} of an "
             f"unsupported type), {counts['failed']} failed; manifest: {summary.manifest}")
-    return [head] + [f"failed: {result.source}: {result.reason}" for result in summary.failed]
+    faces = [without_geometry_text(summary.without_geometry)] if summary.geometry else []
+    return [head] + faces + [f"failed: {result.source}: {result.reason}" for result in summary.failed]

@@ -58,7 +58,7 @@ def file_result(source: Source, settings: str, outcome: ImageOutcome, seconds: f
     result = outcome.result
     reason = "" if result.faces_found else "no face found; written unchanged"
     return FileResult(source.relative, "done", reason, result.faces_edited, result.seconds,
-                      **stamp(source, settings))
+                      **stamp(source, settings), without_geometry=result.faces_without_geometry or 0)
 
 
 def failed(source: Source, settings: str, reason: str) -> FileResult:

@@ -3,7 +3,8 @@
 ProcessConfig mirrors configs/pipeline/default.yaml; a preset (fast.yaml) and explicit options override it, in that
 order. load_process_config checks every value once and names where a bad one came from: the file, the preset, or
 the option. parse_edit then turns the settings that need parsing into the typed Edit the stages receive: the
-expression schedule, parsed once, and the generator weights file, resolved once.
+expression schedule, parsed once, the generator weights file, resolved once, and the expression geometry's shape
+model, read once.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import yaml
 
@@ -25,6 +26,9 @@ from pipeline.video.codecs import VIDEO_CODECS, EncoderConfig
 from usgan.config import ConfigError, flatten, from_mapping, load_config
 from usgan.errors import UserError
 from usgan.providers import EXECUTION_PREFERENCES, ExecutionPreference
+
+if TYPE_CHECKING:  # loading the config imports neither torch nor onnx
+    from usgan.geometry import ShapeModel
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pipeline" / "default.yaml"
 FAST_PRESET = DEFAULT_CONFIG.with_name("fast.yaml")
@@ -65,6 +69,9 @@ class SynthesizerConfig:
     threads: int = 0  # torch intra-op threads; 0 = automatic (the pipeline gives the generator all the cores)
     precision: TorchPrecision = "fp32"  # torch back-end: bf16 runs the convolutions in bfloat16 (autocast)
     onnx: OnnxConfig = OnnxConfig()
+    # Expression geometry (pipeline.geometry): "auto" = the shape model the weights' header names (none: no warp),
+    # "off" = no warp, else a shape model file.
+    geometry: str = "auto"
 
 
 def resolve_weights(weights: Path | str | None) -> Path:
@@ -108,15 +115,30 @@ class ProcessConfig:
 
 @dataclass(frozen=True)
 class Edit:
-    """What a run changes, parsed from ProcessConfig once: the expression schedule and the generator weights file."""
+    """What a run changes, parsed from ProcessConfig once: the expression schedule, the generator weights file and
+    the expression geometry's shape model (None: no warp)."""
 
     schedule: Schedule
     weights: Path
+    geometry: ShapeModel | None = None
 
 
 def parse_edit(config: ProcessConfig) -> Edit:
-    """The schedule parsed and the weights file resolved (the shipped default when none is set); errors name them."""
-    return Edit(parse_schedule(config.expression, config.fade), resolve_weights(config.synthesizer.weights))
+    """The schedule parsed, the weights file resolved (the shipped default when none is set) and the shape model
+    read; errors name them."""
+    schedule = parse_schedule(config.expression, config.fade)
+    weights = resolve_weights(config.synthesizer.weights)
+    return Edit(schedule, weights, read_geometry(config.synthesizer.geometry, weights))
+
+
+def read_geometry(setting: str, weights: Path) -> ShapeModel | None:
+    """The shape model synthesizer.geometry selects for these weights (pipeline.geometry), None for no warp."""
+    if setting == "off":
+        return None
+    from pipeline.geometry import read_shape_model, resolve_geometry
+
+    path = resolve_geometry(setting, weights)
+    return None if path is None else read_shape_model(path)
 
 
 # ---------------------------------------------------------------- loading

@@ -1,14 +1,15 @@
 """What the workflows share: the models, loaded once, and the per-frame steps between the stages.
 
-A frame's faces are planned (selected, aligned, and given the schedule's target at the frame's time), their crops go
-through the generator in batches across frames, and the edits are blended back.
+A frame's faces are planned (selected, aligned, and given the schedule's target at the frame's time), given their
+warp fields when expression geometry is on (pipeline.geometry), their crops go through the generator in batches
+across frames, and the edits are blended back.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 
 import numpy as np
@@ -18,6 +19,7 @@ from pipeline.blend import FaceEdit, blend_faces, build_face_mask
 from pipeline.config import Edit, ProcessConfig, parse_edit, share_threads
 from pipeline.faces.align import align_face, select_faces
 from pipeline.faces.detector import FaceFinder
+from pipeline.geometry import Geometry, LandmarkSmoother, load_geometry, warp_fields
 from pipeline.schedule import Mix, Schedule
 from pipeline.synthesize import FaceSynthesizer, build_synthesizer
 from pipeline.types import AlignedCrop, Face, Frame, Mask, VideoFrame
@@ -32,27 +34,32 @@ class Models:
     synthesizer: FaceSynthesizer
     schedule: Schedule
     mask: Mask
+    geometry: Geometry | None = None  # None: no warp
 
 
 def load_models(config: ProcessConfig, edit: Edit | None = None) -> Models:
-    """Detector and generator for config; edit: the schedule and weights parsed already (None: parsed here, so that
-    their errors come before the slow loads)."""
+    """Detector, generator and geometry for config; edit: the schedule, weights and shape model parsed already (None:
+    parsed here, so that their errors come before the slow loads)."""
     edit = edit or parse_edit(config)
     config = share_threads(config, os.cpu_count() or 1)
-    synthesizer = build_synthesizer(config.synthesizer, edit.weights)
+    geometry = load_geometry(edit.geometry, config.detector)
+    synthesizer = build_synthesizer(config.synthesizer, edit.weights, warp=geometry is not None)
     finder = FaceFinder(config.detector, config.image_pad)
-    return Models(finder, synthesizer, edit.schedule, build_face_mask(config.crop_size))
+    return Models(finder, synthesizer, edit.schedule, build_face_mask(config.crop_size), geometry)
 
 
 @dataclass(frozen=True)
 class FaceJob:
-    """One frame's aligned faces and the target they are edited towards (target (7,) weights, intensity)."""
+    """One frame's aligned faces and the target they are edited towards (target (7,) weights, intensity); with
+    geometry on, their warp fields (crops, 32, 32, 2) and how many of them got none (failed landmarks)."""
 
     frame: VideoFrame
     crops: tuple[AlignedCrop, ...]
     target: NDArray[np.float32]
     intensity: float
     faces_found: int
+    fields: NDArray[np.float32] | None = None
+    without_geometry: int = 0
 
 
 @dataclass(frozen=True)
@@ -80,16 +87,39 @@ def plan_faces(frame: VideoFrame, faces: Sequence[Face], mix: Mix, config: Proce
     return FaceJob(frame, crops, target, intensity, len(faces))
 
 
-def synthesize_jobs(jobs: Sequence[FaceJob], synthesizer: FaceSynthesizer, batch_size: int) -> list[EditedFrame]:
-    """Run every crop of several frames through the generator in batches of batch_size; results per frame."""
-    crops = [crop for job in jobs for crop in job.crops]
+def job_targets(jobs: Sequence[FaceJob]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """Every crop's (N, 7) target weights and (N,) intensity, in order."""
     targets = np.array([job.target for job in jobs for _ in job.crops], np.float32).reshape(-1, len(EXPRESSIONS))
-    scales = np.array([job.intensity for job in jobs for _ in job.crops], np.float32)
+    return targets, np.array([job.intensity for job in jobs for _ in job.crops], np.float32)
+
+
+def warp_jobs(jobs: Sequence[FaceJob], geometry: Geometry | None,
+              smoother: LandmarkSmoother | None = None) -> list[FaceJob]:
+    """The jobs with their crops' warp fields (the landmark net batched across them); as they are without geometry.
+    smoother: a video's, which smooths each track's landmarks across calls."""
+    if geometry is None:
+        return list(jobs)
+    crops = [crop for job in jobs for crop in job.crops]
+    times = [job.frame.time for job in jobs for _ in job.crops]
+    fields, failed = warp_fields(geometry, crops, *job_targets(jobs), times, smoother)
+    ends = np.cumsum([len(job.crops) for job in jobs], dtype=int)
+    return [replace(job, fields=fields[end - len(job.crops):end],
+                    without_geometry=int(failed[end - len(job.crops):end].sum())) for job, end in zip(jobs, ends)]
+
+
+def synthesize_jobs(jobs: Sequence[FaceJob], synthesizer: FaceSynthesizer, batch_size: int) -> list[EditedFrame]:
+    """Run every crop of several frames through the generator (warped where the jobs have fields) in batches of
+    batch_size; results per frame."""
+    crops = [crop for job in jobs for crop in job.crops]
+    targets, scales = job_targets(jobs)
+    warped = bool(jobs) and all(job.fields is not None for job in jobs)
+    fields = np.concatenate([job.fields for job in jobs]) if warped else None
     generated: list[Frame] = []
     for start in range(0, len(crops), batch_size):
-        batch = np.stack([crop.image for crop in crops[start:start + batch_size]])
-        generated.extend(synthesizer.synthesize(batch, targets[start:start + batch_size],
-                                                scales[start:start + batch_size]))
+        rows = slice(start, start + batch_size)
+        batch = np.stack([crop.image for crop in crops[rows]])
+        generated.extend(synthesizer.synthesize(batch, targets[rows], scales[rows],
+                                                fields=None if fields is None else fields[rows]))
     edits = iter(FaceEdit(crop.image, image, crop.affine) for crop, image in zip(crops, generated))
     return [EditedFrame(job.frame, tuple(next(edits) for _ in job.crops)) for job in jobs]
 
@@ -109,6 +139,12 @@ def still_frame(index: int, image: Frame) -> VideoFrame:
 def still_mix(models: Models) -> Mix:
     """The schedule's mix at 0 s, the only moment of a still image."""
     return models.schedule.mix_at(0.0)
+
+
+def plan_still(index: int, image: Frame, models: Models, config: ProcessConfig) -> FaceJob:
+    """A still image's faces found (padded retry for tight crops), aligned and given their warp fields."""
+    job = plan_faces(still_frame(index, image), models.finder.image_faces(image), still_mix(models), config)
+    return warp_jobs([job], models.geometry)[0]
 
 
 def stills_are_edited(models: Models, config: ProcessConfig) -> bool:

@@ -29,6 +29,7 @@ from pipeline.batch_workers import failed, file_result, interrupt_flag, one_line
 from pipeline.config import ProcessConfig, parse_edit
 from pipeline.edit import EditedFrame, Models, load_models
 from pipeline.faces.detector import FaceFinder
+from pipeline.geometry import load_geometry
 from pipeline.images import is_image_path
 from pipeline.blend import build_face_mask
 from pipeline.manifest import FileResult, Source
@@ -54,7 +55,8 @@ def worker_models(config: ProcessConfig, settings: str, generator: bool) -> Mode
         else:  # the generator runs in its own actor
             edit = parse_edit(config)
             finder = FaceFinder(config.detector, config.image_pad)
-            _MODELS[key] = Models(finder, None, edit.schedule, build_face_mask(config.crop_size))  # type: ignore
+            geometry = load_geometry(edit.geometry, config.detector)
+            _MODELS[key] = Models(finder, None, edit.schedule, build_face_mask(config.crop_size), geometry)  # type: ignore
     return _MODELS[key]
 
 

@@ -52,6 +52,7 @@ class FileResult:
     settings: str = ""
     size: int = 0
     mtime_ns: int = 0
+    without_geometry: int = 0  # edited faces whose landmarks failed (the generator alone)
 
 
 def settings_key(config: ProcessConfig) -> str:

@@ -146,6 +146,10 @@ def processing_options(command):
         config_option("--weights", config_key="synthesizer.weights", shown=shipped_weights,
                       type=click.Path(dir_okay=False, path_type=Path),
                       help="Generator weights (.safetensors, or a training checkpoint)."),
+        config_option("--geometry", config_key="synthesizer.geometry", metavar="auto|off|FILE",
+                      help="Expression geometry: warp each face's landmarks towards the target expression, then the "
+                           "generator paints the texture. auto: the shape model the weights name (none: off); off; "
+                           "or a shape model file (.safetensors)."),
         choice_option("backend", "synthesizer.backend", "Generator back-end (onnx: ONNX Runtime, TensorRT -> CUDA -> "
                                                          "CPU)."),
         choice_option("blend", "blend", "Paste-back: Poisson (seamless) or feathered alpha."),

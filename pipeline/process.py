@@ -1,9 +1,10 @@
 """The workflows of `process`: one video or one still image, chosen by the input's extension.
 
-A video runs decode -> faces -> synthesize -> blend as a chain of stage threads (pipeline.stages) and encodes the
-chain's results here, in the caller's thread: Ctrl-C there leaves no file at the output path (encode_video writes a
-temp file and renames it). Faces, synthesis and blending see the upright picture; frames are turned back to their
-stored orientation before encoding, keeping index and pts, and the writer restores the display matrix.
+A video runs decode -> faces (-> geometry, when expression geometry is on) -> synthesize -> blend as a chain of stage
+threads (pipeline.stages) and encodes the chain's results here, in the caller's thread: Ctrl-C there leaves no file
+at the output path (encode_video writes a temp file and renames it). Faces, synthesis and blending see the upright
+picture; frames are turned back to their stored orientation before encoding, keeping index and pts, and the writer
+restores the display matrix.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from typing import Literal
 
 from pipeline.config import ProcessConfig, parse_edit
 from pipeline.edit import (
-    EditedFrame, FaceJob, Models, blend_frame, load_models, plan_faces, still_frame, still_mix, stills_are_edited,
-    synthesize_jobs,
+    EditedFrame, FaceJob, Models, blend_frame, load_models, plan_faces, plan_still, stills_are_edited, synthesize_jobs,
+    warp_jobs,
 )
 from pipeline.errors import InputError, OutputError
 from pipeline.faces.tracking import track_faces
 from pipeline.files import check_input_file, check_output_path
+from pipeline.geometry import Geometry, LandmarkSmoother
 from pipeline.images import image_format, is_image_path, read_image, write_image
 from pipeline.schedule import Schedule
 from pipeline.stages import StageChain, batched
@@ -36,12 +38,14 @@ from pipeline.video.probe import probe_video
 
 log = logging.getLogger(__name__)
 
-STAGES: tuple[str, ...] = ("decode", "detect", "align", "synthesize", "blend", "encode")
+STAGES: tuple[str, ...] = ("decode", "detect", "align", "geometry", "synthesize", "blend", "encode")
+"""A video's stages; geometry only runs with expression geometry on."""
 
 
 @dataclass(frozen=True)
 class ProcessResult:
-    """What one process_video / process_image call did; stage_seconds holds each stage's busy time."""
+    """What one process_video / process_image call did; stage_seconds holds each stage's busy time.
+    faces_without_geometry: edited faces whose landmarks failed (the generator alone); None with geometry off."""
 
     output: Path
     kind: Literal["video", "image"]
@@ -50,6 +54,7 @@ class ProcessResult:
     faces_edited: int
     seconds: float
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    faces_without_geometry: int | None = None
 
     @property
     def fps(self) -> float:
@@ -57,13 +62,19 @@ class ProcessResult:
 
 
 def process_result_line(result: ProcessResult) -> str:
-    """One line: output, frames, faces, fps and seconds per stage."""
+    """One line: output, frames, faces, fps and seconds per stage, and with geometry on, the faces without it."""
     faces = f"{result.faces_edited} face(s) edited"
-    if result.kind == "image":
-        return f"wrote {result.output}: {faces} in {result.seconds:.1f} s"
     stages = ", ".join(f"{name} {seconds:.1f}" for name, seconds in result.stage_seconds.items())
-    return (f"wrote {result.output}: {result.frames} frames, {faces} in {result.seconds:.1f} s "
+    line = (f"wrote {result.output}: {faces} in {result.seconds:.1f} s" if result.kind == "image" else
+            f"wrote {result.output}: {result.frames} frames, {faces} in {result.seconds:.1f} s "
             f"({result.fps:.1f} fps); busy seconds: {stages}")
+    if result.faces_without_geometry is None:
+        return line
+    return f"{line}; {without_geometry_text(result.faces_without_geometry)}"
+
+
+def without_geometry_text(count: int) -> str:
+    return f"{count} faces without geometry (generator alone)"
 
 
 # ---------------------------------------------------------------- one file
@@ -120,11 +131,17 @@ def process_image(input_path: Path, output: Path, config: ProcessConfig, models:
     image, meta = read_image(input_path)
     models = models or load_models(config)
     warn_if_stills_unedited(models, config, input_path)
-    job = plan_faces(still_frame(0, image), models.finder.image_faces(image), still_mix(models), config)
+    job = plan_still(0, image, models, config)
     edited = synthesize_jobs([job], models.synthesizer, config.batch_size)[0]
     write_image(output, blend_frame(edited, models.mask, config), meta)
     warn_if_faceless(input_path, job.faces_found, "written unchanged")
-    return ProcessResult(output, "image", 1, job.faces_found, len(job.crops), time.perf_counter() - started)
+    return ProcessResult(output, "image", 1, job.faces_found, len(job.crops), time.perf_counter() - started,
+                         faces_without_geometry=geometry_count(models, job.without_geometry))
+
+
+def geometry_count(models: Models, without_geometry: int) -> int | None:
+    """The count of faces without geometry for a result: None when the run has no geometry at all."""
+    return None if models.geometry is None else without_geometry
 
 
 def warn_if_faceless(path: Path, faces_found: int, outcome: str) -> None:
@@ -148,6 +165,7 @@ class RunCounts:
 
     faces_found: int = 0
     faces_edited: int = 0
+    without_geometry: int = 0
     align_seconds: float = 0.0
 
 
@@ -170,7 +188,8 @@ def process_video(input_path: Path, output: Path, config: ProcessConfig, models:
         log.warning("%s: faces found but none edited: expression %r at intensity %g sets nothing during the video",
                     input_path, config.expression, config.intensity)
     return ProcessResult(output, "video", summary.frames, counts.faces_found, counts.faces_edited,
-                         time.perf_counter() - started, stage_times(chain.busy_seconds(), counts, encode_busy))
+                         time.perf_counter() - started, stage_times(chain.busy_seconds(), counts, encode_busy),
+                         geometry_count(models, counts.without_geometry))
 
 
 def video_stages(input_path: Path, info: StreamInfo, models: Models, config: ProcessConfig,
@@ -179,6 +198,8 @@ def video_stages(input_path: Path, info: StreamInfo, models: Models, config: Pro
     chain = StageChain(config.queue_size)
     chain.add("decode", lambda _: decode_stage(input_path, info.rotation))
     chain.add("detect", lambda frames: face_stage(frames, models, config, info.start_time, counts))
+    if models.geometry is not None:
+        chain.add("geometry", lambda jobs: geometry_stage(jobs, models.geometry, config, counts))
     chain.add("synthesize", lambda jobs: synthesize_stage(jobs, models.synthesizer, config.batch_size))
     chain.add("blend", lambda edited: blend_stage(edited, models.mask, config, info.rotation, counts))
     return chain
@@ -199,6 +220,16 @@ def face_stage(frames: Iterable[VideoFrame], models: Models, config: ProcessConf
         counts.align_seconds += time.perf_counter() - started
         counts.faces_found += job.faces_found
         yield job
+
+
+def geometry_stage(jobs: Iterable[FaceJob], geometry: Geometry, config: ProcessConfig,
+                   counts: RunCounts) -> Iterator[FaceJob]:
+    """Each face's warp field from its landmarks, smoothed per track (the landmark net batched across frames)."""
+    smoother = LandmarkSmoother(config.tracker)
+    for pending in batched(jobs, config.batch_size, lambda job: len(job.crops)):
+        for job in warp_jobs(pending, geometry, smoother):
+            counts.without_geometry += job.without_geometry
+            yield job
 
 
 def synthesize_stage(jobs: Iterable[FaceJob], synthesizer: FaceSynthesizer, batch_size: int) -> Iterator[EditedFrame]:
@@ -242,7 +273,7 @@ def progress_frames(frames: Iterable[VideoFrame], total: int | None, config: Pro
 
 
 def stage_times(busy: dict[str, float], counts: RunCounts, encode_busy: float) -> dict[str, float]:
-    """Busy seconds per stage; the face thread's time is split into detect(+track) and align."""
+    """Busy seconds per stage that ran; the face thread's time is split into detect(+track) and align."""
     times = {**busy, "detect": max(0.0, busy["detect"] - counts.align_seconds), "align": counts.align_seconds,
              "encode": encode_busy}
-    return {name: times[name] for name in STAGES}
+    return {name: times[name] for name in STAGES if name in times}

@@ -14,11 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import ProcessConfig
-from pipeline.edit import (
-    EditedFrame, FaceJob, Models, blend_frame, load_models, plan_faces, still_frame, still_mix, synthesize_jobs,
-)
+from pipeline.edit import EditedFrame, FaceJob, Models, blend_frame, load_models, plan_still, synthesize_jobs
 from pipeline.images import ImageMeta, read_image, write_image
-from pipeline.process import ProcessResult, check_paths, warn_if_faceless, warn_if_stills_unedited
+from pipeline.process import ProcessResult, check_paths, geometry_count, warn_if_faceless, warn_if_stills_unedited
 from pipeline.stages import StageChain, batched
 from pipeline.synthesize import FaceSynthesizer
 from pipeline.types import Frame
@@ -91,11 +89,10 @@ def read_task(task: ImageTask) -> dict[str, Any]:
 
 
 def plan_tasks(tasks: Iterable[ImageTask], models: Models, config: ProcessConfig) -> Iterator[ImageTask]:
-    """Find and align each image's faces (still-image detection: padded retry for tight crops)."""
+    """Find and align each image's faces (still-image detection: padded retry for tight crops), and give them
+    their warp fields when geometry is on."""
     for task in tasks:
-        yield attempt(task, lambda: {"job": plan_faces(still_frame(task.index, task.image),
-                                                       models.finder.image_faces(task.image), still_mix(models),
-                                                       config)})
+        yield attempt(task, lambda: {"job": plan_still(task.index, task.image, models, config)})
 
 
 def synthesize_tasks(tasks: Iterable[ImageTask], synthesizer: FaceSynthesizer, batch_size: int) -> Iterator[ImageTask]:
@@ -121,7 +118,8 @@ def finish_task(task: ImageTask, models: Models, config: ProcessConfig) -> Image
         return ImageOutcome(task.source, error=task.error)
     warn_if_faceless(task.source, task.job.faces_found, "written unchanged")
     result = ProcessResult(task.output, "image", 1, task.job.faces_found, len(task.job.crops),
-                           time.perf_counter() - task.started)
+                           time.perf_counter() - task.started,
+                           faces_without_geometry=geometry_count(models, task.job.without_geometry))
     return ImageOutcome(task.source, result)
 
 

@@ -9,6 +9,11 @@ Targets are (N, 7) weights over the expressions. A one-hot row is one expression
 row mixes two expressions (weights summing to 1), which the generator takes as a blended condition in one pass
 (StarGAN-style generators interpolate smoothly between label vectors). intensity scales the residual per crop:
 0 leaves the crop unchanged, 1 is the generator's full edit.
+
+With expression geometry on, each crop also comes with a coarse warp field (usgan.geometry.coarse_field, solved on
+the CPU by pipeline.geometry): the field's upsampling, the warp of the crop and the generator run as one batched call
+(torch: usgan.inference.apply_warped_generator; ONNX: the warp graph, exported once per weights file beside the
+generator-only one), and the generator's change is added to the warped crop. A zero field leaves the crop as it is.
 """
 
 from __future__ import annotations
@@ -27,28 +32,38 @@ from pipeline.config import OnnxConfig, SynthesizerConfig, TorchDevice, TorchPre
 from pipeline.types import BACKENDS
 from usgan.checkpoint import CheckpointError, WeightsInfo, file_sha256, load_generator
 from usgan.errors import UserError
-from usgan.export import ExportError, create_session, export_onnx, run_generator, session_weights_info
+from usgan.export import (
+    ExportError, create_session, export_onnx, run_generator, run_warped_generator, session_weights_info,
+)
 from usgan.providers import CUDA, ExecutionPreference, usable_providers
 from usgan.expressions import EXPRESSIONS
-from usgan.inference import add_residual, apply_generator, resize_residual, resize_to_generator
+from usgan.geometry import FIELD_GRID
+from usgan.inference import (
+    add_residual, apply_generator, apply_warped_generator, resize_residual, resize_to_generator,
+)
 
 log = logging.getLogger(__name__)
+
+Fields = NDArray[np.float32]
+"""(N, 32, 32, 2) float32 coarse warp fields in crop units (usgan.geometry.coarse_field); zeros: no warp."""
+
 
 class FaceSynthesizer(Protocol):
     """Edits (N, S, S, 3) uint8 BGR crops; the generator itself works at image_size (S may differ)."""
 
     image_size: int
 
-    def synthesize(self, crops: NDArray[np.uint8], targets: NDArray[np.float32],
-                   intensity: NDArray[np.float32]) -> NDArray[np.uint8]:
-        """crops (N, S, S, 3) uint8 BGR, targets (N, 7), intensity (N,) -> (N, S, S, 3) uint8 BGR."""
+    def synthesize(self, crops: NDArray[np.uint8], targets: NDArray[np.float32], intensity: NDArray[np.float32],
+                   fields: Fields | None = None) -> NDArray[np.uint8]:
+        """crops (N, S, S, 3) uint8 BGR, targets (N, 7), intensity (N,), fields (N, 32, 32, 2) or None (no warp)
+        -> (N, S, S, 3) uint8 BGR."""
         ...
 
 
 # ---------------------------------------------------------------- conversions (pure)
 
 
-def check_batch(crops: NDArray, targets: NDArray, intensity: NDArray) -> None:
+def check_batch(crops: NDArray, targets: NDArray, intensity: NDArray, fields: NDArray | None = None) -> None:
     """Raise ValueError naming the argument whose shape or dtype does not fit the protocol."""
     if not isinstance(crops, np.ndarray) or crops.dtype != np.uint8 or crops.ndim != 4 or crops.shape[3] != 3 \
             or crops.shape[1] != crops.shape[2]:
@@ -59,6 +74,8 @@ def check_batch(crops: NDArray, targets: NDArray, intensity: NDArray) -> None:
         raise ValueError(f"targets: expected ({count}, {len(EXPRESSIONS)}), got {np.shape(targets)}")
     if np.shape(intensity) != (count,):
         raise ValueError(f"intensity: expected ({count},), got {np.shape(intensity)}")
+    if fields is not None and np.shape(fields) != (count, FIELD_GRID, FIELD_GRID, 2):
+        raise ValueError(f"fields: expected ({count}, {FIELD_GRID}, {FIELD_GRID}, 2), got {np.shape(fields)}")
 
 
 def to_model_input(crops: NDArray[np.uint8]) -> NDArray[np.float32]:
@@ -73,9 +90,10 @@ def from_model_output(images: NDArray[np.float32]) -> NDArray[np.uint8]:
     return np.ascontiguousarray(pixels.transpose(0, 2, 3, 1)[..., ::-1])
 
 
-def onnx_cache_path(weights: Path, fp16: bool, cache_dir: Path) -> Path:
+def onnx_cache_path(weights: Path, fp16: bool, cache_dir: Path, warp: bool = False) -> Path:
     """Where the export of these weights lives: keyed by content, so renamed or replaced files never mix up."""
-    return Path(cache_dir) / f"usgan-{file_sha256(weights)[:16]}-{'fp16' if fp16 else 'fp32'}.onnx"
+    graph = "-warp" if warp else ""
+    return Path(cache_dir) / f"usgan-{file_sha256(weights)[:16]}-{'fp16' if fp16 else 'fp32'}{graph}.onnx"
 
 
 # ---------------------------------------------------------------- back-ends
@@ -102,14 +120,18 @@ class TorchSynthesizer:
                         self.device_type.upper())
         log.info("%s: torch generator on %s at %d px (%s)", weights, chosen, self.image_size, self.precision)
 
-    def synthesize(self, crops: NDArray[np.uint8], targets: NDArray[np.float32],
-                   intensity: NDArray[np.float32]) -> NDArray[np.uint8]:
-        check_batch(crops, targets, intensity)
+    def synthesize(self, crops: NDArray[np.uint8], targets: NDArray[np.float32], intensity: NDArray[np.float32],
+                   fields: Fields | None = None) -> NDArray[np.uint8]:
+        check_batch(crops, targets, intensity, fields)
         x = torch.from_numpy(to_model_input(crops))
+        vectors = torch.from_numpy(np.asarray(targets, np.float32))
+        scale = torch.from_numpy(np.asarray(intensity, np.float32))
         autocast = torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
         with torch_threads(self.threads), autocast:
-            y = apply_generator(self.generator, self.info, x, torch.from_numpy(np.asarray(targets, np.float32)),
-                                intensity=torch.from_numpy(np.asarray(intensity, np.float32)))
+            if fields is None:
+                y = apply_generator(self.generator, self.info, x, vectors, intensity=scale)
+            else:
+                y = apply_warped_generator(self.generator, self.info, x, vectors, torch.from_numpy(fields), scale)
         return from_model_output(y.float().cpu().numpy())
 
 
@@ -135,28 +157,47 @@ def torch_threads(threads: int) -> Iterator[None]:
 
 
 class OnnxSynthesizer:
-    """The generator exported to ONNX (once per weights file, cached) and run by ONNX Runtime."""
+    """The generator exported to ONNX (once per weights file, cached) and run by ONNX Runtime. warp: the warp graph
+    (crops may come with fields), else the generator alone (they may not)."""
 
-    def __init__(self, weights: Path, config: OnnxConfig = OnnxConfig()):
+    def __init__(self, weights: Path, config: OnnxConfig = OnnxConfig(), warp: bool = False):
         self.fp16 = gpu_provider_usable(config.preference) if config.fp16 is None else config.fp16
         cache_dir = Path(config.cache_dir).expanduser()
-        path = exported_onnx(weights, self.fp16, cache_dir)
+        path = exported_onnx(weights, self.fp16, cache_dir, warp)
         self.session = create_session(path, config.preference, self.fp16, cache_dir / "tensorrt", config.threads)
         self.info: WeightsInfo = session_weights_info(self.session, path)
         self.image_size = self.info.image_size
+        self.warp = warp
 
-    def synthesize(self, crops: NDArray[np.uint8], targets: NDArray[np.float32],
-                   intensity: NDArray[np.float32]) -> NDArray[np.uint8]:
-        check_batch(crops, targets, intensity)
+    def synthesize(self, crops: NDArray[np.uint8], targets: NDArray[np.float32], intensity: NDArray[np.float32],
+                   fields: Fields | None = None) -> NDArray[np.uint8]:
+        check_batch(crops, targets, intensity, fields)
+        if fields is not None and not self.warp:
+            raise ValueError("fields: this ONNX synthesizer runs the generator alone (build it with warp=True)")
         x = torch.from_numpy(to_model_input(crops))
         small = resize_to_generator(x, self.image_size).numpy()
         vectors = np.asarray(targets, np.float32)
+        base, residual = self.warped(x, small, vectors, fields) if self.warp else self.unwarped(x, small, vectors)
+        residual = resize_residual(residual, tuple(x.shape[2:]))
+        per_crop = torch.from_numpy(np.asarray(intensity, np.float32))
+        return from_model_output(add_residual(base, residual, per_crop, self.info, torch.from_numpy(vectors)).numpy())
+
+    def unwarped(self, x: torch.Tensor, small: NDArray, vectors: NDArray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The crops and the generator's residual (at its size)."""
         output = run_generator(self.session, small, vectors)
         # The fp16 graph adds the residual to the fp16-rounded input: subtract that, so a zero residual stays zero.
         base = small.astype(np.float16).astype(np.float32) if self.fp16 else small
-        residual = resize_residual(torch.from_numpy(output - base), tuple(x.shape[2:]))
-        per_crop = torch.from_numpy(np.asarray(intensity, np.float32))
-        return from_model_output(add_residual(x, residual, per_crop, self.info, torch.from_numpy(vectors)).numpy())
+        return x, torch.from_numpy(output - base)
+
+    def warped(self, x: torch.Tensor, small: NDArray, vectors: NDArray,
+               fields: Fields | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The warped crops and the generator's residual for them; crops with a zero field are kept bit-exactly
+        (a GPU provider may run the warp in fp16)."""
+        fields = np.zeros((len(x), FIELD_GRID, FIELD_GRID, 2), np.float32) if fields is None else fields
+        warped, residual = run_warped_generator(self.session, x.numpy(), small, vectors, fields)
+        still = ~np.asarray(fields).any(axis=(1, 2, 3))
+        warped[still] = x.numpy()[still]
+        return torch.from_numpy(warped), torch.from_numpy(residual)
 
 
 def gpu_provider_usable(preference: ExecutionPreference) -> bool:
@@ -166,15 +207,15 @@ def gpu_provider_usable(preference: ExecutionPreference) -> bool:
     return preference != "cpu" and CUDA in usable_providers(ort.get_available_providers())
 
 
-def exported_onnx(weights: Path, fp16: bool, cache_dir: Path) -> Path:
-    """The cached ONNX export of weights, exporting it first when it is not there yet."""
+def exported_onnx(weights: Path, fp16: bool, cache_dir: Path, warp: bool = False) -> Path:
+    """The cached ONNX export of weights (warp: the warp graph), exporting it first when it is not there yet."""
     if not Path(weights).is_file():
         raise CheckpointError(f"{weights}: no such file")
-    path = onnx_cache_path(weights, fp16, cache_dir)
+    path = onnx_cache_path(weights, fp16, cache_dir, warp)
     if not path.is_file():
         log.info("%s: exporting to %s (once per weights file)", weights, path)
         try:
-            export_onnx(weights, path, fp16=fp16)
+            export_onnx(weights, path, fp16=fp16, warp=warp)
         except ExportError as error:
             cause = error.__cause__
             if not isinstance(cause, OSError):
@@ -184,12 +225,12 @@ def exported_onnx(weights: Path, fp16: bool, cache_dir: Path) -> Path:
     return path
 
 
-def build_synthesizer(config: SynthesizerConfig, weights: Path | None = None) -> FaceSynthesizer:
+def build_synthesizer(config: SynthesizerConfig, weights: Path | None = None, warp: bool = False) -> FaceSynthesizer:
     """The back-end config.backend names, loaded with weights: a file already resolved (see resolve_weights), else
-    config.weights or the shipped default."""
+    config.weights or the shipped default. warp: crops will come with warp fields (ONNX: the warp graph)."""
     weights = weights or resolve_weights(config.weights)
     if config.backend == "torch":
         return TorchSynthesizer(weights, config.device, config.threads, config.precision)
     if config.backend == "onnx":
-        return OnnxSynthesizer(weights, config.onnx)
+        return OnnxSynthesizer(weights, config.onnx, warp)
     raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}, got {config.backend!r}")

@@ -3,6 +3,9 @@
 The exported graph is exactly Generator.forward in eval mode: per-image InstanceNorm statistics, output unclamped.
 Interface: inputs `image` (N, 3, H, W) float32 in [-1, 1] and `expression` (N, 7) float32 one-hot,
 output `output` (N, 3, H, W) float32. N, H and W are dynamic; H and W must be multiples of 4.
+The warp graph (export_onnx(warp=True), opset >= 16) is usgan.inference.warped_residual: inputs `crop` (N, 3, S, S),
+`image` (the crop at the generator's size), `expression` and `field` (N, 32, 32, 2), the coarse warp field of
+usgan.geometry.coarse_field; outputs `warped` (N, 3, S, S), the warped crop, and `residual` (N, 3, H, W).
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from usgan.checkpoint import (
 )
 from usgan.errors import UserError
 from usgan.expressions import EXPRESSIONS
+from usgan.geometry import FIELD_GRID
+from usgan.inference import warped_residual
 from usgan.model import Generator
 from usgan.providers import CPU, TENSORRT, ExecutionPreference, SessionError, build_providers, usable_providers
 
@@ -41,6 +46,12 @@ logger = logging.getLogger(__name__)
 INPUT_IMAGE = "image"
 INPUT_EXPRESSION = "expression"
 OUTPUT = "output"
+INPUT_CROP, INPUT_FIELD, OUTPUT_WARPED, OUTPUT_RESIDUAL = "crop", "field", "warped", "residual"
+INTERFACES = {  # warp graph or not: (inputs, outputs)
+    False: ([INPUT_IMAGE, INPUT_EXPRESSION], [OUTPUT]),
+    True: ([INPUT_CROP, INPUT_IMAGE, INPUT_EXPRESSION, INPUT_FIELD], [OUTPUT_WARPED, OUTPUT_RESIDUAL]),
+}
+WARP_OPSET = 16  # grid_sample's first opset
 PRECISION_KEY = "usgan.precision"
 MIN_OPSET, MAX_OPSET = 13, 20  # 20 is the TorchScript exporter's ceiling
 # Largest |onnx - torch| accepted by the export's parity check (measured: ~3e-6 fp32, ~2e-3 fp16 on random weights).
@@ -73,17 +84,28 @@ class _OnnxGenerator(nn.Module):
         return self.generator(image.to(self.dtype), expression.to(self.dtype)).float()
 
 
+class _OnnxWarpedGenerator(_OnnxGenerator):
+    """The warp (float32) and the generator (its own dtype) as one graph: usgan.inference.warped_residual."""
+
+    def forward(self, crop: torch.Tensor, image: torch.Tensor, expression: torch.Tensor,  # type: ignore[override]
+                field: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return warped_residual(self.generator, crop, image, expression, field)
+
+
 # --- export ---
 
 
-def export_onnx(weights_path: Path, out_path: Path, fp16: bool = False, opset: int = 17) -> ExportResult:
-    """Export one of our generator files to ONNX, check it (onnx.checker + ORT parity) and write it atomically."""
+def export_onnx(weights_path: Path, out_path: Path, fp16: bool = False, opset: int = 17,
+                warp: bool = False) -> ExportResult:
+    """Export one of our generator files to ONNX, check it (onnx.checker + ORT parity) and write it atomically.
+    warp: the warp graph (see the module docstring) rather than the generator alone."""
     weights_path, out_path = Path(weights_path), Path(out_path)
-    if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ExportError(f"{out_path}: opset {opset} unsupported; use {MIN_OPSET}..{MAX_OPSET}")
+    lowest = WARP_OPSET if warp else MIN_OPSET
+    if not lowest <= opset <= MAX_OPSET:
+        raise ExportError(f"{out_path}: opset {opset} unsupported; use {lowest}..{MAX_OPSET}")
     refuse_overwrite(weights_path, out_path)
     generator, info = load_generator(weights_path)
-    model = trace_generator(generator, fp16, opset)
+    model = trace_generator(generator, fp16, opset, warp)
     embed_weights_info(model, info, fp16)
     try:
         onnx.checker.check_model(model, full_check=True)
@@ -91,7 +113,7 @@ def export_onnx(weights_path: Path, out_path: Path, fp16: bool = False, opset: i
         raise ExportError(f"{out_path}: exported graph fails onnx.checker: {str(error).splitlines()[0]}") from error
     precision: Literal["fp32", "fp16"] = "fp16" if fp16 else "fp32"
     tolerance = PARITY_TOLERANCE[precision]
-    max_abs_diff = check_parity(generator, model.SerializeToString(), info.image_size, tolerance, out_path)
+    max_abs_diff = check_parity(generator, model.SerializeToString(), info.image_size, tolerance, out_path, warp)
     try:
         atomic_write(out_path, lambda tmp: onnx.save_model(model, str(tmp)))
     except OSError as error:  # full disk, read-only folder, a parent that is a file: no partial file is left
@@ -100,14 +122,18 @@ def export_onnx(weights_path: Path, out_path: Path, fp16: bool = False, opset: i
     return ExportResult(path=out_path, precision=precision, opset=opset, max_abs_diff=max_abs_diff)
 
 
-def trace_generator(generator: Generator, fp16: bool, opset: int) -> onnx.ModelProto:
+def trace_generator(generator: Generator, fp16: bool, opset: int, warp: bool = False) -> onnx.ModelProto:
     """Trace `generator` (a copy; the caller's stays fp32) with the TorchScript exporter into an in-memory model."""
     copy = Generator(generator.config)
     copy.load_state_dict(generator.state_dict())
-    wrapper = _OnnxGenerator(copy, torch.float16 if fp16 else torch.float32)
+    wrapper = (_OnnxWarpedGenerator if warp else _OnnxGenerator)(copy, torch.float16 if fp16 else torch.float32)
     # H and W are dynamic axes, so a small dummy traces the same graph (fp16 convs on CPU are slow at 128²).
-    dummy = (torch.zeros(1, 3, 32, 32), torch.zeros(1, len(EXPRESSIONS)))
-    dynamic = {"batch": 0, "height": 2, "width": 3}
+    dummy = tuple(torch.from_numpy(array) for array in parity_inputs(1, 32, warp))
+    spatial = {"batch": 0, "height": 2, "width": 3}
+    dynamic = {INPUT_IMAGE: {v: k for k, v in spatial.items()}, INPUT_EXPRESSION: {0: "batch"},
+               INPUT_CROP: {0: "batch", 2: "crop_height", 3: "crop_width"}, INPUT_FIELD: {0: "batch"}}
+    dynamic |= {OUTPUT: dynamic[INPUT_IMAGE], OUTPUT_RESIDUAL: dynamic[INPUT_IMAGE], OUTPUT_WARPED: dynamic[INPUT_CROP]}
+    names = INTERFACES[warp]
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         # The legacy exporter is chosen on purpose (stable for this plain conv graph); its deprecation notice and the
@@ -117,14 +143,12 @@ def trace_generator(generator: Generator, fp16: bool, opset: int) -> onnx.ModelP
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
         warnings.filterwarnings("ignore", message=".*operator 'instance_norm' is set to train=True.*")
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"torch\.nn\.functional")
+        # The warp graph's size-dependent parts are computed at run time, which constant folding leaves alone.
+        warnings.filterwarnings("ignore", message=".*Constant folding - Only steps=1.*")
         torch.onnx.export(
             wrapper, dummy, buffer, dynamo=False, opset_version=opset, do_constant_folding=True,
-            input_names=[INPUT_IMAGE, INPUT_EXPRESSION], output_names=[OUTPUT],
-            dynamic_axes={
-                INPUT_IMAGE: {v: k for k, v in dynamic.items()},
-                INPUT_EXPRESSION: {0: "batch"},
-                OUTPUT: {v: k for k, v in dynamic.items()},
-            },
+            input_names=names[0], output_names=names[1],
+            dynamic_axes={name: dynamic[name] for name in names[0] + names[1]},
         )
     return onnx.load_model_from_string(buffer.getvalue())
 
@@ -136,22 +160,29 @@ def embed_weights_info(model: onnx.ModelProto, info: WeightsInfo, fp16: bool) ->
     model.doc_string = "US-GAN generator: output = G(image, expression) + image, unclamped"
 
 
-def parity_inputs(batch: int, image_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """A fixed pseudo-random image batch in [-1, 1] and cycling one-hot expressions."""
+def parity_inputs(batch: int, image_size: int, warp: bool = False) -> tuple[np.ndarray, ...]:
+    """A fixed pseudo-random image batch in [-1, 1] and cycling one-hot expressions; for the warp graph, also crops
+    at twice the size (first) and small coarse fields (last), in the graph's input order."""
     rng = np.random.default_rng(0)
     image = rng.uniform(-1.0, 1.0, size=(batch, 3, image_size, image_size)).astype(np.float32)
     expression = np.eye(len(EXPRESSIONS), dtype=np.float32)[np.arange(batch) % len(EXPRESSIONS)]
-    return image, expression
+    if not warp:
+        return image, expression
+    crop = rng.uniform(-1.0, 1.0, size=(batch, 3, 2 * image_size, 2 * image_size)).astype(np.float32)
+    field = rng.normal(0.0, 0.02, size=(batch, FIELD_GRID, FIELD_GRID, 2)).astype(np.float32)
+    return crop, image, expression, field
 
 
-def check_parity(generator: Generator, model: bytes, image_size: int, tolerance: float, where: Path) -> float:
+def check_parity(generator: Generator, model: bytes, image_size: int, tolerance: float, where: Path,
+                 warp: bool = False) -> float:
     """Max |ONNX Runtime CPU - torch fp32| on a batch of 2; raises ExportError above `tolerance`."""
-    image, expression = parity_inputs(2, image_size)
+    inputs = parity_inputs(2, image_size, warp)
     session = ort.InferenceSession(model, sess_options=session_options(0), providers=[CPU])
-    onnx_output = run_generator(session, image, expression)
+    onnx_outputs = session.run(None, dict(zip(INTERFACES[warp][0], inputs)))
     with torch.no_grad():
-        torch_output = generator.eval()(torch.from_numpy(image), torch.from_numpy(expression)).numpy()
-    max_abs_diff = float(np.abs(onnx_output - torch_output).max())
+        tensors = [torch.from_numpy(array) for array in inputs]
+        outputs = warped_residual(generator.eval(), *tensors) if warp else (generator.eval()(*tensors),)
+    max_abs_diff = max(float(np.abs(mine - theirs.numpy()).max()) for mine, theirs in zip(onnx_outputs, outputs))
     if not max_abs_diff <= tolerance:  # also catches NaN
         raise ExportError(f"{where}: exported graph differs from torch by {max_abs_diff:.3g} (> {tolerance})")
     return max_abs_diff
@@ -208,10 +239,10 @@ def _open_session(onnx_path: Path, providers: list[tuple[str, dict[str, Any]]], 
 
 
 def check_interface(session: ort.InferenceSession, onnx_path: Path) -> None:
-    """Refuse ONNX files that do not have our image/expression -> output interface."""
+    """Refuse ONNX files that have neither our generator's nor our warp graph's interface."""
     inputs = [i.name for i in session.get_inputs()]
     outputs = [o.name for o in session.get_outputs()]
-    if inputs != [INPUT_IMAGE, INPUT_EXPRESSION] or outputs != [OUTPUT]:
+    if (inputs, outputs) not in INTERFACES.values():
         raise SessionError(f"{onnx_path}: not a US-GAN generator export (inputs {inputs}, outputs {outputs})")
 
 
@@ -228,3 +259,16 @@ def run_generator(session: ort.InferenceSession, image: np.ndarray, expression: 
         raise ValueError(f"expected image (N, 3, H, W) and expression (N, 7); got {image.shape} and {expression.shape}")
     feeds = {INPUT_IMAGE: image, INPUT_EXPRESSION: expression}
     return session.run([OUTPUT], {name: array.astype(np.float32, copy=False) for name, array in feeds.items()})[0]
+
+
+def is_warp_session(session: ort.InferenceSession) -> bool:
+    """True for a session of the warp graph (export_onnx(warp=True))."""
+    return [i.name for i in session.get_inputs()] == INTERFACES[True][0]
+
+
+def run_warped_generator(session: ort.InferenceSession, crop: np.ndarray, image: np.ndarray, expression: np.ndarray,
+                         field: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The warp graph on float32 arrays (see the module docstring): (warped crops, the generator's residual)."""
+    feeds = dict(zip(INTERFACES[True][0], (crop, image, expression, field)))
+    warped, residual = session.run(INTERFACES[True][1], {k: v.astype(np.float32, copy=False) for k, v in feeds.items()})
+    return warped, residual

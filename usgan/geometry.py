@@ -12,6 +12,7 @@ confidence that falls where the shape is unlike any training face (profiles, occ
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -285,7 +286,8 @@ def warp_field(source: torch.Tensor, target: torch.Tensor, size: int, grid: int 
     system[:, :count, :count] = _tps_kernel(dst, dst) + smooth * torch.eye(count, device=dst.device)
     system[:, :count, count:], system[:, count:, :count] = affine, affine.transpose(1, 2)
     values = torch.cat([src - dst, torch.zeros(n, 3, 2, dtype=dst.dtype, device=dst.device)], 1)
-    weights = torch.linalg.solve(system, values)
+    # numpy: batched torch.linalg.solve returns garbage once torch.set_num_threads has been changed (MKL).
+    weights = torch.from_numpy(np.linalg.solve(system.double().cpu().numpy(), values.double().cpu().numpy())).to(dst)
     axis = (torch.arange(grid, dtype=dst.dtype, device=dst.device) + 0.5) / grid
     points = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1).reshape(1, -1, 2).expand(n, -1, -1)
     basis = torch.cat([_tps_kernel(points, dst), torch.ones_like(points[..., :1]), points], 2)
@@ -325,3 +327,62 @@ def warp_crops(crops: torch.Tensor, source: torch.Tensor, target: torch.Tensor, 
 def with_settings(model: ShapeModel, **changes) -> ShapeModel:
     """The model with some fit settings replaced."""
     return replace(model, settings=replace(model.settings, **changes))
+
+
+# --- the warp split for batched inference: the field's solve on the CPU, its application in the generator's graph --
+
+
+FIELD_GRID = 32  # the coarse field's cells per side: the TPS is smooth, so 32 x 32 samples it finely enough
+
+
+def coarse_field(source: torch.Tensor, target: torch.Tensor, grid: int = FIELD_GRID,
+                 smooth: float = 1e-5) -> torch.Tensor:
+    """(N, grid, grid, 2) float32 displacement in crop units at the grid's cell centres, before the face mask: the
+    thin-plate spline of warp_field, for apply_field. Solved on the CPU with numpy in float64: torch.linalg.solve
+    does not export to ONNX, and batched torch solves return garbage once torch.set_num_threads has been changed."""
+    target, source = (np.asarray(points.detach().cpu(), np.float64) for points in (target, source))
+    n = len(source)
+    ring = np.broadcast_to(anchor_ring().double().numpy(), (n, *anchor_ring().shape))
+    dst, src = np.concatenate([target, ring], 1), np.concatenate([source, ring], 1)
+    count = dst.shape[1]
+    affine = np.concatenate([np.ones_like(dst[..., :1]), dst], 2)
+    system = np.zeros((n, count + 3, count + 3))
+    system[:, :count, :count] = _tps_basis(dst, dst) + smooth * np.eye(count)
+    system[:, :count, count:], system[:, count:, :count] = affine, affine.transpose(0, 2, 1)
+    weights = np.linalg.solve(system, np.concatenate([src - dst, np.zeros((n, 3, 2))], 1))
+    cells, fixed = _grid_basis(grid)
+    landmarks = _tps_basis(cells[None].astype(np.float32), target.astype(np.float32))  # per face; float32 is faster
+    points = target.shape[1]
+    field = landmarks @ weights[:, :points].astype(np.float32) + (fixed @ weights[:, points:]).astype(np.float32)
+    return torch.from_numpy(field.reshape(n, grid, grid, 2))
+
+
+@functools.lru_cache(maxsize=4)
+def _grid_basis(grid: int) -> tuple[NDArray, NDArray]:
+    """The grid's cell centres (grid², 2) and the part of their TPS basis that is the same for every face: the
+    kernel to the anchor ring and the affine terms (grid², ring + 3)."""
+    axis = (np.arange(grid) + 0.5) / grid
+    cells = np.stack(np.meshgrid(axis, axis, indexing="xy"), -1).reshape(-1, 2)
+    ring = anchor_ring().double().numpy()
+    return cells, np.concatenate([_tps_basis(cells, ring), np.ones_like(cells[:, :1]), cells], 1)
+
+
+def _tps_basis(a: NDArray, b: NDArray) -> NDArray:
+    """_tps_kernel in numpy, from a matrix product: (..., P, 2) x (..., Q, 2) -> (..., P, Q)."""
+    d2 = (a ** 2).sum(-1)[..., :, None] + (b ** 2).sum(-1)[..., None, :] - 2 * a @ np.swapaxes(b, -1, -2)
+    d2 = np.maximum(d2, 0.0)
+    return 0.5 * d2 * np.log(np.maximum(d2, 1e-30))
+
+
+def apply_field(crops: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+    """(N, C, S, S) crops warped by a coarse_field (N, g, g, 2): upsampled to S, masked to the face, grid_sample.
+    Only ops that export to ONNX (opset >= 16), with S read from the crops, so one graph serves every crop size."""
+    ones = torch.ones_like(crops[0, 0, 0])                      # (S,), built from the input: S stays dynamic
+    axis = (ones.cumsum(0) - 0.5) / ones.sum()                  # pixel centres in crop units
+    y, x = axis[:, None] * ones[None], ones[:, None] * axis[None]
+    radius = (((x - 0.5) / 0.47) ** 2 + ((y - 0.57) / 0.45) ** 2).sqrt()
+    mask = ((1.0 - radius) / 0.15).clamp(0.0, 1.0)             # face_mask, in the graph
+    # grid_sample's [-1, 1] units (x 2) applied to the small coarse field and the one base grid, not per pixel of N.
+    field = F.interpolate(coarse.permute(0, 3, 1, 2) * 2, size=crops.shape[-2:], mode="bilinear", align_corners=False)
+    where = (field * mask).permute(0, 2, 3, 1) + torch.stack([x, y], -1) * 2 - 1
+    return F.grid_sample(crops, where, mode="bilinear", padding_mode="border", align_corners=False)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from usgan.checkpoint import WeightsInfo
 from usgan.expressions import EXPRESSIONS, expression_index
+from usgan.geometry import apply_field
 from usgan.model import Generator
 
 
@@ -48,6 +49,31 @@ def apply_generator(
     small = resize_to_generator(x, info.image_size)
     residual = resize_residual(generator.residual(small, c), tuple(x.shape[2:]))
     return add_residual(x, residual, intensity, info, c).to(crops.device)
+
+
+@torch.no_grad()
+def apply_warped_generator(generator: Generator, info: WeightsInfo, crops: torch.Tensor, targets: torch.Tensor,
+                           fields: torch.Tensor, intensity: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """apply_generator on crops warped by (N, g, g, 2) coarse fields (usgan.geometry.coarse_field): the warped crop
+    plus intensity x gain x the generator's residual for it; (N, 3, H, W) in [-1, 1]."""
+    device = next(generator.parameters()).device
+    x = crops.to(device=device, dtype=torch.float32)
+    c = target_vectors(targets, x.shape[0]).to(device)
+    small = resize_to_generator(x, info.image_size)
+    warped, residual = warped_residual(generator, x, small, c, fields.to(device=device, dtype=torch.float32))
+    return add_residual(warped, resize_residual(residual, tuple(x.shape[2:])), intensity, info, c).to(crops.device)
+
+
+def warped_residual(generator: Generator, crops: torch.Tensor, small: torch.Tensor, targets: torch.Tensor,
+                    fields: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The warp and the generator as one batched step (the ONNX warp graph is exactly this): the crops (N, 3, H, W)
+    and the same crops at the generator's size, both warped by the coarse fields; returns the warped crops and the
+    generator's residual (N, 3, h, w) for the warped small ones (warping the small crops rather than resizing the
+    warped ones keeps the antialiased resize, which ONNX cannot export, out of the graph)."""
+    warped = apply_field(crops, fields)
+    dtype = next(generator.parameters()).dtype
+    residual = generator.residual(apply_field(small, fields).to(dtype), targets.to(dtype))
+    return warped, residual.float()
 
 
 def add_residual(x: torch.Tensor, residual: torch.Tensor, intensity: float | torch.Tensor, info: WeightsInfo,

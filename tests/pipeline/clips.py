@@ -151,6 +151,42 @@ class CountingSynthesizer:
         self.image_size = self.inner.image_size
         self.batches: list[int] = []
 
-    def synthesize(self, crops, targets, intensity):
+    def synthesize(self, crops, targets, intensity, fields=None):
         self.batches.append(len(crops))
-        return self.inner.synthesize(crops, targets, intensity)
+        return self.inner.synthesize(crops, targets, intensity, fields)
+
+
+def portrait_landmarks(size: int = 256) -> np.ndarray:
+    """The portrait's 106 landmarks in crop units of its aligned crop (the real detector and landmark net)."""
+    from pipeline.faces.align import align_face, select_faces
+    from pipeline.faces.detector import DetectorConfig, FaceDetector
+    from pipeline.faces.landmarks import LandmarkDetector
+
+    face = select_faces(FaceDetector(DetectorConfig()).detect_faces(portrait()), "largest")[0]
+    return LandmarkDetector(threads=1).detect([align_face(portrait(), face, size).image])[0] / size
+
+
+def save_shape_model(path: Path, centre: np.ndarray) -> Path:
+    """A tiny expression geometry model (usgan.geometry) of 20 synthetic people around centre ((106, 2) crop units):
+    happy pulls the mouth corners out and up, sad down, surprised opens the jaw; the others move the mouth a little."""
+    from usgan.expressions import EXPRESSIONS
+    from usgan.geometry import MOUTH_CORNERS, build_model, save_model, with_settings
+
+    rng = np.random.default_rng(0)
+    truth = np.zeros((len(EXPRESSIONS), 106, 2))
+    truth[:, 52:72] = rng.normal(0, 0.004, (len(EXPRESSIONS), 20, 2))
+    truth[EXPRESSIONS.index("happy"), list(MOUTH_CORNERS)] = [[-0.03, -0.02], [0.03, -0.02]]
+    truth[EXPRESSIONS.index("sad"), list(MOUTH_CORNERS)] = [[0.01, 0.02], [-0.01, 0.02]]
+    truth[EXPRESSIONS.index("surprised"), 53:61, 1] = 0.03
+    truth[EXPRESSIONS.index("neutral")] = 0.0
+    identity = rng.normal(0, 0.004, (4, 106, 2))
+    points, labels, groups = [], [], []
+    for person in range(20):
+        shape = centre + np.tensordot(rng.normal(0, 1, 4), identity, 1)
+        for k in range(len(EXPRESSIONS)):
+            points.append(shape + truth[k] * rng.uniform(0.8, 1.2) + rng.normal(0, 5e-4, (106, 2)))
+            labels.append(k)
+            groups.append(str(person))
+    model = build_model(np.array(points), np.array(labels), groups, nuisance=4, style=2)
+    save_model(path, with_settings(model, conf_low=3.0, conf_high=6.0))  # synthetic shapes are tidier than real ones
+    return path

@@ -12,7 +12,7 @@ PRODUCT_MODULES = (
     "pipeline.process", "pipeline.stills", "pipeline.stages", "pipeline.batch", "pipeline.config", "pipeline.edit",
     "pipeline.synthesize", "pipeline.faces.detector", "pipeline.faces.align", "pipeline.faces.tracking",
     "pipeline.blend", "pipeline.video.decode", "pipeline.video.encode", "pipeline.images", "pipeline.schedule",
-    "pipeline.files",
+    "pipeline.files", "pipeline.geometry", "pipeline.faces.landmarks",
 )
 
 

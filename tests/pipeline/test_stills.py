@@ -18,11 +18,11 @@ from pipeline.stills import process_images
 class FailingOnceSynthesizer(CountingSynthesizer):
     """A real generator whose first call fails (a batch-level error)."""
 
-    def synthesize(self, crops, targets, intensity):
+    def synthesize(self, crops, targets, intensity, fields=None):
         if not self.batches:
             self.batches.append(-len(crops))
             raise RuntimeError("out of memory")
-        return super().synthesize(crops, targets, intensity)
+        return super().synthesize(crops, targets, intensity, fields)
 
 
 def image_pairs(tmp_path: Path, count: int, bad: int | None = None) -> list[tuple[Path, Path]]:

@@ -10,7 +10,7 @@ import torch
 
 import pipeline.config
 import pipeline.synthesize as synthesize
-from clips import save_weights
+from clips import psnr, save_weights
 from usgan.errors import UserError
 from pipeline.config import OnnxConfig, SynthesizerConfig, WeightsMissingError, resolve_weights
 from pipeline.synthesize import (
@@ -171,3 +171,65 @@ def test_auto_precision_is_bf16_exactly_where_it_is_native(weights, monkeypatch)
     for native in (True, False):
         monkeypatch.setattr(synthesize, "bf16_native", lambda device_type, native=native: native)
         assert TorchSynthesizer(weights["random"], precision="auto").precision == ("bf16" if native else "fp32")
+
+
+# ---------------------------------------------------------------- with warp fields (expression geometry)
+
+
+def smooth_crops(size: int, count: int = 4) -> np.ndarray:
+    """Face-like smooth crops (a blurred random image): warping them shows as shifted shading, not noise."""
+    import cv2
+
+    noisy = crops(size, count)
+    return np.stack([cv2.GaussianBlur(crop, (0, 0), size / 24) for crop in noisy])
+
+
+def fields(count: int = 4, strength: float = 0.03) -> np.ndarray:
+    """(count, 32, 32, 2) coarse fields of the TPS that moves a few face points by up to `strength` crop units."""
+    from usgan.geometry import coarse_field
+
+    rng = np.random.default_rng(1)
+    source = torch.from_numpy(rng.uniform(0.3, 0.7, (count, 12, 2)))
+    return coarse_field(source, source + torch.from_numpy(rng.uniform(-strength, strength, (count, 12, 2)))).numpy()
+
+
+def make_warp(backend: str, path, tmp_path):
+    if backend == "torch":
+        return TorchSynthesizer(path)
+    return OnnxSynthesizer(path, OnnxConfig(preference="cpu", cache_dir=str(tmp_path / "onnx")), warp=True)
+
+
+@pytest.mark.parametrize("size", [32, 96])
+def test_torch_and_onnx_agree_with_warp_fields(weights, tmp_path, size):
+    batch, warps = smooth_crops(size), fields()
+    a = make_warp("torch", weights["random"], tmp_path).synthesize(batch, TARGETS, INTENSITY, warps)
+    b = make_warp("onnx", weights["random"], tmp_path).synthesize(batch, TARGETS, INTENSITY, warps)
+    assert psnr(a, b) > 40
+    unwarped = TorchSynthesizer(weights["random"]).synthesize(batch, TARGETS, INTENSITY)
+    assert np.abs(a.astype(int) - unwarped).mean() > 0.5  # the fields really moved the crops
+    assert psnr(a[2], batch[2]) < psnr(unwarped[2], batch[2])  # intensity 0 there, yet its field still warps it
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_a_zero_field_leaves_a_crop_exactly_as_the_generator_alone(weights, tmp_path, backend):
+    batch, warps = smooth_crops(64), fields()
+    warps[1] = 0.0
+    synthesizer = make_warp(backend, weights["identity"], tmp_path)
+    out = synthesizer.synthesize(batch, TARGETS, INTENSITY, warps)
+    np.testing.assert_array_equal(out[1], batch[1])  # identity generator, zero field: the crop, bit-exact
+    assert np.abs(out[0].astype(int) - batch[0]).max() > 10
+    if backend == "onnx":  # the warp graph without fields is the generator alone
+        np.testing.assert_array_equal(synthesizer.synthesize(batch, TARGETS, INTENSITY), batch)
+
+
+def test_the_warp_graph_is_cached_beside_the_generator_alone_and_fields_need_it(weights, tmp_path):
+    config = OnnxConfig(preference="cpu", cache_dir=str(tmp_path / "onnx"))
+    plain = OnnxSynthesizer(weights["random"], config)
+    OnnxSynthesizer(weights["random"], config, warp=True)
+    assert sorted(p.name for p in (tmp_path / "onnx").glob("*.onnx")) == sorted(
+        [onnx_cache_path(weights["random"], False, tmp_path / "onnx").name,
+         onnx_cache_path(weights["random"], False, tmp_path / "onnx", warp=True).name])
+    with pytest.raises(ValueError, match="fields: this ONNX synthesizer runs the generator alone"):
+        plain.synthesize(crops(32), TARGETS, INTENSITY, fields())
+    with pytest.raises(ValueError, match="fields: expected"):
+        TorchSynthesizer(weights["random"]).synthesize(crops(32), TARGETS, INTENSITY, fields()[:, :16])

@@ -201,3 +201,31 @@ def test_residual_blur_is_in_the_exported_graph(tmp_path):
         blurred, unblurred = generator(x, c).numpy(), plain(x, c).numpy()
     assert np.abs(onnx_out - blurred).max() <= 1e-4 and result.max_abs_diff <= 1e-4
     assert np.abs(onnx_out - unblurred).max() > 1e-3
+
+
+def test_the_warp_graph_takes_crops_and_fields_and_matches_torch_at_any_crop_size(exported, tmp_path):
+    from usgan.export import INTERFACES, run_warped_generator
+    from usgan.inference import warped_residual
+
+    result = export_onnx(exported["weights"], tmp_path / "warp.onnx", warp=True)
+    model = onnx.load(tmp_path / "warp.onnx")
+    assert ([i.name for i in model.graph.input], [o.name for o in model.graph.output]) == INTERFACES[True]
+    assert result.max_abs_diff <= 1e-4
+    generator, _ = load_generator(exported["weights"])
+    session = _cpu_session(tmp_path / "warp.onnx")
+    for crop_size in (IMAGE_SIZE, 3 * IMAGE_SIZE):
+        image, expression = sample_inputs(batch=2, size=IMAGE_SIZE)
+        crop = torch.nn.functional.interpolate(image, size=(crop_size, crop_size), mode="bilinear")
+        field = torch.randn(2, 32, 32, 2, generator=torch.Generator().manual_seed(crop_size)) * 0.02
+        warped, residual = run_warped_generator(session, crop.numpy(), image.numpy(), expression.numpy(),
+                                                field.numpy())
+        with torch.no_grad():
+            expected = warped_residual(generator, crop, image, expression, field)
+        assert warped.shape == (2, 3, crop_size, crop_size) and residual.shape == (2, 3, IMAGE_SIZE, IMAGE_SIZE)
+        assert np.abs(warped - expected[0].numpy()).max() <= 1e-4
+        assert np.abs(residual - expected[1].numpy()).max() <= 1e-4
+
+
+def test_the_warp_graph_needs_opset_16(exported, tmp_path):
+    with pytest.raises(ExportError, match="opset 15 unsupported; use 16..20"):
+        export_onnx(exported["weights"], tmp_path / "w.onnx", opset=15, warp=True)

@@ -1,0 +1,174 @@
+"""Expression geometry in the processing path: each aligned face's 106 landmarks, the landmarks of its target
+expression (usgan.geometry's shape model), and the coarse warp field between them, which the synthesizer applies
+in the same batched call as the generator.
+
+Which shape model: synthesizer.geometry (--geometry). "auto" takes the file that the generator weights' header names
+under "geometry" (a name beside the weights file) and none when it names none; "off" never warps; anything else is
+the file's path.
+
+A schedule's mix of expressions (a cross-fade) warps towards the mix's weighted blend of its targets' landmarks. The
+target is linear in the displacement, so a fade moves smoothly from one expression's shape to the next, where the
+dominant target alone would jump halfway through. intensity (--intensity times the fade) scales the displacement.
+
+In video, landmarks are smoothed per track with the tracker's One-Euro filter, in crop units, so the warp does not
+flicker. A face whose landmarks fail (not finite, or far outside the crop) or form a shape the model finds
+implausible (fit validity below MIN_VALIDITY: a profile, an occlusion) gets a zero field: the generator alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from safetensors import SafetensorError, safe_open
+
+from pipeline.faces.detector import DetectorConfig
+from pipeline.faces.landmarks import LandmarkDetector
+from pipeline.faces.tracking import OneEuroFilter, TrackerConfig
+from pipeline.types import AlignedCrop
+from usgan.checkpoint import read_metadata
+from usgan.errors import UserError
+from usgan.expressions import EXPRESSIONS
+from usgan.geometry import (
+    FIELD_GRID, POINTS, Fit, ShapeModel, coarse_field, fit_expression, load_model, target_landmarks,
+)
+
+GEOMETRY_KEY = "geometry"  # the generator header's key naming its geometry file
+MIN_VALIDITY = 0.01  # below this the fit's target is zero anyway (validity scales it): count the face as failed
+CROP_MARGIN = 0.25  # landmarks further outside the crop than this (crop units) are a failed detection
+STALE_S = 2.0  # a track's landmark filter is forgotten once it has not been seen for this long
+
+
+class GeometryError(UserError):
+    """A geometry file that is missing or not a shape model; the message names it."""
+
+
+# ---------------------------------------------------------------- the file
+
+
+def resolve_geometry(setting: str, weights: Path) -> Path | None:
+    """The shape model file for synthesizer.geometry: "off" none, "auto" the one the weights name, else a path."""
+    if setting == "off":
+        return None
+    if setting == "auto":
+        return named_geometry(Path(weights))
+    return Path(setting).expanduser()
+
+
+def named_geometry(weights: Path) -> Path | None:
+    """The file that the weights' header names under "geometry", beside the weights; None when it names none or the
+    header is unreadable (the generator's loader then reports the weights file)."""
+    try:
+        with safe_open(str(weights), "np") as handle:
+            header = handle.metadata() or {}
+        name = read_metadata(header, weights, GeometryError, "safetensors file").get(GEOMETRY_KEY)
+    except (SafetensorError, OSError, UserError, AttributeError):
+        return None
+    return weights.parent / name if isinstance(name, str) and name else None
+
+
+def read_shape_model(path: Path) -> ShapeModel:
+    """usgan.geometry.load_model with any problem as one GeometryError line naming the file."""
+    if not path.is_file():
+        raise GeometryError(f"{path}: no such geometry file")
+    try:
+        return load_model(path)
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as error:
+        if isinstance(error, ValueError) and str(error).startswith(str(path)):
+            raise GeometryError(str(error)) from error  # load_model's own message names the file
+        first = next(iter(str(error).splitlines()), "") or type(error).__name__
+        raise GeometryError(f"{path}: not a readable geometry file ({first})") from error
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What the warp needs, loaded once: the shape model and the 106-landmark net."""
+
+    model: ShapeModel
+    landmarks: LandmarkDetector
+
+
+def load_geometry(model: ShapeModel | None, detector: DetectorConfig) -> Geometry | None:
+    """The warp's models for a shape model (None: no warp); the landmark net runs where the face detector runs."""
+    if model is None:
+        return None
+    return Geometry(model, LandmarkDetector(threads=detector.threads, providers=detector.providers))
+
+
+# ---------------------------------------------------------------- the fields
+
+
+def warp_fields(geometry: Geometry, crops: Sequence[AlignedCrop], targets: NDArray, intensity: NDArray,
+                times: Sequence[float], smoother: LandmarkSmoother | None = None) -> tuple[NDArray, NDArray]:
+    """Per crop, its coarse warp field (N, 32, 32, 2) float32 towards its (7,) target mix at its intensity, and
+    whether its landmarks failed (N,) bool (a zero field). times: each crop's frame time, for the smoother."""
+    if not crops:
+        return np.zeros((0, FIELD_GRID, FIELD_GRID, 2), np.float32), np.zeros(0, bool)
+    points = crop_landmarks(geometry.landmarks, crops)
+    found = landmarks_found(points)
+    points = np.where(found[:, None, None], points, geometry.model.mean.reshape(POINTS, 2))  # keeps the fit finite
+    if smoother is not None:
+        points = smoother.smooth(points, found, [crop.face.track_id for crop in crops], times)
+    fit = fit_expression(geometry.model, points)
+    failed = ~found | (fit.validity < MIN_VALIDITY)
+    fields = np.zeros((len(crops), FIELD_GRID, FIELD_GRID, 2), np.float32)
+    if (~failed).any():
+        goal = blended_targets(geometry.model, points, np.asarray(targets), np.asarray(intensity, float), fit)
+        fields[~failed] = coarse_field(torch.from_numpy(points[~failed]), torch.from_numpy(goal[~failed])).numpy()
+    return fields, failed
+
+
+def crop_landmarks(detector: LandmarkDetector, crops: Sequence[AlignedCrop]) -> NDArray[np.float64]:
+    """(N, 106, 2) landmarks in crop units ([0, 1] of each crop's side), in one batched call of the net."""
+    sides = np.array([crop.image.shape[1] for crop in crops], np.float64)
+    return detector.detect([crop.image for crop in crops]).astype(np.float64) / sides[:, None, None]
+
+
+def landmarks_found(points: NDArray) -> NDArray[np.bool_]:
+    """(N,) True where the net gave finite landmarks near the crop (a failed one may land anywhere)."""
+    inside = (points > -CROP_MARGIN) & (points < 1 + CROP_MARGIN)
+    return np.isfinite(points).all((1, 2)) & inside.all((1, 2))
+
+
+def blended_targets(model: ShapeModel, points: NDArray, targets: NDArray, intensity: NDArray, fit: Fit) -> NDArray:
+    """(N, 106, 2) target landmarks of faces whose targets are (N, 7) mixes (weights summing to 1): the weighted
+    blend of each expression's target_landmarks, which is the blend of their displacements (they are linear)."""
+    goal = points * (1.0 - targets.sum(1))[:, None, None]  # nothing where a row's weights fall short of 1
+    for k in np.flatnonzero(targets.any(0)):
+        names = [EXPRESSIONS[k]] * len(points)
+        goal += targets[:, k, None, None] * target_landmarks(model, points, names, intensity, fit=fit)
+    return goal
+
+
+# ---------------------------------------------------------------- video
+
+
+class LandmarkSmoother:
+    """Per track, a One-Euro filter over its face's 106 landmarks in crop units, with the tracker's settings (crop
+    units are about face sizes, the unit its beta is given in). Landmarks that failed are not fed to it."""
+
+    def __init__(self, config: TrackerConfig):
+        self.config = config
+        self._filters: dict[int, tuple[OneEuroFilter, float]] = {}
+
+    def smooth(self, points: NDArray, found: NDArray, tracks: Sequence[int], times: Sequence[float]) -> NDArray:
+        """points (N, 106, 2), smoothed where found and tracked (track id >= 0), in the order given."""
+        if not self.config.smooth:
+            return points
+        smoothed = points.copy()
+        for row, (track, time) in enumerate(zip(tracks, times)):
+            if track >= 0 and found[row]:
+                c = self.config
+                smoother = self._filters.get(track, (None,))[0] or OneEuroFilter(c.min_cutoff, c.beta, c.d_cutoff)
+                smoothed[row] = smoother(points[row], time)
+                self._filters[track] = (smoother, time)
+        self.forget(max(times, default=0.0) - STALE_S)
+        return smoothed
+
+    def forget(self, before: float) -> None:
+        """Drop the filters of tracks last seen before this time."""
+        self._filters = {track: entry for track, entry in self._filters.items() if entry[1] >= before}
