@@ -33,9 +33,8 @@ from pipeline.types import AlignedCrop
 from usgan.checkpoint import read_metadata
 from usgan.errors import UserError
 from usgan.expressions import EXPRESSIONS
-from usgan.geometry import (
-    FIELD_GRID, POINTS, Fit, ShapeModel, coarse_field, fit_expression, load_model, target_landmarks,
-)
+from usgan.geometry import POINTS, Fit, ShapeModel, fit_expression, load_model, target_landmarks
+from usgan.tps import FIELD_GRID, coarse_field
 
 GEOMETRY_KEY = "geometry"  # the generator header's key naming its geometry file
 MIN_VALIDITY = 0.01  # below this the fit's target is zero anyway (validity scales it): count the face as failed

@@ -37,7 +37,7 @@ from usgan.export import (
 )
 from usgan.providers import CUDA, ExecutionPreference, usable_providers
 from usgan.expressions import EXPRESSIONS
-from usgan.geometry import FIELD_GRID
+from usgan.tps import FIELD_GRID
 from usgan.inference import (
     add_residual, apply_generator, apply_warped_generator, resize_residual, resize_to_generator,
 )

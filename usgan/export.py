@@ -36,7 +36,7 @@ from usgan.checkpoint import (
 )
 from usgan.errors import UserError
 from usgan.expressions import EXPRESSIONS
-from usgan.geometry import FIELD_GRID
+from usgan.tps import FIELD_GRID
 from usgan.inference import warped_residual
 from usgan.model import Generator
 from usgan.providers import CPU, TENSORRT, ExecutionPreference, SessionError, build_providers, usable_providers

@@ -1,5 +1,5 @@
 """Expression geometry: a 106-landmark shape model that separates a face's shape from its expression, and the
-smooth warp of an aligned crop from its landmarks to the target expression's.
+target landmarks of an edit (usgan.tps warps the crop there).
 
 Shapes are (106, 2) landmark positions in crop units ([0, 1] of the aligned crop's side), compared after a
 similarity that maps the stable points (nose, eye centres) onto the mean shape, so crop shifts do not count.
@@ -12,14 +12,11 @@ confidence that falls where the shape is unlike any training face (profiles, occ
 
 from __future__ import annotations
 
-import functools
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from numpy.typing import NDArray
 from safetensors.numpy import load_file, save_file
 
@@ -253,136 +250,9 @@ def speech_kept(model: ShapeModel, component: NDArray) -> NDArray:
     return kept
 
 
-# --- warp ---------------------------------------------------------------------------------------------------------
-
-
-def anchor_ring(count: int = 40) -> torch.Tensor:
-    """(count + 16, 2) fixed crop-unit points around the face: an ellipse just outside the landmarks of the
-    aligned crop, plus the crop's border, so the warp leaves everything beyond the face in place."""
-    angle = torch.arange(count, dtype=torch.float64) * (2 * torch.pi / count)
-    ellipse = torch.stack([0.5 + 0.47 * torch.cos(angle), 0.57 + 0.45 * torch.sin(angle)], 1)
-    edge = torch.linspace(0, 1, 5, dtype=torch.float64)[:4]
-    border = torch.cat([torch.stack([edge, torch.zeros(4)], 1), torch.stack([torch.ones(4), edge], 1),
-                        torch.stack([1 - edge, torch.ones(4)], 1), torch.stack([torch.zeros(4), 1 - edge], 1)])
-    return torch.cat([ellipse, border]).float()
-
-
-def _tps_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    d2 = torch.cdist(a, b).square()
-    return 0.5 * d2 * torch.log(d2.clamp_min(1e-12))
-
-
-def warp_field(source: torch.Tensor, target: torch.Tensor, size: int, grid: int = 32,
-               smooth: float = 1e-5) -> torch.Tensor:
-    """(N, size, size, 2) displacement in crop units: for each output pixel, where to read the input, minus the
-    pixel itself. Thin-plate spline through target -> source landmarks (N, P, 2) and the fixed anchor ring."""
-    n = source.shape[0]
-    ring = anchor_ring().to(source).expand(n, -1, -1)
-    dst, src = torch.cat([target, ring], 1), torch.cat([source, ring], 1)
-    count = dst.shape[1]
-    ones = torch.ones(n, count, 1, dtype=dst.dtype, device=dst.device)
-    affine = torch.cat([ones, dst], 2)
-    system = torch.zeros(n, count + 3, count + 3, dtype=dst.dtype, device=dst.device)
-    system[:, :count, :count] = _tps_kernel(dst, dst) + smooth * torch.eye(count, device=dst.device)
-    system[:, :count, count:], system[:, count:, :count] = affine, affine.transpose(1, 2)
-    values = torch.cat([src - dst, torch.zeros(n, 3, 2, dtype=dst.dtype, device=dst.device)], 1)
-    # numpy: batched torch.linalg.solve returns garbage once torch.set_num_threads has been changed (MKL).
-    weights = torch.from_numpy(np.linalg.solve(system.double().cpu().numpy(), values.double().cpu().numpy())).to(dst)
-    axis = (torch.arange(grid, dtype=dst.dtype, device=dst.device) + 0.5) / grid
-    points = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1).reshape(1, -1, 2).expand(n, -1, -1)
-    basis = torch.cat([_tps_kernel(points, dst), torch.ones_like(points[..., :1]), points], 2)
-    field = (basis @ weights).reshape(n, grid, grid, 2).permute(0, 3, 1, 2)
-    field = F.interpolate(field, size=(size, size), mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
-    return field * face_mask(size).to(field)[None, :, :, None]
-
-
-def face_mask(size: int) -> torch.Tensor:
-    """(size, size) weight of the warp: 1 inside the anchor ellipse's inner 85%, falling to 0 on the ellipse."""
-    axis = (torch.arange(size, dtype=torch.float64) + 0.5) / size
-    y, x = torch.meshgrid(axis, axis, indexing="ij")
-    radius = (((x - 0.5) / 0.47) ** 2 + ((y - 0.57) / 0.45) ** 2).sqrt()
-    return ((1.0 - radius) / 0.15).clamp(0.0, 1.0).float()
-
-
-def sampling_grid(source: torch.Tensor, target: torch.Tensor, size: int, grid: int = 32) -> torch.Tensor:
-    """(N, size, size, 2) grid_sample coordinates in [-1, 1] that move landmarks source (N, P, 2, crop units) to
-    target; computed without gradients (the landmarks are data, not parameters)."""
-    with torch.no_grad():
-        field = warp_field(source.float(), target.float(), size, grid)
-        axis = (torch.arange(size, dtype=torch.float32, device=field.device) + 0.5) / size
-        base = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1)
-        return (base + field) * 2 - 1  # align_corners=False: pixel centres land exactly
-
-
-def resample(crops: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
-    """crops (N, C, S, S) read at a sampling_grid (bilinear, edges repeated)."""
-    return F.grid_sample(crops, where.to(crops), mode="bilinear", padding_mode="border", align_corners=False)
-
-
-def warp_crops(crops: torch.Tensor, source: torch.Tensor, target: torch.Tensor, grid: int = 32) -> torch.Tensor:
-    """(N, C, S, S) crops warped so that their landmarks source (N, P, 2, crop units) move to target."""
-    return resample(crops, sampling_grid(source.to(crops.device), target.to(crops.device), crops.shape[-1], grid))
+# --- settings -----------------------------------------------------------------------------------------------
 
 
 def with_settings(model: ShapeModel, **changes) -> ShapeModel:
     """The model with some fit settings replaced."""
     return replace(model, settings=replace(model.settings, **changes))
-
-
-# --- the warp split for batched inference: the field's solve on the CPU, its application in the generator's graph --
-
-
-FIELD_GRID = 32  # the coarse field's cells per side: the TPS is smooth, so 32 x 32 samples it finely enough
-
-
-def coarse_field(source: torch.Tensor, target: torch.Tensor, grid: int = FIELD_GRID,
-                 smooth: float = 1e-5) -> torch.Tensor:
-    """(N, grid, grid, 2) float32 displacement in crop units at the grid's cell centres, before the face mask: the
-    thin-plate spline of warp_field, for apply_field. Solved on the CPU with numpy in float64: torch.linalg.solve
-    does not export to ONNX, and batched torch solves return garbage once torch.set_num_threads has been changed."""
-    target, source = (np.asarray(points.detach().cpu(), np.float64) for points in (target, source))
-    n = len(source)
-    ring = np.broadcast_to(anchor_ring().double().numpy(), (n, *anchor_ring().shape))
-    dst, src = np.concatenate([target, ring], 1), np.concatenate([source, ring], 1)
-    count = dst.shape[1]
-    affine = np.concatenate([np.ones_like(dst[..., :1]), dst], 2)
-    system = np.zeros((n, count + 3, count + 3))
-    system[:, :count, :count] = _tps_basis(dst, dst) + smooth * np.eye(count)
-    system[:, :count, count:], system[:, count:, :count] = affine, affine.transpose(0, 2, 1)
-    weights = np.linalg.solve(system, np.concatenate([src - dst, np.zeros((n, 3, 2))], 1))
-    cells, fixed = _grid_basis(grid)
-    landmarks = _tps_basis(cells[None].astype(np.float32), target.astype(np.float32))  # per face; float32 is faster
-    points = target.shape[1]
-    field = landmarks @ weights[:, :points].astype(np.float32) + (fixed @ weights[:, points:]).astype(np.float32)
-    return torch.from_numpy(field.reshape(n, grid, grid, 2))
-
-
-@functools.lru_cache(maxsize=4)
-def _grid_basis(grid: int) -> tuple[NDArray, NDArray]:
-    """The grid's cell centres (grid², 2) and the part of their TPS basis that is the same for every face: the
-    kernel to the anchor ring and the affine terms (grid², ring + 3)."""
-    axis = (np.arange(grid) + 0.5) / grid
-    cells = np.stack(np.meshgrid(axis, axis, indexing="xy"), -1).reshape(-1, 2)
-    ring = anchor_ring().double().numpy()
-    return cells, np.concatenate([_tps_basis(cells, ring), np.ones_like(cells[:, :1]), cells], 1)
-
-
-def _tps_basis(a: NDArray, b: NDArray) -> NDArray:
-    """_tps_kernel in numpy, from a matrix product: (..., P, 2) x (..., Q, 2) -> (..., P, Q)."""
-    d2 = (a ** 2).sum(-1)[..., :, None] + (b ** 2).sum(-1)[..., None, :] - 2 * a @ np.swapaxes(b, -1, -2)
-    d2 = np.maximum(d2, 0.0)
-    return 0.5 * d2 * np.log(np.maximum(d2, 1e-30))
-
-
-def apply_field(crops: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
-    """(N, C, S, S) crops warped by a coarse_field (N, g, g, 2): upsampled to S, masked to the face, grid_sample.
-    Only ops that export to ONNX (opset >= 16), with S read from the crops, so one graph serves every crop size."""
-    ones = torch.ones_like(crops[0, 0, 0])                      # (S,), built from the input: S stays dynamic
-    axis = (ones.cumsum(0) - 0.5) / ones.sum()                  # pixel centres in crop units
-    y, x = axis[:, None] * ones[None], ones[:, None] * axis[None]
-    radius = (((x - 0.5) / 0.47) ** 2 + ((y - 0.57) / 0.45) ** 2).sqrt()
-    mask = ((1.0 - radius) / 0.15).clamp(0.0, 1.0)             # face_mask, in the graph
-    # grid_sample's [-1, 1] units (x 2) applied to the small coarse field and the one base grid, not per pixel of N.
-    field = F.interpolate(coarse.permute(0, 3, 1, 2) * 2, size=crops.shape[-2:], mode="bilinear", align_corners=False)
-    where = (field * mask).permute(0, 2, 3, 1) + torch.stack([x, y], -1) * 2 - 1
-    return F.grid_sample(crops, where, mode="bilinear", padding_mode="border", align_corners=False)

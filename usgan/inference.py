@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from usgan.checkpoint import WeightsInfo
 from usgan.expressions import EXPRESSIONS, expression_index
-from usgan.geometry import apply_field
+from usgan.tps import apply_field
 from usgan.model import Generator
 
 

@@ -24,7 +24,8 @@ from pipeline.evaluation.sources import EvaluateError, bgr_to_tensor, tensor_to_
 from pipeline.faces.landmarks import LandmarkDetector
 from pipeline.types import Frame
 from usgan.checkpoint import METADATA_KEY, WeightsInfo
-from usgan.geometry import Fit, ShapeModel, fit_expression, load_model, target_landmarks, warp_crops
+from usgan.geometry import Fit, ShapeModel, fit_expression, load_model, target_landmarks
+from usgan.tps import warp_crops
 from usgan.inference import apply_generator
 from usgan.model import Generator
 

@@ -26,7 +26,8 @@ from pipeline.geometry import (
 from pipeline.process import process_image, process_result_line, process_video
 from usgan.checkpoint import load_tensors, save_tensors
 from usgan.expressions import EXPRESSIONS
-from usgan.geometry import FIELD_GRID, MOUTH_CORNERS, ShapeModel, fit_expression, target_landmarks
+from usgan.geometry import MOUTH_CORNERS, ShapeModel, fit_expression, target_landmarks
+from usgan.tps import FIELD_GRID
 
 HAPPY, SAD = EXPRESSIONS.index("happy"), EXPRESSIONS.index("sad")
 

@@ -186,7 +186,7 @@ def smooth_crops(size: int, count: int = 4) -> np.ndarray:
 
 def fields(count: int = 4, strength: float = 0.03) -> np.ndarray:
     """(count, 32, 32, 2) coarse fields of the TPS that moves a few face points by up to `strength` crop units."""
-    from usgan.geometry import coarse_field
+    from usgan.tps import coarse_field
 
     rng = np.random.default_rng(1)
     source = torch.from_numpy(rng.uniform(0.3, 0.7, (count, 12, 2)))

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from usgan.geometry import resample
+from usgan.tps import resample
 from usgan.model import binomial_kernel, blur
 from usgan.training.config import LossConfig
 

@@ -17,7 +17,8 @@ from torch import Tensor
 
 from usgan.dataset import DataError, Sample, read_landmarks
 from usgan.expressions import EXPRESSIONS
-from usgan.geometry import ShapeModel, load_model, resample, sampling_grid, target_landmarks
+from usgan.geometry import ShapeModel, load_model, target_landmarks
+from usgan.tps import resample, sampling_grid
 
 
 @dataclass(frozen=True)
