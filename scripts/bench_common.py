@@ -25,7 +25,7 @@ DOC_HEADER = """# Benchmarks
 
 Every table below is written by a script in `scripts/` (`bench_generator.py`, `bench_e2e.py`, `bench_memory.py`,
 `bench_blend.py`, `bench_train.py`,
-`bench_convert.py`); re-run a script to refresh its own section (it rewrites only the text between
+`bench_convert.py`, `bench_geometry.py`); re-run a script to refresh its own section (it rewrites only the text between
 its markers). Each section names the command, the machine, its load average when the run started and how much CPU
 other processes used during the run. Ratios compare numbers measured side by side in the same run.
 
@@ -38,6 +38,7 @@ Goals and where to read them:
 - peak RSS on d6.mp4 / d18.mp4 <= 1.15: "Memory";
 - what the faster settings (`--fast`, bf16, detector size and interval) cost in output quality: "Presets";
 - `convert --engine ray` >= 0.8 of `--engine local`'s photos/s on one node: "Convert engines";
+- the warp costs <= 10% of the generator's time per face: "Geometry", second table;
 - blend ms per face and training iterations/s (no goal): "Blend", "Training".
 """
 
@@ -154,6 +155,21 @@ def interleaved_best(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str
             fn()
             best[name] = min(best[name], time.perf_counter() - started)
     return best
+
+
+def interleaved_times(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int = 0) -> dict[str, list[float]]:
+    """Seconds of every call of each fn over `rounds` rounds that run them in turn (after `warmup` untimed rounds),
+    round by round: index i of every list comes from the same round, for medians and per-round ratios."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            started = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - started)
+    return times
 
 
 # ---------------------------------------------------------------- markdown

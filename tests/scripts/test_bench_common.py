@@ -33,3 +33,10 @@ def test_table_and_run_clock():
     clock = bc.RunClock()
     line = clock.usage_line()
     assert "this benchmark" in line and "other processes" in line
+
+
+def test_interleaved_times_keep_every_round_in_order_after_the_warm_up():
+    calls = []
+    times = bc.interleaved_times({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 3, warmup=1)
+    assert calls == ["a", "b"] * 4
+    assert [len(times["a"]), len(times["b"])] == [3, 3] and min(times["a"] + times["b"]) >= 0
