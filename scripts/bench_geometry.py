@@ -259,7 +259,7 @@ def notes(faces: Faces, failed: int, settings: Settings) -> str:
              f"{settings.shape_model.name}; {failed} fell back to the generator alone (a zero field, still warped).",
              f"{settings.rounds} interleaved rounds after a warm-up, medians. torch, ONNX Runtime, the landmark net "
              f"and numpy's BLAS on {settings.threads} thread(s), except the row on numpy's default BLAS threads "
-             f"({blas}), which is how `process` runs the solve.",
+             f"({blas}), what a program that does not pin it would pay (`cli.py` pins numpy's BLAS to 1 thread).",
              "Synthesizer rows time FaceSynthesizer.synthesize (uint8 crops in and out, the generator at its own "
              "size, its change upsampled to the crop). The in-graph warp upsamples the 32 x 32 field and resamples "
              "the crop and the generator-size crop; the field solve and the landmark net run on the CPU before it.",
