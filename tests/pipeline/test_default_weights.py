@@ -42,3 +42,17 @@ def test_process_uses_the_shipped_weights_and_changes_the_face(tmp_path) -> None
     outside[max(0, y1 - 40):y2 + 40, max(0, x1 - 40):x2 + 40] = 0
     assert inside > 2.0  # the expression edit is visible, not a rounding-level change
     assert np.abs(outside).max() <= 3  # JPEG round-off only, away from the face
+
+
+def test_shipped_geometry_and_the_warp_trained_file_that_names_it() -> None:
+    from pipeline.geometry import resolve_geometry
+    from usgan.geometry import POINTS, load_model
+
+    shipped = DEFAULT_WEIGHTS.parent / "geometry.safetensors"
+    model = load_model(shipped)
+    assert model.mean.shape == (POINTS * 2,) and model.displacements.shape == (len(EXPRESSIONS), POINTS * 2)
+    assert {"16", "17", "30"} <= set(model.sources["held_out"])  # the evaluation people are left out
+    assert resolve_geometry("auto", DEFAULT_WEIGHTS) is None  # the default generator runs without the warp
+    warp_trained = DEFAULT_WEIGHTS.parent / "experiments" / "usgan_warp_step356.safetensors"
+    assert resolve_geometry("auto", warp_trained).resolve() == shipped.resolve()
+    assert load_generator(warp_trained)[1].dataset == "tfeid+london"
