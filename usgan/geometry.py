@@ -68,6 +68,8 @@ class ShapeModel:
     noise_floor: float
     settings: FitSettings = FitSettings()
     sources: dict = field(default_factory=dict)
+    # Per fit settings, the class precisions (class_precisions): derived from the arrays, computed once per model.
+    precision_cache: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 def stable_points(points: NDArray) -> NDArray:
@@ -183,21 +185,19 @@ def class_covariances(model: ShapeModel, settings: FitSettings) -> NDArray:
                      for k, d in enumerate(model.displacements)])
 
 
-_PRECISIONS: dict[tuple[int, str], tuple] = {}
-
-
 def class_precisions(model: ShapeModel, settings: FitSettings) -> tuple[NDArray, NDArray, NDArray]:
     """Per expression: inverse covariance (7, 212, 212), its log-determinant (7,), and the gain (7, 212, 212) that
-    maps a shape's offset from the class mean to its expression part's posterior mean. Cached per model/settings."""
-    key = (id(model.mean), repr(settings))
-    cached = _PRECISIONS.get(key)
+    maps a shape's offset from the class mean to its expression part's posterior mean. Cached in the model, per
+    settings."""
+    key = (id(model.mean), repr(settings))  # with_settings and replace share the cache between copies
+    cached = model.precision_cache.get(key)
     if cached is None or cached[0] is not model.mean:  # the id of a freed array can be reused
         covariances = class_covariances(model, settings)
         inverses = np.linalg.inv(covariances)
         style = (model.style_modes.T * model.style_var) @ model.style_modes
         gains = np.stack([inverses[k] @ (style + settings.spread * np.outer(d, d))
                           for k, d in enumerate(model.displacements)])
-        cached = _PRECISIONS[key] = (model.mean, inverses, np.linalg.slogdet(covariances)[1], gains)
+        cached = model.precision_cache[key] = (model.mean, inverses, np.linalg.slogdet(covariances)[1], gains)
     return cached[1:]
 
 

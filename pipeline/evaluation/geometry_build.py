@@ -8,6 +8,7 @@ person, except the people held out for evaluation.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -87,7 +88,7 @@ def build_geometry(folders: Sequence[Path], hold_out: Sequence[str], settings: F
         model = build_model(np.concatenate(points).astype(np.float64), np.array(labels), groups, sources=sources)
     except ValueError as error:
         raise DataError(f"{folders[0]}: {error}") from error
-    return ShapeModel(**{**model.__dict__, "settings": settings})
+    return replace(model, settings=settings)
 
 
 def write_geometry(folders: Sequence[Path], hold_out: Sequence[str], out: Path,
