@@ -10,9 +10,9 @@ row mixes two expressions (weights summing to 1), which the generator takes as a
 (StarGAN-style generators interpolate smoothly between label vectors). intensity scales the residual per crop:
 0 leaves the crop unchanged, 1 is the generator's full edit.
 
-With expression geometry on, each crop also comes with a coarse warp field (usgan.geometry.coarse_field, solved on
+With expression geometry on, each crop also comes with a coarse warp field (usgan.tps.coarse_field, solved on
 the CPU by pipeline.geometry): the field's upsampling, the warp of the crop and the generator run as one batched call
-(torch: usgan.inference.apply_warped_generator; ONNX: the warp graph, exported once per weights file beside the
+(torch: usgan.inference.apply_generator with fields; ONNX: the warp graph, exported once per weights file beside the
 generator-only one), and the generator's change is added to the warped crop. A zero field leaves the crop as it is.
 """
 
@@ -39,13 +39,13 @@ from usgan.providers import CUDA, ExecutionPreference, usable_providers
 from usgan.expressions import EXPRESSIONS
 from usgan.tps import FIELD_GRID
 from usgan.inference import (
-    add_residual, apply_generator, apply_warped_generator, resize_residual, resize_to_generator,
+    add_residual, apply_generator, resize_residual, resize_to_generator,
 )
 
 log = logging.getLogger(__name__)
 
 Fields = NDArray[np.float32]
-"""(N, 32, 32, 2) float32 coarse warp fields in crop units (usgan.geometry.coarse_field); zeros: no warp."""
+"""(N, 32, 32, 2) float32 coarse warp fields in crop units (usgan.tps.coarse_field); zeros: no warp."""
 
 
 class FaceSynthesizer(Protocol):
@@ -128,10 +128,8 @@ class TorchSynthesizer:
         scale = torch.from_numpy(np.asarray(intensity, np.float32))
         autocast = torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
         with torch_threads(self.threads), autocast:
-            if fields is None:
-                y = apply_generator(self.generator, self.info, x, vectors, intensity=scale)
-            else:
-                y = apply_warped_generator(self.generator, self.info, x, vectors, torch.from_numpy(fields), scale)
+            y = apply_generator(self.generator, self.info, x, vectors, scale,
+                                None if fields is None else torch.from_numpy(fields))
         return from_model_output(y.float().cpu().numpy())
 
 

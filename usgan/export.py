@@ -5,7 +5,7 @@ Interface: inputs `image` (N, 3, H, W) float32 in [-1, 1] and `expression` (N, 7
 output `output` (N, 3, H, W) float32. N, H and W are dynamic; H and W must be multiples of 4.
 The warp graph (export_onnx(warp=True), opset >= 16) is usgan.inference.warped_residual: inputs `crop` (N, 3, S, S),
 `image` (the crop at the generator's size), `expression` and `field` (N, 32, 32, 2), the coarse warp field of
-usgan.geometry.coarse_field; outputs `warped` (N, 3, S, S), the warped crop, and `residual` (N, 3, H, W).
+usgan.tps.coarse_field; outputs `warped` (N, 3, S, S), the warped crop, and `residual` (N, 3, H, W).
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ def apply_generator(
     crops: torch.Tensor,
     targets: Sequence[str] | torch.Tensor,
     intensity: float | torch.Tensor = 1.0,
+    fields: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Edit (N, 3, H, W) RGB crops in [-1, 1] towards targets; returns (N, 3, H, W) in [-1, 1].
 
@@ -47,21 +48,11 @@ def apply_generator(
     x = crops.to(device=device, dtype=torch.float32)
     c = target_vectors(targets, x.shape[0]).to(device)
     small = resize_to_generator(x, info.image_size)
-    residual = resize_residual(generator.residual(small, c), tuple(x.shape[2:]))
-    return add_residual(x, residual, intensity, info, c).to(crops.device)
-
-
-@torch.no_grad()
-def apply_warped_generator(generator: Generator, info: WeightsInfo, crops: torch.Tensor, targets: torch.Tensor,
-                           fields: torch.Tensor, intensity: float | torch.Tensor = 1.0) -> torch.Tensor:
-    """apply_generator on crops warped by (N, g, g, 2) coarse fields (usgan.geometry.coarse_field): the warped crop
-    plus intensity x gain x the generator's residual for it; (N, 3, H, W) in [-1, 1]."""
-    device = next(generator.parameters()).device
-    x = crops.to(device=device, dtype=torch.float32)
-    c = target_vectors(targets, x.shape[0]).to(device)
-    small = resize_to_generator(x, info.image_size)
-    warped, residual = warped_residual(generator, x, small, c, fields.to(device=device, dtype=torch.float32))
-    return add_residual(warped, resize_residual(residual, tuple(x.shape[2:])), intensity, info, c).to(crops.device)
+    if fields is None:
+        base, residual = x, generator.residual(small, c)
+    else:  # the crops warped by (N, g, g, 2) coarse fields (usgan.tps.coarse_field), the residual for them
+        base, residual = warped_residual(generator, x, small, c, fields.to(device=device, dtype=torch.float32))
+    return add_residual(base, resize_residual(residual, tuple(x.shape[2:])), intensity, info, c).to(crops.device)
 
 
 def warped_residual(generator: Generator, crops: torch.Tensor, small: torch.Tensor, targets: torch.Tensor,

@@ -33,7 +33,7 @@ FIELD_GRID = 32  # the coarse field's cells per side: the TPS is smooth, so 32 x
 def coarse_field(source: torch.Tensor, target: torch.Tensor, grid: int = FIELD_GRID,
                  smooth: float = 1e-5) -> torch.Tensor:
     """(N, grid, grid, 2) float32 displacement in crop units at the grid's cell centres, before the face mask: the
-    thin-plate spline of warp_field, for apply_field. Solved on the CPU with numpy in float64: torch.linalg.solve
+    thin-plate spline through target -> source landmarks and the anchor ring, for apply_field. Solved on the CPU with numpy in float64: torch.linalg.solve
     does not export to ONNX, and batched torch solves return garbage once torch.set_num_threads has been changed."""
     target, source = (np.asarray(points.detach().cpu(), np.float64) for points in (target, source))
     n = len(source)

@@ -78,13 +78,11 @@ def test_targets_are_checked():
 
 
 def test_a_zero_warp_field_is_the_generator_alone_and_a_field_moves_the_crop(generator):
-    from usgan.inference import apply_warped_generator
-
     x, info = crops(64), WeightsInfo(image_size=32)
     targets = target_vectors(["happy", "sad"], 2)
     plain = apply_generator(generator, info, x, targets)
-    zero = apply_warped_generator(generator, info, x, targets, torch.zeros(2, 32, 32, 2))
+    zero = apply_generator(generator, info, x, targets, fields=torch.zeros(2, 32, 32, 2))
     assert (zero - plain).abs().max() < 1e-4
     shift = torch.full((2, 32, 32, 2), 0.02)  # everything inside the face mask moves by 0.02 crop units
-    moved = apply_warped_generator(generator, info, x, targets, shift, intensity=0.0)
+    moved = apply_generator(generator, info, x, targets, intensity=0.0, fields=shift)
     assert (moved - x).abs().max() > 0.1 and torch.equal(moved[:, :, :2], x[:, :, :2])  # the top rows stay
