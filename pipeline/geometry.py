@@ -24,19 +24,18 @@ from pathlib import Path
 import numpy as np
 import torch
 from numpy.typing import NDArray
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 
 from pipeline.faces.detector import DetectorConfig
 from pipeline.faces.landmarks import LandmarkDetector
 from pipeline.faces.tracking import OneEuroFilter, TrackerConfig
 from pipeline.types import AlignedCrop
-from usgan.checkpoint import read_metadata
+from usgan.checkpoint import named_geometry as checkpoint_geometry
 from usgan.errors import UserError
 from usgan.expressions import EXPRESSIONS
 from usgan.geometry import POINTS, Fit, ShapeModel, fit_expression, load_model, target_landmarks
 from usgan.tps import FIELD_GRID, coarse_field
 
-GEOMETRY_KEY = "geometry"  # the generator header's key naming its geometry file
 MIN_VALIDITY = 0.01  # below this the fit's target is zero anyway (validity scales it): count the face as failed
 CROP_MARGIN = 0.25  # landmarks further outside the crop than this (crop units) are a failed detection
 STALE_S = 2.0  # a track's landmark filter is forgotten once it has not been seen for this long
@@ -62,12 +61,9 @@ def named_geometry(weights: Path) -> Path | None:
     """The file that the weights' header names under "geometry", beside the weights; None when it names none or the
     header is unreadable (the generator's loader then reports the weights file)."""
     try:
-        with safe_open(str(weights), "np") as handle:
-            header = handle.metadata() or {}
-        name = read_metadata(header, weights, GeometryError, "safetensors file").get(GEOMETRY_KEY)
-    except (SafetensorError, OSError, UserError, AttributeError):
+        return checkpoint_geometry(weights)
+    except UserError:
         return None
-    return weights.parent / name if isinstance(name, str) and name else None
 
 
 def read_shape_model(path: Path) -> ShapeModel:

@@ -123,6 +123,21 @@ def read_metadata(header: dict[str, str], path: Path, error: type[UserError], ki
         raise error(f"{path}: corrupt US-GAN metadata ({problem})") from problem
 
 
+def named_geometry(weights: Path) -> Path | None:
+    """The geometry file a generator file or training checkpoint names in its header ("geometry", resolved beside
+    the weights), or None when it names none; CheckpointError naming the file when the header cannot be read.
+    pipeline.geometry and evaluate use it for their "auto"."""
+    try:
+        with safe_open(str(weights), "np") as handle:
+            header = handle.metadata() or {}
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"{weights}: cannot read its header ({error})") from error
+    if METADATA_KEY not in header:
+        return None  # not one of our files: its loader says so
+    name = read_metadata(header, Path(weights), CheckpointError, "safetensors file").get("geometry")
+    return Path(weights).parent / name if isinstance(name, str) and name else None
+
+
 def generator_metadata(info: WeightsInfo) -> dict[str, Any]:
     mapping = dataclasses.asdict(info)
     mapping["expressions"] = list(info.expressions)

@@ -8,7 +8,6 @@ confidence and by the warp intensity).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +16,13 @@ from typing import Literal
 import numpy as np
 import torch
 from numpy.typing import NDArray
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 
 from pipeline.evaluation.metrics import GENERATOR, WARP, WARP_GENERATOR
 from pipeline.evaluation.sources import EvaluateError, bgr_to_tensor, tensor_to_bgr
 from pipeline.faces.landmarks import LandmarkDetector
 from pipeline.types import Frame
-from usgan.checkpoint import METADATA_KEY, WeightsInfo
+from usgan.checkpoint import CheckpointError, WeightsInfo, named_geometry
 from usgan.geometry import Fit, ShapeModel, fit_expression, load_model, target_landmarks
 from usgan.tps import warp_crops
 from usgan.inference import apply_generator
@@ -31,7 +30,6 @@ from usgan.model import Generator
 
 GeometryChoice = Path | Literal["auto", "off"]
 """A geometry file, "auto" (the file the weights' header names, if any) or "off" (the generator alone)."""
-HEADER_KEY = "geometry"  # the generator header's key naming its geometry file, relative to the weights' folder
 
 
 @dataclass(frozen=True)
@@ -71,12 +69,9 @@ class Editor:
 def header_geometry(weights: Path) -> Path | None:
     """The geometry file a generator's JSON header names (key "geometry", relative to the weights' folder)."""
     try:
-        with safe_open(str(weights), "np") as handle:
-            header = handle.metadata() or {}
-        named = json.loads(header.get(METADATA_KEY, "{}")).get(HEADER_KEY)
-    except (SafetensorError, OSError, ValueError, AttributeError) as error:
-        raise EvaluateError(f"{weights}: cannot read its header ({error})") from error
-    return Path(weights).parent / named if named else None
+        return named_geometry(weights)
+    except CheckpointError as error:
+        raise EvaluateError(str(error)) from error
 
 
 def resolve_geometry(choice: GeometryChoice, weights: Path | None) -> tuple[Path | None, str]:
