@@ -7,7 +7,8 @@ has GPUs, CPU otherwise) and finish (a CPU task per photo: blend, write atomical
 that runs the streaming video pipeline inside. The driver keeps a bounded number of files in flight, hands on each
 file's result when its last step ends, and records a file whose worker or node died (after Ray's own retries) as
 failed with the reason: every file gives exactly one result. Ctrl-C cancels the work in flight, keeps the results
-that still arrive, then raises KeyboardInterrupt; a Ray started for the run is shut down. Why tasks and actors rather
+that still arrive, removes any output a cancelled task renamed into place but could not report (discard_unreported,
+as the local engine does), then raises KeyboardInterrupt; a Ray started for the run is shut down. Why tasks and actors rather
 than Ray Data: docs/RAY.md.
 """
 
@@ -25,7 +26,8 @@ from pathlib import Path
 
 import ray
 
-from pipeline.batch_workers import failed, file_result, interrupt_flag, one_line, split_kinds, worker_config
+from pipeline.batch_workers import (discard_unreported, failed, file_result, interrupt_flag, one_line, split_kinds,
+                                    worker_config)
 from pipeline.config import ProcessConfig, parse_edit
 from pipeline.edit import EditedFrame, Models, load_models
 from pipeline.faces.detector import FaceFinder
@@ -178,18 +180,28 @@ class RayConvert:
         waiting = deque([images[start:start + self.chunk] for start in range(0, len(images), self.chunk)]
                         + [[video] for video in videos])
         pending: dict[ray.ObjectRef, Source] = {}
+        reported: set[str] = set()
+        since = time.time()
         with interrupt_flag() as interrupted:
             try:
                 while (waiting or pending) and not interrupted.is_set():
                     while waiting and len(pending) < self.limit:
                         pending.update(self.submit(waiting.popleft()))
-                    yield from self.collect(pending, _POLL_S)
+                    for result in self.collect(pending, _POLL_S):
+                        reported.add(result.source)
+                        yield result
             finally:  # Ctrl-C, or the caller stopped early: no new output after this
                 for ref in pending:
                     ray.cancel(ref)
             if interrupted.is_set():
-                yield from self.collect(pending, _STOP_S, until_all=True)
+                for result in self.collect(pending, _STOP_S, until_all=True):
+                    reported.add(result.source)
+                    yield result
+                for ref in pending:  # still running after _STOP_S: end its worker, so it writes nothing later
+                    ray.cancel(ref, force=True)
         if interrupted.is_set():
+            # a task cancelled between its rename and its return wrote a file nobody will record
+            discard_unreported(todo, reported, self.out_dir, since)
             raise KeyboardInterrupt
 
     def submit(self, sources: list[Source]) -> dict[ray.ObjectRef, Source]:
