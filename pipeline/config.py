@@ -135,10 +135,11 @@ def read_geometry(setting: str, weights: Path) -> ShapeModel | None:
     """The shape model synthesizer.geometry selects for these weights (pipeline.geometry), None for no warp."""
     if setting == "off":
         return None
-    from pipeline.geometry import read_shape_model, resolve_geometry
+    from pipeline.geometry import resolve_geometry
+    from usgan.geometry import load_model
 
     path = resolve_geometry(setting, weights)
-    return None if path is None else read_shape_model(path)
+    return None if path is None else load_model(path)
 
 
 # ---------------------------------------------------------------- loading

@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from numpy.typing import NDArray
-from safetensors import SafetensorError
 
 from pipeline.faces.detector import DetectorConfig
 from pipeline.faces.landmarks import LandmarkDetector
@@ -33,16 +32,12 @@ from pipeline.types import AlignedCrop
 from usgan.checkpoint import named_geometry as checkpoint_geometry
 from usgan.errors import UserError
 from usgan.expressions import EXPRESSIONS
-from usgan.geometry import POINTS, Fit, ShapeModel, fit_expression, load_model, target_landmarks
+from usgan.geometry import POINTS, Fit, ShapeModel, fit_expression, target_landmarks
 from usgan.tps import FIELD_GRID, coarse_field
 
 MIN_VALIDITY = 0.01  # below this the fit's target is zero anyway (validity scales it): count the face as failed
 CROP_MARGIN = 0.25  # landmarks further outside the crop than this (crop units) are a failed detection
 STALE_S = 2.0  # a track's landmark filter is forgotten once it has not been seen for this long
-
-
-class GeometryError(UserError):
-    """A geometry file that is missing or not a shape model; the message names it."""
 
 
 # ---------------------------------------------------------------- the file
@@ -64,19 +59,6 @@ def named_geometry(weights: Path) -> Path | None:
         return checkpoint_geometry(weights)
     except UserError:
         return None
-
-
-def read_shape_model(path: Path) -> ShapeModel:
-    """usgan.geometry.load_model with any problem as one GeometryError line naming the file."""
-    if not path.is_file():
-        raise GeometryError(f"{path}: no such geometry file")
-    try:
-        return load_model(path)
-    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as error:
-        if isinstance(error, ValueError) and str(error).startswith(str(path)):
-            raise GeometryError(str(error)) from error  # load_model's own message names the file
-        first = next(iter(str(error).splitlines()), "") or type(error).__name__
-        raise GeometryError(f"{path}: not a readable geometry file ({first})") from error
 
 
 @dataclass(frozen=True)

@@ -32,12 +32,12 @@ from pipeline.config import OnnxConfig, ProcessConfig
 from pipeline.faces.align import align_face, face_area
 from pipeline.faces.detector import DetectorConfig, FaceDetector
 from pipeline.geometry import (
-    Geometry, blended_targets, crop_landmarks, load_geometry, read_shape_model, resolve_geometry, warp_fields,
+    Geometry, blended_targets, crop_landmarks, load_geometry, resolve_geometry, warp_fields,
 )
 from pipeline.synthesize import OnnxSynthesizer, TorchSynthesizer, to_model_input
 from pipeline.types import AlignedCrop
 from usgan.expressions import EXPRESSIONS
-from usgan.geometry import fit_expression
+from usgan.geometry import fit_expression, load_model
 from usgan.inference import resize_to_generator
 from usgan.tps import apply_field, coarse_field
 
@@ -289,7 +289,7 @@ def main(batch: int, rounds: int, threads: int, weights: Path, shape_model: Path
     settings = Settings(weights, shape_model_file(weights, shape_model), rounds, threads, access[0]() if access else 0)
     torch.set_num_threads(threads)
     faces = real_faces(players_photo(), batch, threads)
-    geometry = load_geometry(read_shape_model(settings.shape_model), DetectorConfig(threads=threads))
+    geometry = load_geometry(load_model(settings.shape_model), DetectorConfig(threads=threads))
     with blas_threads(threads):
         fields, failed = warp_fields(geometry, faces.aligned, faces.targets, faces.intensity, [0.0] * batch)
         times = measure(faces, fields, geometry, settings)

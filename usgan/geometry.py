@@ -18,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
+from usgan.errors import UserError
 from usgan.expressions import EXPRESSIONS
 from usgan.files import atomic_write
 
@@ -140,17 +142,31 @@ def save_model(path: Path, model: ShapeModel) -> None:
     atomic_write(Path(path), lambda tmp: save_file(arrays, str(tmp), metadata=header))
 
 
-def load_model(path: Path) -> ShapeModel:
-    """The model saved by save_model; ValueError naming the file if it is not one."""
+class GeometryError(UserError):
+    """A geometry file that is missing or not a shape model; the message (one line) names it."""
+
+
+def load_model(path: str | Path) -> ShapeModel:
+    """The model saved by save_model; GeometryError naming the file when it is missing or not one."""
     from safetensors import safe_open
 
-    with safe_open(str(path), "np") as handle:
-        header = handle.metadata() or {}
-    if header.get("format") != FORMAT or json.loads(header.get("expressions", "[]")) != list(EXPRESSIONS):
-        raise ValueError(f"{path}: not a {FORMAT} file for expressions {', '.join(EXPRESSIONS)}")
-    arrays = {name: value.astype(np.float64) for name, value in load_file(str(path)).items()}
-    return ShapeModel(**arrays, noise_floor=float(header["noise_floor"]),
-                      settings=FitSettings(**json.loads(header["settings"])), sources=json.loads(header["sources"]))
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise GeometryError(f"{path}: no such geometry file (build one with `python cli.py build-geometry`)")
+    try:
+        with safe_open(str(path), "np") as handle:
+            header = handle.metadata() or {}
+        if header.get("format") != FORMAT or json.loads(header.get("expressions", "[]")) != list(EXPRESSIONS):
+            raise GeometryError(f"{path}: not a {FORMAT} file for expressions {', '.join(EXPRESSIONS)}")
+        arrays = {name: value.astype(np.float64) for name, value in load_file(str(path)).items()}
+        return ShapeModel(**arrays, noise_floor=float(header["noise_floor"]),
+                          settings=FitSettings(**json.loads(header["settings"])),
+                          sources=json.loads(header["sources"]))
+    except GeometryError:
+        raise
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as error:
+        first = next(iter(str(error).splitlines()), "") or type(error).__name__
+        raise GeometryError(f"{path}: not a readable geometry file ({first})") from error
 
 
 # --- fit ----------------------------------------------------------------------------------------------------------

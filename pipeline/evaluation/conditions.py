@@ -16,7 +16,6 @@ from typing import Literal
 import numpy as np
 import torch
 from numpy.typing import NDArray
-from safetensors import SafetensorError
 
 from pipeline.evaluation.metrics import GENERATOR, WARP, WARP_GENERATOR
 from pipeline.evaluation.sources import EvaluateError, bgr_to_tensor, tensor_to_bgr
@@ -88,14 +87,8 @@ def resolve_geometry(choice: GeometryChoice, weights: Path | None) -> tuple[Path
 
 
 def load_geometry(path: Path, intensity: float = 1.0) -> Geometry:
-    """The geometry model at path and a landmark detector; EvaluateError naming the file if it is not one."""
-    if not Path(path).is_file():
-        raise EvaluateError(f"{path}: geometry file not found")
-    try:
-        model = load_model(path)
-    except (ValueError, SafetensorError, OSError, KeyError) as error:
-        raise EvaluateError(f"{path}: not a usable geometry file ({str(error).splitlines()[0]})") from error
-    return Geometry(Path(path), model, LandmarkDetector(), intensity)
+    """The geometry model at path and a landmark detector; GeometryError naming the file if it is not one."""
+    return Geometry(Path(path), load_model(path), LandmarkDetector(), intensity)
 
 
 def fit_faces(geometry: Geometry, crops: Sequence[Frame]) -> FittedFaces:

@@ -20,13 +20,11 @@ from pipeline.config import SynthesizerConfig, parse_edit
 from pipeline.edit import load_models
 from pipeline.faces.align import align_face, select_faces
 from pipeline.faces.tracking import TrackerConfig
-from pipeline.geometry import (
-    GeometryError, LandmarkSmoother, blended_targets, landmarks_found, read_shape_model, resolve_geometry, warp_fields,
-)
+from pipeline.geometry import LandmarkSmoother, blended_targets, landmarks_found, resolve_geometry, warp_fields
 from pipeline.process import process_image, process_result_line, process_video
 from usgan.checkpoint import load_tensors, save_tensors
 from usgan.expressions import EXPRESSIONS
-from usgan.geometry import MOUTH_CORNERS, ShapeModel, fit_expression, target_landmarks
+from usgan.geometry import MOUTH_CORNERS, GeometryError, ShapeModel, fit_expression, load_model, target_landmarks
 from usgan.tps import FIELD_GRID
 
 HAPPY, SAD = EXPRESSIONS.index("happy"), EXPRESSIONS.index("sad")
@@ -72,7 +70,7 @@ def test_parse_edit_reads_the_shape_model_once(weights, shape_models, tmp_path):
 def test_a_missing_or_invalid_geometry_file_is_one_line_naming_it(weights, tmp_path, make, message):
     path = make(tmp_path / "shape.safetensors", weights["random"])
     with pytest.raises(GeometryError, match=message) as caught:
-        read_shape_model(path)
+        load_model(path)
     assert str(path) in str(caught.value) and "\n" not in str(caught.value)
 
 
@@ -84,7 +82,8 @@ def test_the_cli_names_a_bad_geometry_file_in_one_line(weights, tmp_path):
         result = CliRunner().invoke(cli, ["process", str(photo), "-e", "happy", "--weights", str(named),
                                           "--geometry", str(option), "-o", str(tmp_path / "o.png")])
         lines = [line for line in result.output.splitlines() if line.strip()]
-        assert result.exit_code == 1 and lines == [f"error: {tmp_path / 'gone.safetensors'}: no such geometry file"]
+        assert result.exit_code == 1 and lines == [f"error: {tmp_path / 'gone.safetensors'}: no such geometry file "
+                                                   "(build one with `python cli.py build-geometry`)"]
     assert not (tmp_path / "o.png").exists()
 
 

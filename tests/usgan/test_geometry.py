@@ -7,7 +7,7 @@ import pytest
 
 from usgan.expressions import EXPRESSIONS
 from usgan.geometry import (
-    LEFT_EYE, NOSE, POINTS, RIGHT_EYE, FitSettings, build_model, fit_expression, load_model, save_model,
+    LEFT_EYE, NOSE, POINTS, RIGHT_EYE, FitSettings, GeometryError, build_model, fit_expression, load_model, save_model,
     target_landmarks,
 )
 
@@ -106,5 +106,5 @@ def test_loading_another_file_names_it(tmp_path):
     from safetensors.numpy import save_file
 
     save_file({"x": np.zeros(2, np.float32)}, str(tmp_path / "other.safetensors"), metadata={"format": "x"})
-    with pytest.raises(ValueError, match="other.safetensors"):
+    with pytest.raises(GeometryError, match="other.safetensors: not a usgan-geometry file"):
         load_model(tmp_path / "other.safetensors")

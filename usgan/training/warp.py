@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from usgan.dataset import DataError, Sample, read_landmarks
+from usgan.dataset import Sample, read_landmarks
 from usgan.expressions import EXPRESSIONS
 from usgan.geometry import ShapeModel, load_model, target_landmarks
 from usgan.tps import resample, sampling_grid
@@ -38,20 +38,10 @@ class WarpedBatch:
     back_grid: Tensor
 
 
-def load_shape_model(path: str | Path) -> ShapeModel:
-    """The geometry file named by the config; DataError naming it when missing or not one."""
-    try:
-        return load_model(Path(path).expanduser())
-    except FileNotFoundError:
-        raise DataError(f"{path}: geometry model not found (build it with `python cli.py build-geometry`)") from None
-    except (OSError, ValueError) as error:
-        raise DataError(f"{path}: not a geometry model ({str(error).splitlines()[0]})") from error
-
-
 def load_warp_source(model_path: str | Path, data_dir: Path, samples: Sequence[Sample]) -> WarpSource:
     """The model and the landmarks of samples, in their order."""
     points, mirrored = read_landmarks(data_dir).lookup(Path(data_dir), samples)
-    return WarpSource(load_shape_model(model_path), torch.from_numpy(points).float(),
+    return WarpSource(load_model(model_path), torch.from_numpy(points).float(),
                       torch.from_numpy(mirrored).float())
 
 

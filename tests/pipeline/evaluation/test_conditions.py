@@ -205,9 +205,9 @@ def test_geometry_off_and_bad_geometry_files(tmp_path, face_set, weights):
     plain = run_evaluate(weights["random"], data, tmp_path / "off", "--geometry", "off")
     assert "conditions" not in plain and "geometry" not in plain and not (tmp_path / "off" / "grid_warp.png").exists()
     (tmp_path / "bad.safetensors").write_text("not a model")
-    for path, message in ((tmp_path / "none.safetensors", "geometry file not found"),
-                          (tmp_path / "bad.safetensors", "not a usable geometry file"),
-                          (weights["random"], "not a usable geometry file")):
+    for path, message in ((tmp_path / "none.safetensors", "no such geometry file"),
+                          (tmp_path / "bad.safetensors", "not a readable geometry file"),
+                          (weights["random"], "not a usgan-geometry file")):
         result = CliRunner().invoke(cli, ["evaluate", "--weights", str(weights["random"]), "--data", str(data),
                                           "--out", str(tmp_path / "r"), "--geometry", str(path)])
         assert result.exit_code == 1 and f"{path}: {message}" in result.output and "Traceback" not in result.output

@@ -11,7 +11,7 @@ import torch
 from usgan.checkpoint import load_generator
 from usgan.dataset import DataError, FolderLandmarks, scan_dataset, write_landmarks
 from usgan.expressions import EXPRESSIONS
-from usgan.geometry import LEFT_EYE, NOSE, POINTS, RIGHT_EYE, build_model, save_model
+from usgan.geometry import LEFT_EYE, NOSE, POINTS, RIGHT_EYE, GeometryError, build_model, save_model
 from usgan.model import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
 from usgan.training.config import LossConfig, RunOptions
 from usgan.training.data import geometry_jitter, geometry_params
@@ -112,5 +112,5 @@ def test_missing_landmarks_or_model_are_one_line_errors(tiny_config, faces: Path
     with pytest.raises(DataError, match="landmarks.npz: no landmarks; run `python cli.py build-geometry"):
         train(tiny_config(geometry_model=str(tmp_path / "g.safetensors")), RunOptions(faces, tmp_path / "a"))
     add_geometry(faces, tmp_path / "g.safetensors")
-    with pytest.raises(DataError, match="missing.safetensors: geometry model not found"):
+    with pytest.raises(GeometryError, match="missing.safetensors: no such geometry file"):
         train(tiny_config(geometry_model=str(tmp_path / "missing.safetensors")), RunOptions(faces, tmp_path / "b"))
