@@ -35,6 +35,7 @@ UPPER_INNER_LIP = (66, 62, 70)
 CONTOUR = tuple(range(33))
 MOUTH_CORNERS = (52, 61)
 NEUTRAL = EXPRESSIONS.index("neutral")
+OPENING_EXPRESSIONS = (EXPRESSIONS.index("happy"), EXPRESSIONS.index("surprised"))  # their opening is theirs
 ARRAYS = ("mean", "nuisance_modes", "nuisance_var", "speech", "style_modes", "style_var", "displacements")
 
 
@@ -249,21 +250,65 @@ def target_landmarks(model: ShapeModel, points: NDArray, targets: list[str], int
     fit = fit or fit_expression(model, points, settings)
     wanted = np.stack([model.displacements[EXPRESSIONS.index(t)] * settings.scales.get(t, 1.0) for t in targets])
     change = wanted.reshape(-1, POINTS, 2) * fit.validity[:, None, None]
-    removed = speech_kept(model, fit.component) if settings.keep_opening else fit.component
+    removed = speech_kept(model, fit.component, fit.posterior) if settings.keep_opening else fit.component
     change -= removed * fit.confidence[:, None, None]
     inverse = np.linalg.inv(fit.matrix)  # aligned-frame displacement -> crop frame
     scale = np.broadcast_to(np.asarray(intensity, float), (len(points),)).reshape(-1, 1, 1)
     return points + np.einsum("nij,npj->npi", inverse, change * scale)
 
 
-def speech_kept(model: ShapeModel, component: NDArray) -> NDArray:
+def speech_kept(model: ShapeModel, component: NDArray, posterior: NDArray | None = None) -> NDArray:
     """The component with the lower lip and jaw moved vertically as the upper inner lip: removing it then keeps
-    the source's mouth opening, which in a talking face is speech, not expression."""
+    the source's mouth opening, which in a talking face is speech, not expression. Given the fit's posterior, the
+    opening is kept only in the share of the face that is not smiling or surprised, the two expressions that open
+    the mouth: a laugh's or a gasp's opening is theirs, and goes with them."""
     mean = model.mean.reshape(POINTS, 2)
     jaw = [i for i in CONTOUR if mean[i, 1] > mean[list(MOUTH_CORNERS), 1].mean()]
     kept = component.copy()
     kept[:, list(LOWER_LIP) + jaw, 1] = component[:, list(UPPER_INNER_LIP), 1].mean(1, keepdims=True)
-    return kept
+    if posterior is None:
+        return kept
+    opening = np.clip(posterior[:, list(OPENING_EXPRESSIONS)].sum(1), 0.0, 1.0)[:, None, None]
+    return kept + opening * (component - kept)
+
+
+# --- checking a model on real pairs ----------------------------------------------------------------------------
+
+
+EXPRESSIVE_POINTS = tuple(range(52, 72)) + tuple(range(43, 52)) + tuple(range(97, 106)) + LEFT_EYE + RIGHT_EYE
+
+
+@dataclass(frozen=True)
+class PairError:
+    """How far the model's target shapes fall from real photos of the same people showing the targets: RMS over the
+    mouth, brow and eye landmarks, in eye distances (centre to centre), after aligning both shapes on the stable
+    points; and the same for the sources left unchanged, for scale."""
+
+    pairs: int
+    predicted: float
+    unchanged: float
+
+
+def pair_error(model: ShapeModel, points: NDArray, labels: NDArray, groups: list[str]) -> PairError:
+    """Every ordered pair of one group's photos (one person, one view) with different expressions: the first's
+    target_landmarks towards the second's expression against the second's landmarks."""
+    rows: dict[str, list[int]] = {}
+    for index, group in enumerate(groups):
+        rows.setdefault(group, []).append(index)
+    pairs = [(a, b) for members in rows.values() for a in members for b in members if labels[a] != labels[b]]
+    if not pairs:
+        return PairError(0, float("nan"), float("nan"))
+    source, target = (np.array(side) for side in zip(*pairs))
+    predicted = target_landmarks(model, points[source], [EXPRESSIONS[k] for k in labels[target]])
+    reference = model.mean.reshape(POINTS, 2)
+    real = similarity_to(points[target], reference)[0][:, list(EXPRESSIVE_POINTS)]
+    eyes = np.linalg.norm(reference[list(LEFT_EYE)].mean(0) - reference[list(RIGHT_EYE)].mean(0))
+
+    def rms(shapes: NDArray) -> float:
+        aligned = similarity_to(shapes, reference)[0][:, list(EXPRESSIVE_POINTS)]
+        return float(np.sqrt(((aligned - real) ** 2).sum(2).mean(1)).mean() / eyes)
+
+    return PairError(len(pairs), rms(predicted), rms(points[source]))
 
 
 # --- settings -----------------------------------------------------------------------------------------------

@@ -108,3 +108,31 @@ def test_loading_another_file_names_it(tmp_path):
     save_file({"x": np.zeros(2, np.float32)}, str(tmp_path / "other.safetensors"), metadata={"format": "x"})
     with pytest.raises(GeometryError, match="other.safetensors: not a usgan-geometry file"):
         load_model(tmp_path / "other.safetensors")
+
+
+def test_a_smile_or_a_gasp_takes_its_mouth_opening_with_it(model):
+    """Speech is kept only in the share of the face that is not happy or surprised: a laughing source's opening is
+    removed with its smile, a neutral talking face's is kept."""
+    from usgan.geometry import LOWER_LIP, UPPER_INNER_LIP, speech_kept
+
+    component = np.random.default_rng(5).normal(0, 0.01, (3, POINTS, 2))
+    posterior = np.zeros((3, len(EXPRESSIONS)))
+    posterior[0, EXPRESSIONS.index("neutral")] = 1.0
+    posterior[1, EXPRESSIONS.index("happy")] = 1.0
+    posterior[2, [EXPRESSIONS.index("surprised"), EXPRESSIONS.index("neutral")]] = 0.5
+    kept = speech_kept(model, component, posterior)
+    np.testing.assert_allclose(kept[0], speech_kept(model, component[:1])[0])
+    np.testing.assert_allclose(kept[1], component[1])
+    opening = kept[:, list(LOWER_LIP), 1] - kept[:, list(UPPER_INNER_LIP), 1].mean(1, keepdims=True)
+    full = component[2, list(LOWER_LIP), 1] - component[2, list(UPPER_INNER_LIP), 1].mean()
+    np.testing.assert_allclose(opening[2], 0.5 * full, atol=1e-12)
+
+
+def test_pair_error_of_a_model_is_well_under_leaving_the_source_unchanged(model):
+    from usgan.geometry import pair_error
+
+    points, labels, groups, _ = synthetic(seed=2, people=3)
+    checked = pair_error(model, points, labels, groups)
+    assert checked.pairs == 3 * 7 * 6
+    assert checked.predicted < 0.5 * checked.unchanged
+    assert pair_error(model, points[:1], labels[:1], groups[:1]).pairs == 0
