@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 
 from pipeline.faces.landmarks import LandmarkDetector
 from usgan.dataset import DataError, FolderLandmarks, Sample, read_landmarks, scan_dataset, write_landmarks
-from usgan.geometry import NEUTRAL, FitSettings, ShapeModel, build_model, save_model
+from usgan.geometry import NEUTRAL, FitSettings, PairError, ShapeModel, build_model, pair_error, save_model
 
 logger = logging.getLogger(__name__)
 
@@ -69,31 +69,48 @@ def view_group(sample: Sample) -> str:
     return f"{sample.identity}/{view}"
 
 
+def people_shapes(folders: Sequence[Path], wanted: Callable[[str], bool],
+                  detector: LandmarkDetector) -> tuple[NDArray, NDArray, list[str]]:
+    """Landmarks (N, 106, 2), expression labels and person/view groups of every photo of a known person whom
+    wanted accepts, in folders."""
+    points, labels, groups = [], [], []
+    for folder in folders:
+        samples = [s for s in scan_dataset(folder) if s.identity and wanted(s.identity)]
+        points.append(folder_landmarks(folder, detector).lookup(Path(folder), samples)[0])
+        labels += [s.label for s in samples]
+        groups += [f"{folder}:{view_group(s)}" for s in samples]
+    return np.concatenate(points).astype(np.float64), np.array(labels, np.int64), groups
+
+
 def build_geometry(folders: Sequence[Path], hold_out: Sequence[str], settings: FitSettings = BUILT_SETTINGS,
                    detector: LandmarkDetector | None = None) -> ShapeModel:
     """The shape model of every photo of a known person in folders, except the held-out people."""
     detector = detector or LandmarkDetector()
     held = set(hold_out)
-    points, labels, groups = [], [], []
-    for folder in folders:
-        samples = [s for s in scan_dataset(folder) if s.identity and s.identity not in held]
-        points.append(folder_landmarks(folder, detector).lookup(Path(folder), samples)[0])
-        labels += [s.label for s in samples]
-        groups += [f"{folder}:{view_group(s)}" for s in samples]
-    if not labels or NEUTRAL not in labels:
+    points, labels, groups = people_shapes(folders, lambda person: person not in held, detector)
+    if not len(labels) or NEUTRAL not in labels:
         raise DataError(f"{folders[0]}: no neutral photos of known people to build the shape model from")
     sources = {"folders": [Path(f).name for f in folders], "photos": len(labels),
                "people": len({g.split(":")[-1].split("/")[0] for g in groups}), "held_out": sorted(held)}
     try:
-        model = build_model(np.concatenate(points).astype(np.float64), np.array(labels), groups, sources=sources)
+        model = build_model(points, labels, groups, sources=sources)
     except ValueError as error:
         raise DataError(f"{folders[0]}: {error}") from error
     return replace(model, settings=settings)
 
 
+def held_out_error(model: ShapeModel, folders: Sequence[Path], hold_out: Sequence[str],
+                   detector: LandmarkDetector | None = None) -> PairError:
+    """usgan.geometry.pair_error on the held-out people's photos (no pairs when none of them is in folders)."""
+    held = set(hold_out)
+    points, labels, groups = people_shapes(folders, lambda person: person in held, detector or LandmarkDetector())
+    return pair_error(model, points, labels, groups)
+
+
 def write_geometry(folders: Sequence[Path], hold_out: Sequence[str], out: Path,
-                   settings: FitSettings = BUILT_SETTINGS) -> ShapeModel:
-    """build_geometry, saved atomically to out."""
-    model = build_geometry(folders, hold_out, settings)
+                   settings: FitSettings = BUILT_SETTINGS) -> tuple[ShapeModel, PairError]:
+    """build_geometry, saved atomically to out; and its error on the held-out people's expression pairs."""
+    detector = LandmarkDetector()
+    model = build_geometry(folders, hold_out, settings, detector)
     save_model(out, model)
-    return model
+    return model, held_out_error(model, folders, hold_out, detector)
