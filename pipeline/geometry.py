@@ -11,7 +11,8 @@ target is linear in the displacement, so a fade moves smoothly from one expressi
 dominant target alone would jump halfway through. intensity (--intensity times the fade) scales the displacement.
 
 In video, landmarks are smoothed per track with the tracker's One-Euro filter, in crop units, so the warp does not
-flicker. A face whose landmarks fail (not finite, or far outside the crop) or form a shape the model finds
+flicker, and the whole opening of the mouth is kept as speech (a still gives a smile's or a gasp's opening up with
+it). A face whose landmarks fail (not finite, or far outside the crop) or form a shape the model finds
 implausible (fit validity below MIN_VALIDITY: a profile, an occlusion) gets a zero field: the generator alone.
 """
 
@@ -82,7 +83,8 @@ def load_geometry(model: ShapeModel | None, detector: DetectorConfig) -> Geometr
 def warp_fields(geometry: Geometry, crops: Sequence[AlignedCrop], targets: NDArray, intensity: NDArray,
                 times: Sequence[float], smoother: LandmarkSmoother | None = None) -> tuple[NDArray, NDArray]:
     """Per crop, its coarse warp field (N, 32, 32, 2) float32 towards its (7,) target mix at its intensity, and
-    whether its landmarks failed (N,) bool (a zero field). times: each crop's frame time, for the smoother."""
+    whether its landmarks failed (N,) bool (a zero field). times: each crop's frame time, for the smoother, which
+    only a video has: its faces keep their whole mouth opening as speech."""
     if not crops:
         return np.zeros((0, FIELD_GRID, FIELD_GRID, 2), np.float32), np.zeros(0, bool)
     points = crop_landmarks(geometry.landmarks, crops)
@@ -94,7 +96,8 @@ def warp_fields(geometry: Geometry, crops: Sequence[AlignedCrop], targets: NDArr
     failed = ~found | (fit.validity < MIN_VALIDITY)
     fields = np.zeros((len(crops), FIELD_GRID, FIELD_GRID, 2), np.float32)
     if (~failed).any():
-        goal = blended_targets(geometry.model, points, np.asarray(targets), np.asarray(intensity, float), fit)
+        goal = blended_targets(geometry.model, points, np.asarray(targets), np.asarray(intensity, float), fit,
+                               talking=smoother is not None)
         fields[~failed] = coarse_field(torch.from_numpy(points[~failed]), torch.from_numpy(goal[~failed])).numpy()
     return fields, failed
 
@@ -111,13 +114,16 @@ def landmarks_found(points: NDArray) -> NDArray[np.bool_]:
     return np.isfinite(points).all((1, 2)) & inside.all((1, 2))
 
 
-def blended_targets(model: ShapeModel, points: NDArray, targets: NDArray, intensity: NDArray, fit: Fit) -> NDArray:
+def blended_targets(model: ShapeModel, points: NDArray, targets: NDArray, intensity: NDArray, fit: Fit,
+                    talking: bool = False) -> NDArray:
     """(N, 106, 2) target landmarks of faces whose targets are (N, 7) mixes (weights summing to 1): the weighted
-    blend of each expression's target_landmarks, which is the blend of their displacements (they are linear)."""
+    blend of each expression's target_landmarks, which is the blend of their displacements (they are linear).
+    talking: video frames (target_landmarks keeps their whole mouth opening as speech)."""
     goal = points * (1.0 - targets.sum(1))[:, None, None]  # nothing where a row's weights fall short of 1
     for k in np.flatnonzero(targets.any(0)):
         names = [EXPRESSIONS[k]] * len(points)
-        goal += targets[:, k, None, None] * target_landmarks(model, points, names, intensity, fit=fit)
+        goal += targets[:, k, None, None] * target_landmarks(model, points, names, intensity, fit=fit,
+                                                             talking=talking)
     return goal
 
 

@@ -243,14 +243,18 @@ def fit_expression(model: ShapeModel, points: NDArray, settings: FitSettings | N
 
 
 def target_landmarks(model: ShapeModel, points: NDArray, targets: list[str], intensity: float | NDArray = 1.0,
-                     settings: FitSettings | None = None, fit: Fit | None = None) -> NDArray:
+                     settings: FitSettings | None = None, fit: Fit | None = None, talking: bool = False) -> NDArray:
     """(N, 106, 2) crop-unit landmarks of each face showing its target: source - its expression component +
-    the target's displacement (replaced, not stacked), each scaled by its confidence, all by intensity."""
+    the target's displacement (replaced, not stacked), each scaled by its confidence, all by intensity.
+    talking: the faces are video frames, whose whole mouth opening is kept as speech; a still keeps only the share
+    of it that its fit does not give to a smile or a surprise (speech_kept)."""
     settings = settings or model.settings
     fit = fit or fit_expression(model, points, settings)
     wanted = np.stack([model.displacements[EXPRESSIONS.index(t)] * settings.scales.get(t, 1.0) for t in targets])
     change = wanted.reshape(-1, POINTS, 2) * fit.validity[:, None, None]
-    removed = speech_kept(model, fit.component, fit.posterior) if settings.keep_opening else fit.component
+    removed = fit.component
+    if settings.keep_opening:
+        removed = speech_kept(model, fit.component, None if talking else fit.posterior)
     change -= removed * fit.confidence[:, None, None]
     inverse = np.linalg.inv(fit.matrix)  # aligned-frame displacement -> crop frame
     scale = np.broadcast_to(np.asarray(intensity, float), (len(points),)).reshape(-1, 1, 1)

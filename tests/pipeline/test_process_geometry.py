@@ -219,3 +219,23 @@ def test_convert_counts_faces_without_geometry_in_its_summary(weights, shape_mod
     assert [entry["without_geometry"] for entry in manifest["files"].values()] == [1, 1]
     off = convert_dir(tmp_path / "in", tmp_path / "off", with_geometry(weights["random"], "off"))
     assert not off.geometry and len(summary_lines(off)) == 1
+
+
+def test_a_video_keeps_a_smile_s_mouth_opening_where_a_still_gives_it_up():
+    """The mean smile (its mouth open) towards neutral with the shipped model: a still closes the mouth by most of
+    the smile's opening; a video frame (talking) keeps the whole opening as speech."""
+    from usgan.geometry import LOWER_LIP, UPPER_INNER_LIP
+
+    model = load_model(Path(__file__).resolve().parents[2] / "weights" / "geometry.safetensors")
+    smile = model.displacements[EXPRESSIONS.index("happy")].reshape(-1, 2)
+    happy = model.mean.reshape(1, -1, 2) + smile
+    fit = fit_expression(model, happy)
+    neutral = np.eye(len(EXPRESSIONS))[[EXPRESSIONS.index("neutral")]]
+
+    def opening(points: np.ndarray) -> float:
+        return float(points[list(LOWER_LIP), 1].mean() - points[list(UPPER_INNER_LIP), 1].mean())
+
+    video, still = (blended_targets(model, happy, neutral, np.ones(1), fit, talking=t)[0] for t in (True, False))
+    assert opening(smile) > 0.01 and fit.posterior[0, EXPRESSIONS.index("happy")] > 0.5
+    assert opening(video) == pytest.approx(opening(happy[0]), abs=1e-6)
+    assert opening(still) < opening(happy[0]) - 0.6 * opening(smile)
