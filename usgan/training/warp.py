@@ -60,19 +60,21 @@ def jitter_points(points: Tensor, params: Tensor) -> Tensor:
     return (moved + 1) / 2
 
 
+def goal_points(model: ShapeModel, points: Tensor, names: list[str]) -> Tensor:
+    """The landmarks of each crop showing its target (the product's edit at intensity 1)."""
+    return torch.from_numpy(target_landmarks(model, points.double().numpy(), names)).float()
+
+
 def warp_towards(model: ShapeModel, images: Tensor, points: Tensor, targets: Tensor) -> WarpedBatch:
-    """Each crop warped from its landmarks to the target expression's (the product's edit at intensity 1), and
-    the inverse grid."""
-    names = [EXPRESSIONS[int(t)] for t in targets]
-    goal = torch.from_numpy(target_landmarks(model, points.double().numpy(), names)).float()
+    """Each crop warped from its landmarks to the target expression's, and the inverse grid."""
+    goal = goal_points(model, points, [EXPRESSIONS[int(t)] for t in targets])
     size = images.shape[-1]
-    forward = sampling_grid(points, goal, size)
-    back = sampling_grid(goal, points, size)
-    return WarpedBatch(resample(images, forward), back)
+    return WarpedBatch(resample(images, sampling_grid(points, goal, size)), sampling_grid(goal, points, size))
 
 
 def warp_columns(model: ShapeModel, images: Tensor, points: Tensor) -> list[Tensor]:
-    """For a sample grid: the images warped towards each expression in EXPRESSIONS order."""
-    return [warp_towards(model, images, points, torch.full((len(images),), k)).x_input
-            for k in range(len(EXPRESSIONS))]
+    """For a sample grid: the images warped towards each expression in EXPRESSIONS order (no inverse needed)."""
+    size = images.shape[-1]
+    return [resample(images, sampling_grid(points, goal_points(model, points, [name] * len(images)), size))
+            for name in EXPRESSIONS]
 
