@@ -276,45 +276,6 @@ def speech_kept(model: ShapeModel, component: NDArray, posterior: NDArray | None
     return kept + opening * (component - kept)
 
 
-# --- checking a model on real pairs ----------------------------------------------------------------------------
-
-
-EXPRESSIVE_POINTS = tuple(range(52, 72)) + tuple(range(43, 52)) + tuple(range(97, 106)) + LEFT_EYE + RIGHT_EYE
-
-
-@dataclass(frozen=True)
-class PairError:
-    """How far the model's target shapes fall from real photos of the same people showing the targets: RMS over the
-    mouth, brow and eye landmarks, in eye distances (centre to centre), after aligning both shapes on the stable
-    points; and the same for the sources left unchanged, for scale."""
-
-    pairs: int
-    predicted: float
-    unchanged: float
-
-
-def pair_error(model: ShapeModel, points: NDArray, labels: NDArray, groups: list[str]) -> PairError:
-    """Every ordered pair of one group's photos (one person, one view) with different expressions: the first's
-    target_landmarks towards the second's expression against the second's landmarks."""
-    rows: dict[str, list[int]] = {}
-    for index, group in enumerate(groups):
-        rows.setdefault(group, []).append(index)
-    pairs = [(a, b) for members in rows.values() for a in members for b in members if labels[a] != labels[b]]
-    if not pairs:
-        return PairError(0, float("nan"), float("nan"))
-    source, target = (np.array(side) for side in zip(*pairs))
-    predicted = target_landmarks(model, points[source], [EXPRESSIONS[k] for k in labels[target]])
-    reference = model.mean.reshape(POINTS, 2)
-    real = similarity_to(points[target], reference)[0][:, list(EXPRESSIVE_POINTS)]
-    eyes = np.linalg.norm(reference[list(LEFT_EYE)].mean(0) - reference[list(RIGHT_EYE)].mean(0))
-
-    def rms(shapes: NDArray) -> float:
-        aligned = similarity_to(shapes, reference)[0][:, list(EXPRESSIVE_POINTS)]
-        return float(np.sqrt(((aligned - real) ** 2).sum(2).mean(1)).mean() / eyes)
-
-    return PairError(len(pairs), rms(predicted), rms(points[source]))
-
-
 # --- settings -----------------------------------------------------------------------------------------------
 
 

@@ -2,13 +2,13 @@
 
 Each folder's crops get their 106 landmarks once, cached in FOLDER/landmarks.npz (in crop units, of each crop and
 of its mirror image, which training needs for flipped photos). The model is then fitted on every photo of a known
-person, except the people held out for evaluation.
+person, except the people held out for evaluation, and checked on those people's expression pairs (pair_error).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -18,7 +18,11 @@ from numpy.typing import NDArray
 
 from pipeline.faces.landmarks import LandmarkDetector
 from usgan.dataset import DataError, FolderLandmarks, Sample, read_landmarks, scan_dataset, write_landmarks
-from usgan.geometry import NEUTRAL, FitSettings, PairError, ShapeModel, build_model, pair_error, save_model
+from usgan.expressions import EXPRESSIONS
+from usgan.geometry import (
+    LEFT_EYE, NEUTRAL, POINTS, RIGHT_EYE, FitSettings, ShapeModel, build_model, save_model, similarity_to,
+    target_landmarks,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +30,43 @@ logger = logging.getLogger(__name__)
 # expression on TFEID's training people; the confidence thresholds are the 95th and 1.5 x the 99.5th percentile
 # of the fit distance on training photos.
 BUILT_SETTINGS = FitSettings(noise=8.0, spread=0.25, neutral_prior=1.0, bound=1.5, conf_low=0.47, conf_high=1.0)
+
+# The landmarks an expression moves: mouth, brows and eyes (pair_error compares these).
+EXPRESSIVE_POINTS = tuple(range(52, 72)) + tuple(range(43, 52)) + tuple(range(97, 106)) + LEFT_EYE + RIGHT_EYE
+
+
+@dataclass(frozen=True)
+class PairError:
+    """How far the model's target shapes fall from real photos of the same people showing the targets: RMS over the
+    mouth, brow and eye landmarks, in eye distances (centre to centre), after aligning both shapes on the stable
+    points; and the same for the sources left unchanged, for scale."""
+
+    pairs: int
+    predicted: float
+    unchanged: float
+
+
+def pair_error(model: ShapeModel, points: NDArray, labels: NDArray, groups: list[str]) -> PairError:
+    """Every ordered pair of one group's photos (one person, one view) with different expressions: the first's
+    target_landmarks towards the second's expression against the second's landmarks."""
+    rows: dict[str, list[int]] = {}
+    for index, group in enumerate(groups):
+        rows.setdefault(group, []).append(index)
+    pairs = [(a, b) for members in rows.values() for a in members for b in members if labels[a] != labels[b]]
+    if not pairs:
+        return PairError(0, float("nan"), float("nan"))
+    source, target = (np.array(side) for side in zip(*pairs))
+    predicted = target_landmarks(model, points[source], [EXPRESSIONS[k] for k in labels[target]])
+    reference = model.mean.reshape(POINTS, 2)
+    real = similarity_to(points[target], reference)[0][:, list(EXPRESSIVE_POINTS)]
+    eyes = np.linalg.norm(reference[list(LEFT_EYE)].mean(0) - reference[list(RIGHT_EYE)].mean(0))
+
+    def rms(shapes: NDArray) -> float:
+        aligned = similarity_to(shapes, reference)[0][:, list(EXPRESSIVE_POINTS)]
+        return float(np.sqrt(((aligned - real) ** 2).sum(2).mean(1)).mean() / eyes)
+
+    return PairError(len(pairs), rms(predicted), rms(points[source]))
+
 
 def detect_crops(detector: LandmarkDetector, paths: Sequence[Path], batch: int = 64) -> tuple[NDArray, NDArray]:
     """(N, 106, 2) crop-unit landmarks of each crop and of its mirror image."""
@@ -101,7 +142,7 @@ def build_geometry(folders: Sequence[Path], hold_out: Sequence[str], settings: F
 
 def held_out_error(model: ShapeModel, folders: Sequence[Path], hold_out: Sequence[str],
                    detector: LandmarkDetector | None = None) -> PairError:
-    """usgan.geometry.pair_error on the held-out people's photos (no pairs when none of them is in folders)."""
+    """pair_error on the held-out people's photos (no pairs when none of them is in folders)."""
     held = set(hold_out)
     points, labels, groups = people_shapes(folders, lambda person: person in held, detector or LandmarkDetector())
     return pair_error(model, points, labels, groups)

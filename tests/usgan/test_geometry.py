@@ -129,7 +129,7 @@ def test_a_smile_or_a_gasp_takes_its_mouth_opening_with_it(model):
 
 
 def test_pair_error_of_a_model_is_well_under_leaving_the_source_unchanged(model):
-    from usgan.geometry import pair_error
+    from pipeline.evaluation.geometry_build import pair_error
 
     points, labels, groups, _ = synthetic(seed=2, people=3)
     checked = pair_error(model, points, labels, groups)
