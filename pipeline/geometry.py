@@ -11,9 +11,10 @@ target is linear in the displacement, so a fade moves smoothly from one expressi
 dominant target alone would jump halfway through. intensity (--intensity times the fade) scales the displacement.
 
 In video, landmarks are smoothed per track with the tracker's One-Euro filter, in crop units, so the warp does not
-flicker, and the whole opening of the mouth is kept as speech (a still gives a smile's or a gasp's opening up with
-it). A face whose landmarks fail (not finite, or far outside the crop) or form a shape the model finds
-implausible (fit validity below MIN_VALIDITY: a profile, an occlusion) gets a zero field: the generator alone.
+flicker, and the mouth's opening is speech: kept whole, with none of the target's added (a still gives a smile's
+or a gasp's opening up with it). A face whose landmarks fail (not finite, or far outside the crop) or form a shape
+the model finds implausible (fit validity below MIN_VALIDITY: a profile, an occlusion) gets a zero field: the
+generator alone.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def blended_targets(model: ShapeModel, points: NDArray, targets: NDArray, intens
                     talking: bool = False) -> NDArray:
     """(N, 106, 2) target landmarks of faces whose targets are (N, 7) mixes (weights summing to 1): the weighted
     blend of each expression's target_landmarks, which is the blend of their displacements (they are linear).
-    talking: video frames (target_landmarks keeps their whole mouth opening as speech)."""
+    talking: video frames (target_landmarks keeps their mouth opening as speech, adding none)."""
     goal = points * (1.0 - targets.sum(1))[:, None, None]  # nothing where a row's weights fall short of 1
     for k in np.flatnonzero(targets.any(0)):
         names = [EXPRESSIONS[k]] * len(points)

@@ -246,12 +246,17 @@ def target_landmarks(model: ShapeModel, points: NDArray, targets: list[str], int
                      settings: FitSettings | None = None, fit: Fit | None = None, talking: bool = False) -> NDArray:
     """(N, 106, 2) crop-unit landmarks of each face showing its target: source - its expression component +
     the target's displacement (replaced, not stacked), each scaled by its confidence, all by intensity.
-    talking: the faces are video frames, whose whole mouth opening is kept as speech; a still keeps only the share
-    of it that its fit does not give to a smile or a surprise (speech_kept)."""
+    talking: the faces are video frames, whose mouth opening is speech: the source's is kept whole and the target
+    adds none of its own (a smile there is the corners and cheeks, the opening follows the speaker). A still keeps
+    only the share of its opening that its fit does not give to a smile or a surprise, and takes the target's
+    (speech_kept)."""
     settings = settings or model.settings
     fit = fit or fit_expression(model, points, settings)
     wanted = np.stack([model.displacements[EXPRESSIONS.index(t)] * settings.scales.get(t, 1.0) for t in targets])
-    change = wanted.reshape(-1, POINTS, 2) * fit.validity[:, None, None]
+    wanted = wanted.reshape(-1, POINTS, 2)
+    if talking and settings.keep_opening:
+        wanted = speech_kept(model, wanted)
+    change = wanted * fit.validity[:, None, None]
     removed = fit.component
     if settings.keep_opening:
         removed = speech_kept(model, fit.component, None if talking else fit.posterior)

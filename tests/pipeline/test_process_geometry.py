@@ -239,3 +239,25 @@ def test_a_video_keeps_a_smile_s_mouth_opening_where_a_still_gives_it_up():
     assert opening(smile) > 0.01 and fit.posterior[0, EXPRESSIONS.index("happy")] > 0.5
     assert opening(video) == pytest.approx(opening(happy[0]), abs=1e-6)
     assert opening(still) < opening(happy[0]) - 0.6 * opening(smile)
+
+
+def test_a_video_smile_adds_no_mouth_opening_of_its_own():
+    """The mean neutral face towards happy: a still opens the mouth by the smile's opening; a video frame's opening
+    stays the speaker's (the smile moves the corners). The corners move up and out in both."""
+    from usgan.geometry import LOWER_LIP, MOUTH_CORNERS, UPPER_INNER_LIP
+
+    model = load_model(Path(__file__).resolve().parents[2] / "weights" / "geometry.safetensors")
+    smile = model.displacements[EXPRESSIONS.index("happy")].reshape(-1, 2)
+    neutral = model.mean.reshape(1, -1, 2)
+    fit = fit_expression(model, neutral)
+    happy = np.eye(len(EXPRESSIONS))[[EXPRESSIONS.index("happy")]]
+
+    def opening(points: np.ndarray) -> float:
+        return float(points[list(LOWER_LIP), 1].mean() - points[list(UPPER_INNER_LIP), 1].mean())
+
+    video, still = (blended_targets(model, neutral, happy, np.ones(1), fit, talking=t)[0] for t in (True, False))
+    assert opening(video) == pytest.approx(opening(neutral[0]), abs=1e-6)
+    assert opening(still) > opening(neutral[0]) + 0.8 * opening(smile)
+    corners = list(MOUTH_CORNERS)
+    np.testing.assert_allclose(video[corners, 0] - neutral[0, corners, 0], still[corners, 0] - neutral[0, corners, 0])
+    assert np.abs(video[corners] - neutral[0, corners]).max() > 0.005
