@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The prepared GPU run: three generators trained on warped input side by side on one GPU, for as long as the
+# device allows, each exported as small generator files to judge on a CPU afterwards.
+#
+#   base     configs/train/faces_128_warp.yaml from weights/usgan_tfeid.safetensors (fresh critic, its warm-up)
+#   cls3     the same with loss.lambda_cls=3 (a stronger push towards the target class)
+#   scratch  the same recipe from a fresh generator
+#
+# It needs the 128-px training set (prepare-data's OUT/128 of TFEID + London, with landmarks.npz) in a git-ignored
+# folder that travels with the checkout:
+#   mkdir -p carry && cp -r ~/.cache/usgan/data/faces/128 carry/faces_128
+# Device call: run `bash scripts/gpu_check.sh` with carry ["carry"] and timeout_s 600. Its files come back in $OUT:
+# machine.txt, train_<variant>.log (iterations per second, losses) and gen_<variant>.tar (fp16 generator files of
+# the newest 3 checkpoints, 5 MB each: a file that comes back is at most 16 MiB). Then, on the CPU, per file:
+#   python cli.py evaluate --weights gen_step_N.safetensors --geometry weights/geometry.safetensors ...
+# A smoke run on any machine: STEPS=4 TRAIN_ARGS=--cpu TRAIN_SECONDS=300 bash scripts/gpu_check.sh /tmp/gpu_out
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OUT=${1:-${OUT:?give an output folder (the device sets OUT)}}
+DATA=${DATA:-carry/faces_128}
+STEPS=${STEPS:-6000}                 # the schedule's length; the learning rate decays over its second half
+TRAIN_SECONDS=${TRAIN_SECONDS:-420}  # then every run is stopped (SIGTERM saves a checkpoint); leaves time to export
+BATCH=${BATCH:-16}
+PY=${PY:-python3}
+TRAIN_ARGS=${TRAIN_ARGS:-}
+RUNS=${RUNS:-runs/gpu_check}
+mkdir -p "$OUT" "$RUNS"
+[ -f "$DATA/landmarks.npz" ] || { echo "$DATA: no 128-px training set with landmarks.npz (see this script's head)"; exit 2; }
+
+{ nvidia-smi -L || echo "no nvidia-smi"; $PY -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())'; } \
+    > "$OUT/machine.txt" 2>&1
+cat "$OUT/machine.txt"
+
+variant_args() {
+    case $1 in
+        base) echo "--init-generator weights/usgan_tfeid.safetensors" ;;
+        cls3) echo "--init-generator weights/usgan_tfeid.safetensors --set loss.lambda_cls=3" ;;
+        scratch) echo "--set optim.warmup_steps=0" ;;
+    esac
+}
+
+VARIANTS=(base cls3 scratch)
+pids=()
+for variant in "${VARIANTS[@]}"; do
+    # shellcheck disable=SC2046  # the variant's options are words
+    $PY cli.py train --config configs/train/faces_128_warp.yaml --data "$DATA" --out "$RUNS/$variant" \
+        --batch-size "$BATCH" --set optim.total_steps="$STEPS" --set optim.decay_start=$((STEPS / 2)) \
+        --set logging.checkpoint_every=$((STEPS / 3)) --set logging.keep_checkpoints=3 --set data.workers=4 \
+        $(variant_args "$variant") $TRAIN_ARGS > "$OUT/train_$variant.log" 2>&1 &
+    pids+=($!)
+done
+
+deadline=$((SECONDS + TRAIN_SECONDS))
+while [ $SECONDS -lt $deadline ] && kill -0 "${pids[@]}" 2>/dev/null; do sleep 5; done
+for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+echo "training stopped (last exit status $status) after $SECONDS s"
+
+for variant in "${VARIANTS[@]}"; do
+    tail -n 3 "$OUT/train_$variant.log"
+    exported=()
+    for checkpoint in $(ls "$RUNS/$variant"/checkpoints/step_*.safetensors 2>/dev/null | tail -n 3); do
+        [ -f "$checkpoint" ] || continue
+        name="gen_${variant}_$(basename "$checkpoint")"
+        $PY scripts/ship_weights.py "$checkpoint" "$RUNS/$name" --edit-gain 1 --dataset tfeid+london \
+            --recipe "configs/train/faces_128_warp.yaml ($variant, scripts/gpu_check.sh)" \
+            --geometry geometry.safetensors >> "$OUT/train_$variant.log" 2>&1 && exported+=("$name")
+    done
+    [ ${#exported[@]} -eq 0 ] || tar -cf "$OUT/gen_$variant.tar" -C "$RUNS" "${exported[@]}"
+    echo "$variant: ${#exported[@]} generator files"
+done
+ls -la "$OUT"
