@@ -171,6 +171,32 @@ def build_geometry_command(folders: tuple[Path, ...], out: Path, hold_out: str) 
                    f"distances from the real photo's (the source left unchanged: {check.unchanged:.4f})")
 
 
+@cli.command("build-texture")
+@click.argument("folders", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The texture model file to write (e.g. weights/texture.safetensors).")
+@click.option("--geometry", "geometry_path", default="weights/geometry.safetensors", show_default=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="The shape model whose frame it lives in.")
+@click.option("--hold-out", default=None, metavar="IDS",
+              help="People left out, comma-separated [default: those the geometry file left out].")
+def build_texture_command(folders: tuple[Path, ...], out: Path, geometry_path: Path, hold_out: str | None) -> None:
+    """Build the expression texture model (ratio images and donor mouths) from prepare-data output FOLDERS.
+
+    \b
+    Examples:
+      python cli.py build-texture ~/.cache/usgan/data/faces/256 --out weights/texture.safetensors
+    """
+    from pipeline.evaluation.texture_build import write_texture
+    from usgan.dataset import parse_identities
+    from usgan.geometry import load_model
+
+    model = load_model(geometry_path)
+    held = parse_identities(hold_out) if hold_out is not None else tuple(model.sources.get("held_out", ()))
+    texture = write_texture(model, folders, held, out)
+    pairs = ", ".join(f"{name} {count['pairs']}" for name, count in texture.sources["pairs"].items())
+    click.echo(f"wrote {out}: {texture.sources['people']} people; pairs: {pairs}")
+
+
 # --- import-official / export (usgan/checkpoint.py, usgan/export.py) ---
 
 

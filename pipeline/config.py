@@ -29,6 +29,7 @@ from usgan.providers import EXECUTION_PREFERENCES, ExecutionPreference
 
 if TYPE_CHECKING:  # loading the config imports neither torch nor onnx
     from usgan.geometry import ShapeModel
+    from usgan.texture import TextureModel
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pipeline" / "default.yaml"
 FAST_PRESET = DEFAULT_CONFIG.with_name("fast.yaml")
@@ -72,6 +73,9 @@ class SynthesizerConfig:
     # Expression geometry (pipeline.geometry): "auto" = the shape model the weights' header names (none: no warp),
     # "off" = no warp, else a shape model file.
     geometry: str = "auto"
+    # Expression texture after the warp (usgan.texture): "auto" = the texture file the weights' header names (none:
+    # no texture), "off", else a texture file. Only with a warp.
+    texture: str = "auto"
 
 
 def resolve_weights(weights: Path | str | None) -> Path:
@@ -121,6 +125,7 @@ class Edit:
     schedule: Schedule
     weights: Path
     geometry: ShapeModel | None = None
+    texture: TextureModel | None = None  # only with a geometry
 
 
 def parse_edit(config: ProcessConfig) -> Edit:
@@ -128,7 +133,9 @@ def parse_edit(config: ProcessConfig) -> Edit:
     read; errors name them."""
     schedule = parse_schedule(config.expression, config.fade)
     weights = resolve_weights(config.synthesizer.weights)
-    return Edit(schedule, weights, read_geometry(config.synthesizer.geometry, weights))
+    geometry = read_geometry(config.synthesizer.geometry, weights)
+    texture = read_texture(config.synthesizer.texture, weights) if geometry is not None else None
+    return Edit(schedule, weights, geometry, texture)
 
 
 def read_geometry(setting: str, weights: Path) -> ShapeModel | None:
@@ -140,6 +147,17 @@ def read_geometry(setting: str, weights: Path) -> ShapeModel | None:
 
     path = resolve_geometry(setting, weights)
     return None if path is None else load_model(path)
+
+
+def read_texture(setting: str, weights: Path) -> TextureModel | None:
+    """The texture model synthesizer.texture selects for these weights, None for none."""
+    if setting == "off":
+        return None
+    from pipeline.geometry import resolve_geometry
+    from usgan.texture import load_texture
+
+    path = resolve_geometry(setting, weights, key="texture")
+    return None if path is None else load_texture(path)
 
 
 # ---------------------------------------------------------------- loading

@@ -19,7 +19,7 @@ from pipeline.blend import FaceEdit, blend_faces, build_face_mask
 from pipeline.config import Edit, ProcessConfig, parse_edit, share_threads
 from pipeline.faces.align import align_face, select_faces
 from pipeline.faces.detector import FaceFinder
-from pipeline.geometry import Geometry, LandmarkSmoother, load_geometry, warp_fields
+from pipeline.geometry import Geometry, LandmarkSmoother, TextureWeights, load_geometry, warp_inputs
 from pipeline.schedule import Mix, Schedule
 from pipeline.synthesize import FaceSynthesizer, build_synthesizer
 from pipeline.types import AlignedCrop, Face, Frame, Mask, VideoFrame
@@ -42,8 +42,9 @@ def load_models(config: ProcessConfig, edit: Edit | None = None) -> Models:
     parsed here, so that their errors come before the slow loads)."""
     edit = edit or parse_edit(config)
     config = share_threads(config, os.cpu_count() or 1)
-    geometry = load_geometry(edit.geometry, config.detector)
-    synthesizer = build_synthesizer(config.synthesizer, edit.weights, warp=geometry is not None)
+    geometry = load_geometry(edit.geometry, config.detector, edit.texture)
+    synthesizer = build_synthesizer(config.synthesizer, edit.weights, warp=geometry is not None,
+                                    texture=geometry.texture if geometry else None)
     finder = FaceFinder(config.detector, config.image_pad)
     return Models(finder, synthesizer, edit.schedule, build_face_mask(config.crop_size), geometry)
 
@@ -51,7 +52,8 @@ def load_models(config: ProcessConfig, edit: Edit | None = None) -> Models:
 @dataclass(frozen=True)
 class FaceJob:
     """One frame's aligned faces and the target they are edited towards (target (7,) weights, intensity); with
-    geometry on, their warp fields (crops, 32, 32, 2) and how many of them got none (failed landmarks)."""
+    geometry on, their warp fields (crops, 32, 32, 2), how many of them got none (failed landmarks), and with a
+    texture model the texture step's inputs."""
 
     frame: VideoFrame
     crops: tuple[AlignedCrop, ...]
@@ -60,6 +62,7 @@ class FaceJob:
     faces_found: int
     fields: NDArray[np.float32] | None = None
     without_geometry: int = 0
+    texture: TextureWeights | None = None
 
 
 @dataclass(frozen=True)
@@ -101,10 +104,11 @@ def warp_jobs(jobs: Sequence[FaceJob], geometry: Geometry | None,
         return list(jobs)
     crops = [crop for job in jobs for crop in job.crops]
     times = [job.frame.time for job in jobs for _ in job.crops]
-    fields, failed = warp_fields(geometry, crops, *job_targets(jobs), times, smoother)
+    warp = warp_inputs(geometry, crops, *job_targets(jobs), times, smoother)
     ends = np.cumsum([len(job.crops) for job in jobs], dtype=int)
-    return [replace(job, fields=fields[end - len(job.crops):end],
-                    without_geometry=int(failed[end - len(job.crops):end].sum())) for job, end in zip(jobs, ends)]
+    rows = [slice(end - len(job.crops), end) for job, end in zip(jobs, ends)]
+    return [replace(job, fields=warp.fields[row], without_geometry=int(warp.failed[row].sum()),
+                    texture=None if warp.texture is None else warp.texture.rows(row)) for job, row in zip(jobs, rows)]
 
 
 def synthesize_jobs(jobs: Sequence[FaceJob], synthesizer: FaceSynthesizer, batch_size: int) -> list[EditedFrame]:
@@ -114,12 +118,15 @@ def synthesize_jobs(jobs: Sequence[FaceJob], synthesizer: FaceSynthesizer, batch
     targets, scales = job_targets(jobs)
     warped = bool(jobs) and all(job.fields is not None for job in jobs)
     fields = np.concatenate([job.fields for job in jobs]) if warped else None
+    textured = warped and all(job.texture is not None for job in jobs)
+    texture = TextureWeights.concat([job.texture for job in jobs]) if textured else None
     generated: list[Frame] = []
     for start in range(0, len(crops), batch_size):
         rows = slice(start, start + batch_size)
         batch = np.stack([crop.image for crop in crops[rows]])
         generated.extend(synthesizer.synthesize(batch, targets[rows], scales[rows],
-                                                fields=None if fields is None else fields[rows]))
+                                                fields=None if fields is None else fields[rows],
+                                                texture=None if texture is None else texture.rows(rows)))
     edits = iter(FaceEdit(crop.image, image, crop.affine) for crop, image in zip(crops, generated))
     return [EditedFrame(job.frame, tuple(next(edits) for _ in job.crops)) for job in jobs]
 

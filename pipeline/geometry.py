@@ -35,6 +35,7 @@ from usgan.checkpoint import named_geometry as checkpoint_geometry
 from usgan.errors import UserError
 from usgan.expressions import EXPRESSIONS
 from usgan.geometry import POINTS, Fit, ShapeModel, fit_expression, target_landmarks
+from usgan.texture import TextureModel, face_weights, mouth_opening
 from usgan.tps import FIELD_GRID, coarse_field
 
 MIN_VALIDITY = 0.01  # below this the fit's target is zero anyway (validity scales it): count the face as failed
@@ -45,20 +46,21 @@ STALE_S = 2.0  # a track's landmark filter is forgotten once it has not been see
 # ---------------------------------------------------------------- the file
 
 
-def resolve_geometry(setting: str, weights: Path) -> Path | None:
-    """The shape model file for synthesizer.geometry: "off" none, "auto" the one the weights name, else a path."""
+def resolve_geometry(setting: str, weights: Path, key: str = "geometry") -> Path | None:
+    """The shape model file for synthesizer.geometry: "off" none, "auto" the one the weights name, else a path; key
+    "texture": the same for synthesizer.texture."""
     if setting == "off":
         return None
     if setting == "auto":
-        return named_geometry(Path(weights))
+        return named_geometry(Path(weights), key)
     return Path(setting).expanduser()
 
 
-def named_geometry(weights: Path) -> Path | None:
-    """The file that the weights' header names under "geometry", beside the weights; None when it names none or the
+def named_geometry(weights: Path, key: str = "geometry") -> Path | None:
+    """The file that the weights' header names under key, beside the weights; None when it names none or the
     header is unreadable (the generator's loader then reports the weights file)."""
     try:
-        return checkpoint_geometry(weights)
+        return checkpoint_geometry(weights, key)
     except UserError:
         return None
 
@@ -69,13 +71,45 @@ class Geometry:
 
     model: ShapeModel
     landmarks: LandmarkDetector
+    texture: TextureModel | None = None  # None: the warp without the texture step
 
 
-def load_geometry(model: ShapeModel | None, detector: DetectorConfig) -> Geometry | None:
-    """The warp's models for a shape model (None: no warp); the landmark net runs where the face detector runs."""
+def load_geometry(model: ShapeModel | None, detector: DetectorConfig,
+                  texture: TextureModel | None = None) -> Geometry | None:
+    """The warp's models for a shape model (None: no warp, and no texture); the landmark net runs where the face
+    detector runs."""
     if model is None:
         return None
-    return Geometry(model, LandmarkDetector(threads=detector.threads, providers=detector.providers))
+    return Geometry(model, LandmarkDetector(threads=detector.threads, providers=detector.providers), texture)
+
+
+@dataclass(frozen=True)
+class TextureWeights:
+    """Per crop, the texture step's inputs (usgan.texture.TextureLayer): the coarse field (N, 32, 32, 2) from the
+    texture's canonical frame to the target landmarks, the ratio and the donor-mouth weights (N, 7); all zero for a
+    crop without geometry."""
+
+    fields: NDArray[np.float32]
+    ratio: NDArray[np.float32]
+    mouth: NDArray[np.float32]
+
+    def rows(self, rows: slice) -> TextureWeights:
+        return TextureWeights(self.fields[rows], self.ratio[rows], self.mouth[rows])
+
+    @staticmethod
+    def concat(parts: Sequence[TextureWeights]) -> TextureWeights:
+        return TextureWeights(*(np.concatenate(arrays) for arrays in zip(*((p.fields, p.ratio, p.mouth)
+                                                                           for p in parts))))
+
+
+@dataclass(frozen=True)
+class Warp:
+    """A batch's warp: fields (N, 32, 32, 2), which crops' landmarks failed (N,), the texture step's inputs (None
+    without a texture model)."""
+
+    fields: NDArray[np.float32]
+    failed: NDArray[np.bool_]
+    texture: TextureWeights | None = None
 
 
 # ---------------------------------------------------------------- the fields
@@ -86,8 +120,17 @@ def warp_fields(geometry: Geometry, crops: Sequence[AlignedCrop], targets: NDArr
     """Per crop, its coarse warp field (N, 32, 32, 2) float32 towards its (7,) target mix at its intensity, and
     whether its landmarks failed (N,) bool (a zero field). times: each crop's frame time, for the smoother, which
     only a video has: its faces keep their whole mouth opening as speech."""
+    warp = warp_inputs(geometry, crops, targets, intensity, times, smoother)
+    return warp.fields, warp.failed
+
+
+def warp_inputs(geometry: Geometry, crops: Sequence[AlignedCrop], targets: NDArray, intensity: NDArray,
+                times: Sequence[float], smoother: LandmarkSmoother | None = None) -> Warp:
+    """warp_fields, with the texture step's inputs when the geometry has a texture model."""
     if not crops:
-        return np.zeros((0, FIELD_GRID, FIELD_GRID, 2), np.float32), np.zeros(0, bool)
+        empty = np.zeros((0, FIELD_GRID, FIELD_GRID, 2), np.float32)
+        texture = None if geometry.texture is None else TextureWeights(empty, *(np.zeros((0, 7), np.float32),) * 2)
+        return Warp(empty, np.zeros(0, bool), texture)
     points = crop_landmarks(geometry.landmarks, crops)
     found = landmarks_found(points)
     points = np.where(found[:, None, None], points, geometry.model.mean.reshape(POINTS, 2))  # keeps the fit finite
@@ -96,11 +139,32 @@ def warp_fields(geometry: Geometry, crops: Sequence[AlignedCrop], targets: NDArr
     fit = fit_expression(geometry.model, points)
     failed = ~found | (fit.validity < MIN_VALIDITY)
     fields = np.zeros((len(crops), FIELD_GRID, FIELD_GRID, 2), np.float32)
+    goal = points
     if (~failed).any():
         goal = blended_targets(geometry.model, points, np.asarray(targets), np.asarray(intensity, float), fit,
                                talking=smoother is not None)
         fields[~failed] = coarse_field(torch.from_numpy(points[~failed]), torch.from_numpy(goal[~failed])).numpy()
-    return fields, failed
+    texture = None
+    if geometry.texture is not None:
+        texture = texture_weights(geometry.texture, points, goal, fit, np.asarray(targets), np.asarray(intensity),
+                                  failed, talking=smoother is not None)
+    return Warp(fields, failed, texture)
+
+
+def texture_weights(texture: TextureModel, points: NDArray, goal: NDArray, fit: Fit, targets: NDArray,
+                    intensity: NDArray, failed: NDArray, talking: bool) -> TextureWeights:
+    """The texture step's inputs for faces whose landmarks are points and whose target landmarks are goal. A video
+    face (talking) gets no donor mouth: its opening is the speaker's."""
+    ratio, mouth = face_weights(texture, targets, intensity, fit.posterior, fit.confidence * fit.validity,
+                                mouth_opening(points), mouth_opening(goal))
+    fields = np.zeros((len(points), FIELD_GRID, FIELD_GRID, 2), np.float32)
+    if (~failed).any():
+        canonical = np.broadcast_to(texture.canonical, (int((~failed).sum()), POINTS, 2)).astype(np.float64)
+        fields[~failed] = coarse_field(torch.from_numpy(canonical), torch.from_numpy(goal[~failed])).numpy()
+    ratio[failed], mouth[failed] = 0.0, 0.0
+    if talking:
+        mouth[:] = 0.0
+    return TextureWeights(fields, ratio, mouth)
 
 
 def crop_landmarks(detector: LandmarkDetector, crops: Sequence[AlignedCrop]) -> NDArray[np.float64]:

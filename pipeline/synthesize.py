@@ -38,6 +38,8 @@ from usgan.export import (
 from usgan.providers import CUDA, ExecutionPreference, usable_providers
 from usgan.expressions import EXPRESSIONS
 from usgan.tps import FIELD_GRID
+from usgan.texture import TextureInputs, TextureLayer, TextureModel
+from pipeline.geometry import TextureWeights
 from usgan.inference import (
     add_residual, apply_generator, resize_residual, resize_to_generator,
 )
@@ -54,9 +56,9 @@ class FaceSynthesizer(Protocol):
     image_size: int
 
     def synthesize(self, crops: NDArray[np.uint8], targets: NDArray[np.float32], intensity: NDArray[np.float32],
-                   fields: Fields | None = None) -> NDArray[np.uint8]:
-        """crops (N, S, S, 3) uint8 BGR, targets (N, 7), intensity (N,), fields (N, 32, 32, 2) or None (no warp)
-        -> (N, S, S, 3) uint8 BGR."""
+                   fields: Fields | None = None, texture: TextureWeights | None = None) -> NDArray[np.uint8]:
+        """crops (N, S, S, 3) uint8 BGR, targets (N, 7), intensity (N,), fields (N, 32, 32, 2) or None (no warp),
+        texture: the texture step's inputs (a synthesizer built with a texture model) -> (N, S, S, 3) uint8 BGR."""
         ...
 
 
@@ -107,11 +109,12 @@ class TorchSynthesizer:
     """
 
     def __init__(self, weights: Path, device: TorchDevice = "auto", threads: int = 0,
-                 precision: TorchPrecision = "fp32"):
+                 precision: TorchPrecision = "fp32", texture: TextureModel | None = None):
         self.threads = threads
         chosen = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
         self.generator, self.info = load_generator(weights, device=chosen)
         self.device_type = torch.device(chosen).type
+        self.texture = None if texture is None else TextureLayer(texture).to(chosen)
         self.image_size = self.info.image_size
         native = bf16_native(self.device_type)
         self.precision = ("bf16" if native else "fp32") if precision == "auto" else precision
@@ -121,16 +124,31 @@ class TorchSynthesizer:
         log.info("%s: torch generator on %s at %d px (%s)", weights, chosen, self.image_size, self.precision)
 
     def synthesize(self, crops: NDArray[np.uint8], targets: NDArray[np.float32], intensity: NDArray[np.float32],
-                   fields: Fields | None = None) -> NDArray[np.uint8]:
+                   fields: Fields | None = None, texture: TextureWeights | None = None) -> NDArray[np.uint8]:
         check_batch(crops, targets, intensity, fields)
+        step = texture_step(self.texture, texture, fields)
         x = torch.from_numpy(to_model_input(crops))
         vectors = torch.from_numpy(np.asarray(targets, np.float32))
         scale = torch.from_numpy(np.asarray(intensity, np.float32))
         autocast = torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
         with torch_threads(self.threads), autocast:
             y = apply_generator(self.generator, self.info, x, vectors, scale,
-                                None if fields is None else torch.from_numpy(fields))
+                                None if fields is None else torch.from_numpy(fields), step)
         return from_model_output(y.float().cpu().numpy())
+
+
+def texture_step(layer: TextureLayer | None, weights: TextureWeights | None,
+                 fields: Fields | None) -> tuple[TextureLayer, TextureInputs] | None:
+    """The texture step for one batch, None when the batch or the synthesizer has none; ValueError when a batch
+    brings texture inputs that the synthesizer was not built for, or without warp fields."""
+    if weights is None or layer is None:
+        if weights is not None:
+            raise ValueError("texture: this synthesizer was built without a texture model")
+        return None
+    if fields is None or len(weights.fields) != len(fields):
+        raise ValueError("texture: the texture step needs a warp field per crop")
+    return layer, TextureInputs(*(torch.from_numpy(np.asarray(a, np.float32)) for a in
+                                  (weights.fields, weights.ratio, weights.mouth)))
 
 
 def bf16_native(device_type: str) -> bool:
@@ -223,12 +241,14 @@ def exported_onnx(weights: Path, fp16: bool, cache_dir: Path, warp: bool = False
     return path
 
 
-def build_synthesizer(config: SynthesizerConfig, weights: Path | None = None, warp: bool = False) -> FaceSynthesizer:
+def build_synthesizer(config: SynthesizerConfig, weights: Path | None = None, warp: bool = False,
+                      texture: TextureModel | None = None) -> FaceSynthesizer:
     """The back-end config.backend names, loaded with weights: a file already resolved (see resolve_weights), else
-    config.weights or the shipped default. warp: crops will come with warp fields (ONNX: the warp graph)."""
+    config.weights or the shipped default. warp: crops will come with warp fields (ONNX: the warp graph); texture:
+    and with the texture step's inputs for this texture model."""
     weights = weights or resolve_weights(config.weights)
     if config.backend == "torch":
-        return TorchSynthesizer(weights, config.device, config.threads, config.precision)
+        return TorchSynthesizer(weights, config.device, config.threads, config.precision, texture)
     if config.backend == "onnx":
         return OnnxSynthesizer(weights, config.onnx, warp)
     raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}, got {config.backend!r}")

@@ -54,6 +54,8 @@ class WeightsInfo:
     # The expression geometry file this generator expects its input warped with (trained on warped input), by name
     # beside the weights file; "" = plain crops. The pipeline and evaluate use it unless told otherwise.
     geometry: str = ""
+    # The expression texture file (usgan.texture) applied after the warp, by name beside the weights file; "" = none.
+    texture: str = ""
 
     def __post_init__(self) -> None:
         if not 0 < self.edit_gain <= MAX_EDIT_GAIN:
@@ -123,10 +125,10 @@ def read_metadata(header: dict[str, str], path: Path, error: type[UserError], ki
         raise error(f"{path}: corrupt US-GAN metadata ({problem})") from problem
 
 
-def named_geometry(weights: Path) -> Path | None:
+def named_geometry(weights: Path, key: str = "geometry") -> Path | None:
     """The geometry file a generator file or training checkpoint names in its header ("geometry", resolved beside
     the weights), or None when it names none; CheckpointError naming the file when the header cannot be read.
-    pipeline.geometry and evaluate use it for their "auto"."""
+    pipeline.geometry and evaluate use it for their "auto"; key "texture" gives the texture file it names."""
     try:
         with safe_open(str(weights), "np") as handle:
             header = handle.metadata() or {}
@@ -134,7 +136,7 @@ def named_geometry(weights: Path) -> Path | None:
         raise CheckpointError(f"{weights}: cannot read its header ({error})") from error
     if METADATA_KEY not in header:
         return None  # not one of our files: its loader says so
-    name = read_metadata(header, Path(weights), CheckpointError, "safetensors file").get("geometry")
+    name = read_metadata(header, Path(weights), CheckpointError, "safetensors file").get(key)
     return Path(weights).parent / name if isinstance(name, str) and name else None
 
 
@@ -174,7 +176,8 @@ def train_state_generator(
         model = metadata["config"]["model"]
         config = from_mapping(GeneratorConfig, model["generator"], f"{path}: config.model.generator")
         info = WeightsInfo(generator=config, image_size=model["image_size"], step=metadata["step"],
-                           dataset=metadata.get("dataset", "unknown"), geometry=metadata.get("geometry", ""))
+                           dataset=metadata.get("dataset", "unknown"), geometry=metadata.get("geometry", ""),
+                           texture=metadata.get("texture", ""))
     except (KeyError, TypeError, ConfigError) as error:
         raise CheckpointError(f"{path}: training checkpoint with a bad header ({error})") from error
     return strip_prefix(tensors, "G."), info

@@ -11,6 +11,7 @@ from usgan.checkpoint import WeightsInfo
 from usgan.expressions import EXPRESSIONS, expression_index
 from usgan.tps import apply_field
 from usgan.model import Generator
+from usgan.texture import TextureInputs, TextureLayer
 
 
 def target_vectors(targets: Sequence[str] | torch.Tensor, count: int) -> torch.Tensor:
@@ -34,13 +35,15 @@ def apply_generator(
     targets: Sequence[str] | torch.Tensor,
     intensity: float | torch.Tensor = 1.0,
     fields: torch.Tensor | None = None,
+    texture: tuple[TextureLayer, TextureInputs] | None = None,
 ) -> torch.Tensor:
     """Edit (N, 3, H, W) RGB crops in [-1, 1] towards targets; returns (N, 3, H, W) in [-1, 1].
 
     The generator runs at info.image_size. For larger crops only its residual (output - input) is upsampled and
     added to the full-resolution crop, so skin and hair detail the generator never saw are kept. intensity scales
     the residual: 0 returns the crops unchanged, 1 is the full edit (the generator's change times the target's edit
-    gain, see edit_gains); a (N,) tensor scales each crop.
+    gain, see edit_gains); a (N,) tensor scales each crop. texture: the texture step after the warp and its per-face
+    inputs (usgan.texture); it needs fields.
     """
     if crops.ndim != 4 or crops.shape[1] != 3:
         raise ValueError(f"crops: expected (N, 3, H, W), got {tuple(crops.shape)}")
@@ -51,19 +54,24 @@ def apply_generator(
     if fields is None:
         base, residual = x, generator.residual(small, c)
     else:  # the crops warped by (N, g, g, 2) coarse fields (usgan.tps.coarse_field), the residual for them
-        base, residual = warped_residual(generator, x, small, c, fields.to(device=device, dtype=torch.float32))
+        base, residual = warped_residual(generator, x, small, c, fields.to(device=device, dtype=torch.float32),
+                                         None if texture is None else (texture[0], texture[1].to(device)))
     return add_residual(base, resize_residual(residual, tuple(x.shape[2:])), intensity, info, c).to(crops.device)
 
 
 def warped_residual(generator: Generator, crops: torch.Tensor, small: torch.Tensor, targets: torch.Tensor,
-                    fields: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                    fields: torch.Tensor, texture: tuple[TextureLayer, TextureInputs] | None = None,
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """The warp and the generator as one batched step (the ONNX warp graph is exactly this): the crops (N, 3, H, W)
     and the same crops at the generator's size, both warped by the coarse fields; returns the warped crops and the
     generator's residual (N, 3, h, w) for the warped small ones (warping the small crops rather than resizing the
     warped ones keeps the antialiased resize, which ONNX cannot export, out of the graph)."""
-    warped = apply_field(crops, fields)
+    warped, warped_small = apply_field(crops, fields), apply_field(small, fields)
+    if texture is not None:  # the texture at both sizes: the generator refines the textured face
+        layer, inputs = texture
+        warped, warped_small = layer(warped, *inputs), layer(warped_small, *inputs)
     dtype = next(generator.parameters()).dtype
-    residual = generator.residual(apply_field(small, fields).to(dtype), targets.to(dtype))
+    residual = generator.residual(warped_small.to(dtype), targets.to(dtype))
     return warped, residual.float()
 
 

@@ -1,0 +1,217 @@
+"""Expression texture: what the warp cannot move into a face. Expression ratio images (Liu, Shan & Zhang, SIGGRAPH
+2001) carry the shading an expression adds (folds beside the nose, a brow's furrow, a smile's cheeks), and a donor
+mouth carries the inside of an opened mouth (a smile's teeth, a gasp's dark opening).
+
+Everything lives in one canonical frame: the geometry model's mean face with its mouth opened as a surprise opens
+it, SIZE x SIZE pixels over the aligned crop. Per expression the model holds the per-pixel median over people of
+log(expressive luminance / the same person's neutral luminance warped onto the expressive landmarks), and for the
+expressions that open the mouth the median donor mouth (RGB) with its alpha (the inner-lip outline, feathered).
+
+TextureLayer applies it in the batched graph after the warp, with only ops that export to ONNX: the per-face mix of
+the maps is warped from the canonical frame onto each face's target landmarks (usgan.tps), the luminance ratio
+multiplies the crop, and the donor mouth, colour-matched to the face's own lip ring (its light teeth kept light), is
+composited inside the target's inner lip.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import load_file, save_file
+from torch import nn
+
+from usgan.errors import UserError
+from usgan.expressions import EXPRESSIONS
+from usgan.files import atomic_write
+from usgan.tps import field_grid, resample
+
+FORMAT = "usgan-texture"
+SIZE = 192  # canonical frame side in pixels (over the whole aligned crop)
+INNER_LIP = (65, 66, 62, 70, 69, 57, 60, 54)  # 2d106det's inner lip outline, in order
+OUTER_LIP = (52, 64, 63, 71, 67, 68, 61, 58, 59, 53, 56, 55)
+MOUTH_EXPRESSIONS = ("happy", "surprised")  # the targets that open the mouth: they bring a donor mouth
+ARRAYS = ("canonical", "log_ratio", "mouth", "alpha", "ring", "ring_colour")
+LUMA = (0.299, 0.587, 0.114)  # RGB -> luminance (Rec. 601)
+
+
+class TextureError(UserError):
+    """A texture file that is missing or not a texture model; the message (one line) names it."""
+
+
+@dataclass(frozen=True)
+class TextureModel:
+    """The stored model. Per expression (EXPRESSIONS order): log luminance ratio, donor mouth and its alpha (zero for
+    expressions that bring none); gains: per-expression multiple of the log ratio applied at intensity 1."""
+
+    canonical: NDArray    # (106, 2) crop units: the frame's landmarks
+    log_ratio: NDArray    # (7, S, S)
+    mouth: NDArray        # (7, 3, S, S) RGB in [0, 1]
+    alpha: NDArray        # (7, S, S) in [0, 1]
+    ring: NDArray         # (S, S) the lip ring, where a face's lip colour is read
+    ring_colour: NDArray  # (7, 3) each donor mouth's own lip-ring colour
+    gains: dict[str, float] = field(default_factory=dict)
+    sources: dict = field(default_factory=dict)
+
+    def gain_of(self, expression: str) -> float:
+        return float(self.gains.get(expression, 1.0))
+
+
+# --- canonical-frame masks ----------------------------------------------------------------------------------------
+
+
+def polygon_mask(points: NDArray, indices: tuple[int, ...], size: int = SIZE, dilate: float = 0.0,
+                 feather: float = 0.0) -> NDArray[np.float32]:
+    """(size, size) float32 mask of the polygon through points[indices] (crop units), grown by dilate pixels and
+    blurred by a Gaussian of sigma feather pixels."""
+    mask = np.zeros((size, size), np.uint8)
+    cv2.fillPoly(mask, [np.round(points[list(indices)] * size * 16).astype(np.int32)], 255, cv2.LINE_AA, shift=4)
+    mask = mask.astype(np.float32) / 255
+    if dilate > 0:
+        radius = int(np.ceil(dilate))
+        mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1)))
+    if feather > 0:
+        mask = cv2.GaussianBlur(mask, (0, 0), feather)
+    return mask
+
+
+def lip_ring(canonical: NDArray, size: int = SIZE) -> NDArray[np.float32]:
+    """The lips themselves: the outer lip outline less the inner one grown by 2 px."""
+    outer = polygon_mask(canonical, OUTER_LIP, size)
+    return np.clip(outer - polygon_mask(canonical, INNER_LIP, size, dilate=2.0), 0.0, 1.0)
+
+
+def mouth_opening(points: NDArray) -> NDArray:
+    """(N,) the inner lip outline's area over the outer one's, of (N, 106, 2) landmarks: 0 for a closed mouth."""
+    def area(indices: tuple[int, ...]) -> NDArray:
+        x, y = points[:, list(indices), 0], points[:, list(indices), 1]
+        return 0.5 * np.abs((x * np.roll(y, -1, 1) - np.roll(x, -1, 1) * y).sum(1))
+    return area(INNER_LIP) / np.maximum(area(OUTER_LIP), 1e-9)
+
+
+# --- file -------------------------------------------------------------------------------------------------------
+
+
+def save_texture(path: Path, model: TextureModel) -> None:
+    """A safetensors file (fp16 maps) whose JSON header holds the format, expressions, gains and data sources."""
+    arrays = {name: np.ascontiguousarray(getattr(model, name), dtype=np.float16 if getattr(model, name).ndim > 2
+                                         else np.float32) for name in ARRAYS}
+    header = {"format": FORMAT, "version": "1", "expressions": json.dumps(list(EXPRESSIONS)),
+              "gains": json.dumps(model.gains), "sources": json.dumps(model.sources)}
+    atomic_write(Path(path), lambda tmp: save_file(arrays, str(tmp), metadata=header))
+
+
+def load_texture(path: str | Path) -> TextureModel:
+    """The model saved by save_texture; TextureError naming the file when it is missing or not one."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise TextureError(f"{path}: no such texture file (build one with `python cli.py build-texture`)")
+    try:
+        with safe_open(str(path), "np") as handle:
+            header = handle.metadata() or {}
+        if header.get("format") != FORMAT or json.loads(header.get("expressions", "[]")) != list(EXPRESSIONS):
+            raise TextureError(f"{path}: not a {FORMAT} file for expressions {', '.join(EXPRESSIONS)}")
+        arrays = {name: value.astype(np.float32) for name, value in load_file(str(path)).items()}
+        model = TextureModel(**{name: arrays[name] for name in ARRAYS}, gains=json.loads(header["gains"]),
+                             sources=json.loads(header["sources"]))
+    except TextureError:
+        raise
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as error:
+        first = next(iter(str(error).splitlines()), "") or type(error).__name__
+        raise TextureError(f"{path}: not a readable texture file ({first})") from error
+    check_texture(model, path)
+    return model
+
+
+def check_texture(model: TextureModel, path: Path) -> None:
+    """TextureError naming the file when an array has the wrong shape or is not finite."""
+    count, size = len(EXPRESSIONS), model.log_ratio.shape[-1]
+    shapes = {"canonical": (106, 2), "log_ratio": (count, size, size), "mouth": (count, 3, size, size),
+              "alpha": (count, size, size), "ring": (size, size), "ring_colour": (count, 3)}
+    for name, shape in shapes.items():
+        value = getattr(model, name)
+        if value.shape != shape:
+            raise TextureError(f"{path}: {name} has shape {value.shape}, expected {shape}")
+        if not np.isfinite(value).all():
+            raise TextureError(f"{path}: {name} holds values that are not finite")
+
+
+# --- per-face weights (CPU) ---------------------------------------------------------------------------------------
+
+
+def face_weights(model: TextureModel, targets: NDArray, intensity: NDArray, posterior: NDArray,
+                 confidence: NDArray, source_opening: NDArray, goal_opening: NDArray) -> tuple[NDArray, NDArray]:
+    """Per face, the (N, 7) weights of the log-ratio maps and of the donor mouths.
+
+    Ratio: the targets' mix times each one's gain, less the source's own expression texture (the fit's posterior
+    times its confidence, at the same gains: a smiling face turned sad loses its smile's folds first), all scaled
+    by intensity. Mouth: only the opening expressions, and only the share of the target's opening that the source
+    does not already have (a face that opens its mouth itself keeps its own mouth; video keeps the speaker's)."""
+    gains = np.array([model.gain_of(name) for name in EXPRESSIONS], np.float32)
+    scale = np.asarray(intensity, np.float32)[:, None]
+    own = posterior * np.asarray(confidence, np.float32)[:, None]
+    ratio = (np.asarray(targets, np.float32) - own) * gains[None] * scale
+    ratio[:, EXPRESSIONS.index("neutral")] = 0.0
+    fill = np.clip(1.0 - np.asarray(source_opening) / np.maximum(np.asarray(goal_opening), 1e-6), 0.0, 1.0)
+    fill = np.where(np.asarray(goal_opening) > 0.05, fill, 0.0)
+    opens = np.array([name in MOUTH_EXPRESSIONS for name in EXPRESSIONS], np.float32)
+    mouth = np.asarray(targets, np.float32) * opens[None] * (fill[:, None] * np.clip(scale, 0.0, 1.0))
+    return ratio.astype(np.float32), mouth.astype(np.float32)
+
+
+# --- the graph ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TextureInputs:
+    """Per face, what TextureLayer needs: the coarse field (N, g, g, 2) from the canonical frame to the target
+    landmarks (usgan.tps.coarse_field; zeros where the face has none), the ratio and the mouth weights (N, 7)."""
+
+    field: torch.Tensor
+    ratio: torch.Tensor
+    mouth: torch.Tensor
+
+    def __iter__(self):
+        return iter((self.field, self.ratio, self.mouth))
+
+    def to(self, device: torch.device | str) -> TextureInputs:
+        return TextureInputs(*(value.to(device=device, dtype=torch.float32) for value in self))
+
+
+class TextureLayer(nn.Module):
+    """The texture step of the batched graph (ONNX-exportable, opset >= 16): forward(crops (N, 3, S, S) in [-1, 1],
+    field (N, g, g, 2) canonical -> target landmarks (usgan.tps.coarse_field), ratio weights (N, 7), mouth weights
+    (N, 7)) -> the textured crops (N, 3, S, S) in [-1, 1]. Zero weights give back the crops exactly."""
+
+    def __init__(self, model: TextureModel):
+        super().__init__()
+        for name in ("log_ratio", "mouth", "alpha", "ring_colour"):
+            self.register_buffer(name, torch.from_numpy(np.asarray(getattr(model, name), np.float32)))
+        self.register_buffer("ring", torch.from_numpy(np.asarray(model.ring, np.float32))[None, None])
+
+    def forward(self, crops: torch.Tensor, field: torch.Tensor, ratio_weights: torch.Tensor,
+                mouth_weights: torch.Tensor) -> torch.Tensor:
+        share = mouth_weights.sum(1, keepdim=True)
+        mix = mouth_weights / share.clamp_min(1e-6)                               # the donor mouth's blend
+        canonical = torch.cat([
+            torch.einsum("nk,khw->nhw", ratio_weights, self.log_ratio)[:, None],
+            torch.einsum("nk,kchw->nchw", mix, self.mouth),
+            torch.einsum("nk,khw->nhw", mouth_weights, self.alpha)[:, None],
+            self.ring.expand(crops.shape[0], 1, -1, -1),
+        ], 1)
+        maps = resample(canonical, field_grid(field, crops))                      # (N, 6, S, S) on the face
+        image = (crops + 1.0) * 0.5 * maps[:, :1].exp()
+        ring = maps[:, 5:6]
+        lips = (image * ring).sum((2, 3)) / ring.sum((2, 3)).clamp_min(1e-6)     # (N, 3) the face's lip colour
+        donor = (mix @ self.ring_colour).clamp_min(1e-3)
+        mouth = maps[:, 1:4]
+        light = (mouth * torch.tensor(LUMA, device=mouth.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        mouth = mouth * (lips / donor).clamp(0.2, 5.0)[..., None, None].pow(1.0 - light.clamp(0.0, 1.0))
+        alpha = maps[:, 4:5].clamp(0.0, 1.0)
+        return ((image * (1.0 - alpha) + mouth * alpha) * 2.0 - 1.0).clamp(-1.0, 1.0)
