@@ -349,6 +349,8 @@ evaluate_option = options_from(evaluate_defaults)
                    "names, if any; 'off': the generator alone.")
 @evaluate_option("--warp-intensity", config_key="warp_intensity", type=FiniteRange(0.0, 2.0),
                  help="Scale the warp's landmark displacement (0: the warp changes nothing).")
+@evaluate_option("--texture", config_key="texture", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                 help="Expression texture model: also judge warp + texture, with and without the generator.")
 def evaluate_command(weights: Path | None, data_dir: Path | None, out_dir: Path, identities: str, limit: int | None,
                      video_pair: tuple[Path, Path] | None, expression_gains: tuple[str, ...], geometry: str | None,
                      **options: Any) -> None:
@@ -382,6 +384,7 @@ def evaluate_command(weights: Path | None, data_dir: Path | None, out_dir: Path,
     for line in evaluation_summary_lines(metrics):
         click.echo(line)
     grids = (", grid.png" if weights else "") + (", grid_warp.png" if "conditions" in metrics else "")
+    grids += ", grid_texture.png, grid_texture_generator.png" if "texture" in metrics.get("geometry", {}) else ""
     click.echo(f"wrote {out_dir}/metrics.json, report.md{grids}")
 
 

@@ -17,14 +17,16 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from pipeline.evaluation.metrics import GENERATOR, WARP, WARP_GENERATOR
+from pipeline.evaluation.metrics import GENERATOR, WARP, WARP_GENERATOR, WARP_TEXTURE, WARP_TEXTURE_GENERATOR
 from pipeline.evaluation.sources import EvaluateError, bgr_to_tensor, tensor_to_bgr
 from pipeline.faces.landmarks import LandmarkDetector
 from pipeline.types import Frame
 from usgan.checkpoint import CheckpointError, WeightsInfo, named_geometry
 from usgan.geometry import Fit, ShapeModel, fit_expression, load_model, target_landmarks
-from usgan.tps import warp_crops
+from usgan.texture import TextureLayer, TextureModel, face_weights, mouth_opening
+from usgan.tps import coarse_field, warp_crops
 from usgan.inference import apply_generator
+from usgan.expressions import EXPRESSIONS
 from usgan.model import Generator
 
 GeometryChoice = Path | Literal["auto", "off"]
@@ -39,6 +41,7 @@ class Geometry:
     model: ShapeModel
     detector: LandmarkDetector
     intensity: float = 1.0
+    texture: TextureModel | None = None  # the texture step after the warp (its conditions are evaluated too)
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,10 @@ class Editor:
 
     @property
     def conditions(self) -> tuple[str, ...]:
-        return (GENERATOR, WARP, WARP_GENERATOR) if self.geometry else (GENERATOR,)
+        if self.geometry is None:
+            return (GENERATOR,)
+        textured = (WARP_TEXTURE, WARP_TEXTURE_GENERATOR) if self.geometry.texture is not None else ()
+        return (GENERATOR, WARP, WARP_GENERATOR, *textured)
 
 
 def header_geometry(weights: Path) -> Path | None:
@@ -86,9 +92,9 @@ def resolve_geometry(choice: GeometryChoice, weights: Path | None) -> tuple[Path
     return named, ("weights header" if named else "none")
 
 
-def load_geometry(path: Path, intensity: float = 1.0) -> Geometry:
+def load_geometry(path: Path, intensity: float = 1.0, texture: TextureModel | None = None) -> Geometry:
     """The geometry model at path and a landmark detector; GeometryError naming the file if it is not one."""
-    return Geometry(Path(path), load_model(path), LandmarkDetector(), intensity)
+    return Geometry(Path(path), load_model(path), LandmarkDetector(), intensity, texture)
 
 
 def fit_faces(geometry: Geometry, crops: Sequence[Frame]) -> FittedFaces:
@@ -97,10 +103,29 @@ def fit_faces(geometry: Geometry, crops: Sequence[Frame]) -> FittedFaces:
     return FittedFaces(points, fit_expression(geometry.model, points))
 
 
-def warp_towards(geometry: Geometry, x: torch.Tensor, faces: FittedFaces, targets: Sequence[str]) -> torch.Tensor:
-    """(N, 3, S, S) crops warped from their landmarks to their targets' (the same crops' faces, in order)."""
+def warp_towards(geometry: Geometry, x: torch.Tensor, faces: FittedFaces,
+                 targets: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(N, 3, S, S) crops warped from their landmarks to their targets' (the same crops' faces, in order), and the
+    warped crops with the texture step too (None without a texture model)."""
     goal = target_landmarks(geometry.model, faces.points, list(targets), geometry.intensity, fit=faces.fit)
-    return warp_crops(x, torch.from_numpy(faces.points), torch.from_numpy(goal).float())
+    warped = warp_crops(x, torch.from_numpy(faces.points), torch.from_numpy(goal).float())
+    if geometry.texture is None:
+        return warped, None
+    return warped, textured(geometry, warped, faces, goal, targets)
+
+
+def textured(geometry: Geometry, warped: torch.Tensor, faces: FittedFaces, goal: NDArray,
+             targets: Sequence[str]) -> torch.Tensor:
+    """The texture step on warped crops whose landmarks are now goal (as pipeline.geometry gives it, for stills)."""
+    texture = geometry.texture
+    vectors = np.eye(len(EXPRESSIONS), dtype=np.float32)[[EXPRESSIONS.index(t) for t in targets]]
+    ratio, mouth = face_weights(texture, vectors, np.full(len(targets), geometry.intensity, np.float32),
+                                faces.fit.posterior, faces.fit.confidence * faces.fit.validity,
+                                mouth_opening(faces.points.astype(np.float64)), mouth_opening(goal))
+    canonical = np.broadcast_to(texture.canonical, goal.shape).astype(np.float64)
+    field = coarse_field(torch.from_numpy(canonical), torch.from_numpy(goal))
+    with torch.no_grad():
+        return TextureLayer(texture)(warped, field, torch.from_numpy(ratio), torch.from_numpy(mouth))
 
 
 def edit_conditions(editor: Editor, crops: Sequence[Frame], targets: Sequence[str],
@@ -112,7 +137,11 @@ def edit_conditions(editor: Editor, crops: Sequence[Frame], targets: Sequence[st
     if editor.geometry is not None:
         if faces is None:
             raise ValueError("edit_conditions: the warp needs the crops' fitted faces")
-        warped = warp_towards(editor.geometry, x, faces, targets)
+        warped, with_texture = warp_towards(editor.geometry, x, faces, targets)
         outputs[WARP] = warped
         outputs[WARP_GENERATOR] = apply_generator(editor.generator, editor.info, warped, list(targets))
+        if with_texture is not None:
+            outputs[WARP_TEXTURE] = with_texture
+            outputs[WARP_TEXTURE_GENERATOR] = apply_generator(editor.generator, editor.info, with_texture,
+                                                              list(targets))
     return {name: tensor_to_bgr(images) for name, images in outputs.items()}

@@ -24,20 +24,23 @@ from numpy.typing import NDArray
 from pipeline.evaluation.conditions import (
     Editor, FittedFaces, GeometryChoice, edit_conditions, fit_faces, load_geometry, resolve_geometry,
 )
+from pipeline.evaluation.artefacts import artefact_shares
 from pipeline.evaluation.flicker import video_flicker
 from pipeline.evaluation.judges import ExpressionJudge, IdentityJudge, cosine_similarity
 from pipeline.evaluation.metrics import (
-    GENERATOR, WARP, WARP_GENERATOR, ConditionJudgements, GeometryJudgements, Judgements, change_stats,
+    GENERATOR, WARP_GENERATOR, WARP_TEXTURE, WARP_TEXTURE_GENERATOR, ConditionJudgements, GeometryJudgements, Judgements, change_stats,
     concatenate_judgements, summarise_conditions, summarise_fit, summarise_judgements,
 )
 from pipeline.evaluation.report import choose_grid_samples, grid_image, write_report
 from pipeline.evaluation.sources import EvaluateError, read_crop, read_crops, select_sources
 from pipeline.faces.align import crop_template
 from pipeline.faces.detector import DetectorConfig, FaceDetector
+from pipeline.faces.landmarks import LandmarkDetector
 from pipeline.types import Frame
 from usgan.checkpoint import WeightsInfo, load_generator
 from usgan.dataset import Sample
 from usgan.expressions import EXPRESSIONS
+from usgan.texture import load_texture
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +65,14 @@ class EvaluateConfig:
     expression_gains: tuple[tuple[str, float], ...] = ()
     geometry: GeometryChoice = "auto"  # a geometry file, "auto" (the one the weights' header names) or "off"
     warp_intensity: float = 1.0  # scales the warp's landmark displacement (0: the warp changes nothing)
+    texture: Path | None = None  # a texture file: warp + texture with and without the generator are evaluated too
 
 
 @dataclass(frozen=True)
 class Judges:
     expression: ExpressionJudge
     identity: IdentityJudge
+    landmarks: LandmarkDetector  # for the artefact measure, on each output's own landmarks
 
 
 @dataclass(frozen=True)
@@ -79,20 +84,22 @@ class TargetEdits:
 
 
 def judge_edits(editor: Editor, judges: Judges, crops: Sequence[Frame], embeddings: NDArray,
-                faces: FittedFaces | None, target: int) -> TargetEdits:
-    """The crops edited towards target under each condition, judged (identity against the sources' embeddings)."""
+                faces: FittedFaces | None, target: int, artefacts: NDArray) -> TargetEdits:
+    """The crops edited towards target under each condition, judged (identity against the sources' embeddings;
+    artefacts: the sources' own dark share around the lips, which each output's is measured against)."""
     outputs = edit_conditions(editor, crops, [EXPRESSIONS[target]] * len(crops), faces)
     landmarks = [crop_template(crops[0].shape[0]).astype(np.float32)] * len(crops)  # the edits keep the template
     judged = {name: ConditionJudgements(judges.expression.predict_batch(images, landmarks),
-                                        cosine_similarity(embeddings, judges.identity.embed_batch(images, landmarks)))
+                                        cosine_similarity(embeddings, judges.identity.embed_batch(images, landmarks)),
+                                        artefact_shares(judges.landmarks, images) - artefacts)
               for name, images in outputs.items()}
     change = np.array([change_stats(c, out) for c, out in zip(crops, outputs[GENERATOR])], np.float32)
     return TargetEdits(judged, change.reshape(-1, 2))
 
 
 def joined_condition(edits: Sequence[TargetEdits], name: str) -> ConditionJudgements:
-    return ConditionJudgements(np.concatenate([e.judged[name].output_probs for e in edits]),
-                               np.concatenate([e.judged[name].identity for e in edits]))
+    return ConditionJudgements(*(np.concatenate([getattr(e.judged[name], field) for e in edits])
+                                 for field in ("output_probs", "identity", "artefact")))
 
 
 def geometry_judgements(edits: Sequence[TargetEdits], faces: FittedFaces | None) -> GeometryJudgements | None:
@@ -100,7 +107,8 @@ def geometry_judgements(edits: Sequence[TargetEdits], faces: FittedFaces | None)
     if faces is None:
         return None
     fit = faces.fit
-    return GeometryJudgements({name: joined_condition(edits, name) for name in (WARP, WARP_GENERATOR)},
+    names = [name for name in edits[0].judged if name != GENERATOR]
+    return GeometryJudgements({name: joined_condition(edits, name) for name in names},
                               fit_named=fit.posterior.argmax(1), fit_confidence=fit.confidence.astype(np.float32),
                               fit_validity=fit.validity.astype(np.float32))
 
@@ -111,17 +119,20 @@ def judge_batch(editor: Editor, judges: Judges, samples: Sequence[Sample]) -> Ju
     landmarks = [crop_template(crops[0].shape[0]).astype(np.float32)] * len(crops)
     embeddings = judges.identity.embed_batch(crops, landmarks)
     faces = fit_faces(editor.geometry, crops) if editor.geometry is not None else None
+    artefacts = artefact_shares(judges.landmarks, crops)
     pairs = [(np.flatnonzero(labels != target), target) for target in range(len(EXPRESSIONS))]
     pairs = [(chosen, target) for chosen, target in pairs if chosen.size]
     edits = [judge_edits(editor, judges, [crops[i] for i in chosen], embeddings[chosen],
-                         faces.select(chosen) if faces is not None else None, target) for chosen, target in pairs]
+                         faces.select(chosen) if faces is not None else None, target, artefacts[chosen])
+             for chosen, target in pairs]
     generator = joined_condition(edits, GENERATOR)
     return Judgements(labels=labels, input_probs=judges.expression.predict_batch(crops, landmarks),
                       pair_source=np.concatenate([chosen for chosen, _ in pairs]),
                       pair_target=np.concatenate([np.full(chosen.size, target) for chosen, target in pairs]),
                       output_probs=generator.output_probs, identity=generator.identity,
                       change=np.concatenate([e.change for e in edits]), embeddings=embeddings,
-                      identities=tuple(s.identity for s in samples), geometry=geometry_judgements(edits, faces))
+                      identities=tuple(s.identity for s in samples), geometry=geometry_judgements(edits, faces),
+                      artefact=generator.artefact)
 
 
 def judge_sources(editor: Editor, judges: Judges, samples: Sequence[Sample], batch_size: int) -> Judgements:
@@ -170,9 +181,10 @@ def evaluate_generator(config: EvaluateConfig) -> tuple[dict[str, Any], dict[str
     samples = select_sources(config.data, config.identities, config.limit)
     generator, info = load_generator(config.weights, config.device)
     geometry_path, geometry_source = resolve_geometry(config.geometry, config.weights)
-    geometry = load_geometry(geometry_path, config.warp_intensity) if geometry_path is not None else None
+    texture = load_texture(config.texture) if config.texture is not None and geometry_path is not None else None
+    geometry = load_geometry(geometry_path, config.warp_intensity, texture) if geometry_path is not None else None
     editor = Editor(generator, with_gains(info, config), geometry)
-    judges = Judges(ExpressionJudge(), IdentityJudge())
+    judges = Judges(ExpressionJudge(), IdentityJudge(), LandmarkDetector())
     started = time.perf_counter()
     judgements = judge_sources(editor, judges, samples, config.batch_size)
     seconds = time.perf_counter() - started
@@ -188,6 +200,10 @@ def evaluate_generator(config: EvaluateConfig) -> tuple[dict[str, Any], dict[str
         metrics["geometry"] = {"path": str(geometry.path), "source": geometry_source, "intensity": geometry.intensity,
                                "fit": summarise_fit(judgements)}
         grids["grid_warp.png"] = make_grid(editor, samples, config, WARP_GENERATOR)
+        if texture is not None:
+            metrics["geometry"]["texture"] = str(config.texture)
+            grids["grid_texture.png"] = make_grid(editor, samples, config, WARP_TEXTURE)
+            grids["grid_texture_generator.png"] = make_grid(editor, samples, config, WARP_TEXTURE_GENERATOR)
     return metrics, grids
 
 

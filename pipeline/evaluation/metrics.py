@@ -10,9 +10,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pipeline.types import Frame
+from pipeline.evaluation.artefacts import FLAG_SHARE
 from usgan.expressions import EXPRESSIONS
 
 GENERATOR, WARP, WARP_GENERATOR = "generator", "warp", "warp+generator"
+WARP_TEXTURE, WARP_TEXTURE_GENERATOR = "warp+texture", "warp+texture+generator"
 KEY_TARGETS = ("angry", "happy", "sad", "surprised")  # the targets the expression goal is stated over
 
 
@@ -22,6 +24,7 @@ class ConditionJudgements:
 
     output_probs: NDArray[np.float32]  # (m, 7)
     identity: NDArray[np.float32]  # (m,)
+    artefact: NDArray[np.float32] | None = None  # (m,) new dark paint around the lips (pipeline.evaluation.artefacts)
 
 
 @dataclass(frozen=True)
@@ -50,11 +53,12 @@ class Judgements:
     embeddings: NDArray[np.float32] | None = None
     identities: tuple[str | None, ...] | None = None
     geometry: GeometryJudgements | None = None
+    artefact: NDArray[np.float32] | None = None  # (m,) the generator's, as ConditionJudgements.artefact
 
     def condition(self, name: str) -> ConditionJudgements:
         """The judgements of one condition: GENERATOR (the fields above) or one of the geometry's."""
         if name == GENERATOR:
-            return ConditionJudgements(self.output_probs, self.identity)
+            return ConditionJudgements(self.output_probs, self.identity, self.artefact)
         if self.geometry is None or name not in self.geometry.conditions:
             raise KeyError(f"no judgements for condition {name!r}")
         return self.geometry.conditions[name]
@@ -145,8 +149,9 @@ def condition_row(j: Judgements, name: str, mask: NDArray[np.bool_]) -> dict[str
     """Judge accuracy, mean identity cosine and its 5th percentile of one condition's edits in mask."""
     judged = j.condition(name)
     identity = judged.identity[mask]
+    flagged = None if judged.artefact is None else _mean(judged.artefact[mask] > FLAG_SHARE)
     return {"judge": _mean(judged.output_probs[mask].argmax(1) == j.pair_target[mask]), "identity": _mean(identity),
-            "identity_p5": float(np.percentile(identity, 5)) if identity.size else None}
+            "identity_p5": float(np.percentile(identity, 5)) if identity.size else None, "artefacts": flagged}
 
 
 def summarise_conditions(j: Judgements) -> dict[str, Any]:
@@ -186,11 +191,16 @@ def summarise_fit(j: Judgements) -> dict[str, Any]:
 
 
 def _joined_geometry(parts: list[GeometryJudgements]) -> GeometryJudgements:
-    conditions = {name: ConditionJudgements(np.concatenate([p.conditions[name].output_probs for p in parts]),
-                                            np.concatenate([p.conditions[name].identity for p in parts]))
+    conditions = {name: ConditionJudgements(*(joined_arrays([getattr(p.conditions[name], field) for p in parts])
+                                              for field in ("output_probs", "identity", "artefact")))
                   for name in parts[0].conditions}
     fits = {f: np.concatenate([getattr(p, f) for p in parts]) for f in ("fit_named", "fit_confidence", "fit_validity")}
     return GeometryJudgements(conditions, **fits)
+
+
+def joined_arrays(values: list[Any]) -> Any:
+    """The arrays concatenated, None when any of them is None."""
+    return None if any(v is None for v in values) else np.concatenate(values)
 
 
 def concatenate_judgements(parts: list[Judgements]) -> Judgements:
@@ -201,8 +211,7 @@ def concatenate_judgements(parts: list[Judgements]) -> Judgements:
         return any(v is None for v in values)
 
     def joined(name: str) -> Any:
-        values = [getattr(p, name) for p in parts]
-        return None if missing(values) else np.concatenate(values)
+        return joined_arrays([getattr(p, name) for p in parts])
 
     geometries = [p.geometry for p in parts]
     identities = [p.identities for p in parts]
@@ -211,4 +220,5 @@ def concatenate_judgements(parts: list[Judgements]) -> Judgements:
                       pair_target=joined("pair_target"), output_probs=joined("output_probs"),
                       identity=joined("identity"), change=joined("change"), embeddings=joined("embeddings"),
                       identities=None if missing(identities) else sum(identities, ()),
-                      geometry=None if missing(geometries) else _joined_geometry(geometries))
+                      geometry=None if missing(geometries) else _joined_geometry(geometries),
+                      artefact=joined("artefact"))

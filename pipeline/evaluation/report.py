@@ -109,11 +109,12 @@ def generator_section(metrics: dict[str, Any]) -> list[str]:
     ]
 
 
-CONDITION_TITLES = {"generator": "generator alone", "warp": "warp alone", "warp+generator": "warp + generator"}
+CONDITION_TITLES = {"generator": "generator alone", "warp": "warp alone", "warp+generator": "warp + generator",
+                    "warp+texture": "warp + texture", "warp+texture+generator": "warp + texture + generator"}
 
 
 def _cell(row: dict[str, Any]) -> str:
-    return f"{_fmt(row['judge'])} / {_fmt(row['identity'])} / {_fmt(row['identity_p5'])}"
+    return f"{_fmt(row['judge'])} / {_fmt(row['identity'])} / {_fmt(row['identity_p5'])} / {_fmt(row.get('artefacts'))}"
 
 
 def conditions_table(conditions: dict[str, Any]) -> list[str]:
@@ -121,7 +122,7 @@ def conditions_table(conditions: dict[str, Any]) -> list[str]:
     condition; then the mean over the key targets and all edits."""
     names = conditions["names"]
     lines = ["| target | edits | unchanged inputs: judge | "
-             + " | ".join(f"{CONDITION_TITLES.get(n, n)}: judge / identity / p5" for n in names) + " |",
+             + " | ".join(f"{CONDITION_TITLES.get(n, n)}: judge / identity / p5 / artefacts" for n in names) + " |",
              "|---|---|---|" + "---|" * len(names)]
     key = conditions["key_targets"]
     rows = [*conditions["per_target"].items(), (f"**mean of {', '.join(key['targets'])}**", key),
@@ -204,7 +205,7 @@ def evaluation_summary_lines(metrics: dict[str, Any]) -> list[str]:
         key = metrics["conditions"]["key_targets"]
         lines.append(f"mean of {', '.join(key['targets'])}: inputs {_fmt(key['inputs'])}; "
                      + "; ".join(f"{CONDITION_TITLES.get(n, n)} {_cell(key[n])}" for n in metrics["conditions"]["names"])
-                     + " (judge / identity / p5)")
+                     + " (judge / identity / p5 / artefacts)")
     if metrics.get("change"):
         change = metrics["change"]
         lines.append(f"change: mean |output - input| {change['mean_abs']:.1f} grey levels, "
