@@ -19,6 +19,7 @@ generator-only one), and the generator's change is added to the warped crop. A z
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,9 +93,14 @@ def from_model_output(images: NDArray[np.float32]) -> NDArray[np.uint8]:
     return np.ascontiguousarray(pixels.transpose(0, 2, 3, 1)[..., ::-1])
 
 
-def onnx_cache_path(weights: Path, fp16: bool, cache_dir: Path, warp: bool = False) -> Path:
+def onnx_cache_path(weights: Path, fp16: bool, cache_dir: Path, warp: bool = False,
+                    texture: TextureModel | None = None) -> Path:
     """Where the export of these weights lives: keyed by content, so renamed or replaced files never mix up."""
     graph = "-warp" if warp else ""
+    if texture is not None:
+        digest = hashlib.sha256(b"".join(np.ascontiguousarray(a, np.float32).tobytes() for a in (
+            texture.log_ratio, texture.mouth, texture.alpha, texture.ring, texture.ring_colour)))
+        graph = f"-texture-{digest.hexdigest()[:12]}"
     return Path(cache_dir) / f"usgan-{file_sha256(weights)[:16]}-{'fp16' if fp16 else 'fp32'}{graph}.onnx"
 
 
@@ -176,24 +182,29 @@ class OnnxSynthesizer:
     """The generator exported to ONNX (once per weights file, cached) and run by ONNX Runtime. warp: the warp graph
     (crops may come with fields), else the generator alone (they may not)."""
 
-    def __init__(self, weights: Path, config: OnnxConfig = OnnxConfig(), warp: bool = False):
+    def __init__(self, weights: Path, config: OnnxConfig = OnnxConfig(), warp: bool = False,
+                 texture: TextureModel | None = None):
         self.fp16 = gpu_provider_usable(config.preference) if config.fp16 is None else config.fp16
         cache_dir = Path(config.cache_dir).expanduser()
-        path = exported_onnx(weights, self.fp16, cache_dir, warp)
+        path = exported_onnx(weights, self.fp16, cache_dir, warp, texture)
         self.session = create_session(path, config.preference, self.fp16, cache_dir / "tensorrt", config.threads)
         self.info: WeightsInfo = session_weights_info(self.session, path)
         self.image_size = self.info.image_size
-        self.warp = warp
+        self.warp = warp or texture is not None
+        self.textured = texture is not None
 
     def synthesize(self, crops: NDArray[np.uint8], targets: NDArray[np.float32], intensity: NDArray[np.float32],
-                   fields: Fields | None = None) -> NDArray[np.uint8]:
+                   fields: Fields | None = None, texture: TextureWeights | None = None) -> NDArray[np.uint8]:
         check_batch(crops, targets, intensity, fields)
         if fields is not None and not self.warp:
             raise ValueError("fields: this ONNX synthesizer runs the generator alone (build it with warp=True)")
+        if (texture is not None) != self.textured:
+            raise ValueError("texture: give the texture step's inputs exactly when the synthesizer has a texture model")
         x = torch.from_numpy(to_model_input(crops))
         small = resize_to_generator(x, self.image_size).numpy()
         vectors = np.asarray(targets, np.float32)
-        base, residual = self.warped(x, small, vectors, fields) if self.warp else self.unwarped(x, small, vectors)
+        base, residual = self.warped(x, small, vectors, fields, texture) if self.warp \
+            else self.unwarped(x, small, vectors)
         residual = resize_residual(residual, tuple(x.shape[2:]))
         per_crop = torch.from_numpy(np.asarray(intensity, np.float32))
         return from_model_output(add_residual(base, residual, per_crop, self.info, torch.from_numpy(vectors)).numpy())
@@ -205,13 +216,16 @@ class OnnxSynthesizer:
         base = small.astype(np.float16).astype(np.float32) if self.fp16 else small
         return x, torch.from_numpy(output - base)
 
-    def warped(self, x: torch.Tensor, small: NDArray, vectors: NDArray,
-               fields: Fields | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The warped crops and the generator's residual for them; crops with a zero field are kept bit-exactly
-        (a GPU provider may run the warp in fp16)."""
+    def warped(self, x: torch.Tensor, small: NDArray, vectors: NDArray, fields: Fields | None,
+               texture: TextureWeights | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The warped (and textured) crops and the generator's residual for them; crops with a zero field and no
+        texture are kept bit-exactly (a GPU provider may run the warp in fp16)."""
         fields = np.zeros((len(x), FIELD_GRID, FIELD_GRID, 2), np.float32) if fields is None else fields
-        warped, residual = run_warped_generator(self.session, x.numpy(), small, vectors, fields)
+        extra = () if texture is None else (texture.fields, texture.ratio, texture.mouth)
+        warped, residual = run_warped_generator(self.session, x.numpy(), small, vectors, fields, extra)
         still = ~np.asarray(fields).any(axis=(1, 2, 3))
+        if texture is not None:
+            still &= ~(texture.ratio.any(1) | texture.mouth.any(1))
         warped[still] = x.numpy()[still]
         return torch.from_numpy(warped), torch.from_numpy(residual)
 
@@ -223,15 +237,17 @@ def gpu_provider_usable(preference: ExecutionPreference) -> bool:
     return preference != "cpu" and CUDA in usable_providers(ort.get_available_providers())
 
 
-def exported_onnx(weights: Path, fp16: bool, cache_dir: Path, warp: bool = False) -> Path:
-    """The cached ONNX export of weights (warp: the warp graph), exporting it first when it is not there yet."""
+def exported_onnx(weights: Path, fp16: bool, cache_dir: Path, warp: bool = False,
+                  texture: TextureModel | None = None) -> Path:
+    """The cached ONNX export of weights (warp: the warp graph; texture: the texture graph), exporting it first when
+    it is not there yet."""
     if not Path(weights).is_file():
         raise CheckpointError(f"{weights}: no such file")
-    path = onnx_cache_path(weights, fp16, cache_dir, warp)
+    path = onnx_cache_path(weights, fp16, cache_dir, warp, texture)
     if not path.is_file():
         log.info("%s: exporting to %s (once per weights file)", weights, path)
         try:
-            export_onnx(weights, path, fp16=fp16, warp=warp)
+            export_onnx(weights, path, fp16=fp16, warp=warp, texture=texture)
         except ExportError as error:
             cause = error.__cause__
             if not isinstance(cause, OSError):
@@ -250,5 +266,5 @@ def build_synthesizer(config: SynthesizerConfig, weights: Path | None = None, wa
     if config.backend == "torch":
         return TorchSynthesizer(weights, config.device, config.threads, config.precision, texture)
     if config.backend == "onnx":
-        return OnnxSynthesizer(weights, config.onnx, warp)
+        return OnnxSynthesizer(weights, config.onnx, warp, texture)
     raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}, got {config.backend!r}")

@@ -194,6 +194,7 @@ class TextureLayer(nn.Module):
         for name in ("log_ratio", "mouth", "alpha", "ring_colour"):
             self.register_buffer(name, torch.from_numpy(np.asarray(getattr(model, name), np.float32)))
         self.register_buffer("ring", torch.from_numpy(np.asarray(model.ring, np.float32))[None, None])
+        self.register_buffer("luma", torch.tensor(LUMA).view(1, 3, 1, 1))
 
     def forward(self, crops: torch.Tensor, field: torch.Tensor, ratio_weights: torch.Tensor,
                 mouth_weights: torch.Tensor) -> torch.Tensor:
@@ -211,7 +212,7 @@ class TextureLayer(nn.Module):
         lips = (image * ring).sum((2, 3)) / ring.sum((2, 3)).clamp_min(1e-6)     # (N, 3) the face's lip colour
         donor = (mix @ self.ring_colour).clamp_min(1e-3)
         mouth = maps[:, 1:4]
-        light = (mouth * torch.tensor(LUMA, device=mouth.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        light = (mouth * self.luma).sum(1, keepdim=True)
         mouth = mouth * (lips / donor).clamp(0.2, 5.0)[..., None, None].pow(1.0 - light.clamp(0.0, 1.0))
         alpha = maps[:, 4:5].clamp(0.0, 1.0)
         return ((image * (1.0 - alpha) + mouth * alpha) * 2.0 - 1.0).clamp(-1.0, 1.0)
