@@ -229,3 +229,25 @@ def test_the_warp_graph_takes_crops_and_fields_and_matches_torch_at_any_crop_siz
 def test_the_warp_graph_needs_opset_16(exported, tmp_path):
     with pytest.raises(ExportError, match="opset 15 unsupported; use 16..20"):
         export_onnx(exported["weights"], tmp_path / "w.onnx", opset=15, warp=True)
+
+
+def test_the_texture_graph_stores_the_texture_and_matches_torch(exported, tmp_path):
+    from usgan.export import TEXTURE_INTERFACE, parity_inputs, run_warped_generator
+    from usgan.inference import warped_residual
+    from usgan.texture import TextureInputs, TextureLayer, load_texture
+
+    texture = load_texture(Path(__file__).resolve().parents[2] / "weights" / "texture.safetensors")
+    result = export_onnx(exported["weights"], tmp_path / "texture.onnx", texture=texture)
+    model = onnx.load(tmp_path / "texture.onnx")
+    assert ([i.name for i in model.graph.input], [o.name for o in model.graph.output]) == TEXTURE_INTERFACE
+    assert result.max_abs_diff <= 1e-4
+    generator, _ = load_generator(exported["weights"])
+    inputs = parity_inputs(3, IMAGE_SIZE, warp=True, texture=True)
+    warped, residual = run_warped_generator(_cpu_session(tmp_path / "texture.onnx"), *inputs[:4], inputs[4:])
+    tensors = [torch.from_numpy(a) for a in inputs]
+    with torch.no_grad():
+        plain = warped_residual(generator, *tensors[:4])
+        expected = warped_residual(generator, *tensors[:4], (TextureLayer(texture), TextureInputs(*tensors[4:])))
+    assert np.abs(warped - expected[0].numpy()).max() <= 1e-4
+    assert np.abs(residual - expected[1].numpy()).max() <= 1e-4
+    assert np.abs(warped - plain[0].numpy()).max() > 0.05  # the texture step is in the graph
