@@ -36,7 +36,7 @@ from usgan.errors import UserError
 from usgan.expressions import EXPRESSIONS
 from usgan.geometry import POINTS, Fit, ShapeModel, fit_expression, target_landmarks
 from usgan.texture import TextureModel, face_weights, mouth_opening
-from usgan.tps import FIELD_GRID, coarse_field
+from usgan.tps import FIELD_GRID, coarse_field, coarse_fields
 
 MIN_VALIDITY = 0.01  # below this the fit's target is zero anyway (validity scales it): count the face as failed
 CROP_MARGIN = 0.25  # landmarks further outside the crop than this (crop units) are a failed detection
@@ -139,28 +139,36 @@ def warp_inputs(geometry: Geometry, crops: Sequence[AlignedCrop], targets: NDArr
     fit = fit_expression(geometry.model, points)
     failed = ~found | (fit.validity < MIN_VALIDITY)
     fields = np.zeros((len(crops), FIELD_GRID, FIELD_GRID, 2), np.float32)
+    texture_fields = fields.copy()
     goal = points
     if (~failed).any():
         goal = blended_targets(geometry.model, points, np.asarray(targets), np.asarray(intensity, float), fit,
                                talking=smoother is not None)
-        fields[~failed] = coarse_field(torch.from_numpy(points[~failed]), torch.from_numpy(goal[~failed])).numpy()
+        sources = [points[~failed]] + ([] if geometry.texture is None else
+                                       [np.broadcast_to(geometry.texture.canonical, goal[~failed].shape)])
+        solved = coarse_fields([torch.from_numpy(np.asarray(s, np.float64)) for s in sources],
+                               torch.from_numpy(goal[~failed]))  # one spline system for the warp and the texture
+        fields[~failed] = solved[0].numpy()
+        texture_fields[~failed] = solved[-1].numpy()
     texture = None
     if geometry.texture is not None:
         texture = texture_weights(geometry.texture, points, goal, fit, np.asarray(targets), np.asarray(intensity),
-                                  failed, talking=smoother is not None)
+                                  failed, talking=smoother is not None, fields=texture_fields)
     return Warp(fields, failed, texture)
 
 
 def texture_weights(texture: TextureModel, points: NDArray, goal: NDArray, fit: Fit, targets: NDArray,
-                    intensity: NDArray, failed: NDArray, talking: bool) -> TextureWeights:
+                    intensity: NDArray, failed: NDArray, talking: bool, fields: NDArray | None = None) -> TextureWeights:
     """The texture step's inputs for faces whose landmarks are points and whose target landmarks are goal. A video
-    face (talking) gets no donor mouth: its opening is the speaker's."""
+    face (talking) gets no donor mouth: its opening is the speaker's. fields: the canonical -> goal coarse fields,
+    when they are solved already (warp_inputs solves them with the warp's)."""
     ratio, mouth = face_weights(texture, targets, intensity, fit.posterior, fit.confidence * fit.validity,
                                 mouth_opening(points), mouth_opening(goal))
-    fields = np.zeros((len(points), FIELD_GRID, FIELD_GRID, 2), np.float32)
-    if (~failed).any():
-        canonical = np.broadcast_to(texture.canonical, (int((~failed).sum()), POINTS, 2)).astype(np.float64)
-        fields[~failed] = coarse_field(torch.from_numpy(canonical), torch.from_numpy(goal[~failed])).numpy()
+    if fields is None:
+        fields = np.zeros((len(points), FIELD_GRID, FIELD_GRID, 2), np.float32)
+        if (~failed).any():
+            canonical = np.broadcast_to(texture.canonical, goal[~failed].shape).astype(np.float64)
+            fields[~failed] = coarse_field(torch.from_numpy(canonical), torch.from_numpy(goal[~failed])).numpy()
     ratio[failed], mouth[failed] = 0.0, 0.0
     if talking:
         mouth[:] = 0.0

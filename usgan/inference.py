@@ -69,7 +69,7 @@ def warped_residual(generator: Generator, crops: torch.Tensor, small: torch.Tens
     warped, warped_small = apply_field(crops, fields), apply_field(small, fields)
     if texture is not None:  # the texture at both sizes: the generator refines the textured face
         layer, inputs = texture
-        warped, warped_small = layer(warped, *inputs), layer(warped_small, *inputs)
+        warped, warped_small = layer(warped, warped_small, *inputs)
     dtype = next(generator.parameters()).dtype
     residual = generator.residual(warped_small.to(dtype), targets.to(dtype))
     return warped, residual.float()

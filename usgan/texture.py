@@ -25,6 +25,7 @@ import torch
 from numpy.typing import NDArray
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
+import torch.nn.functional as F
 from torch import nn
 
 from usgan.errors import UserError
@@ -185,9 +186,11 @@ class TextureInputs:
 
 
 class TextureLayer(nn.Module):
-    """The texture step of the batched graph (ONNX-exportable, opset >= 16): forward(crops (N, 3, S, S) in [-1, 1],
-    field (N, g, g, 2) canonical -> target landmarks (usgan.tps.coarse_field), ratio weights (N, 7), mouth weights
-    (N, 7)) -> the textured crops (N, 3, S, S) in [-1, 1]. Zero weights give back the crops exactly."""
+    """The texture step of the batched graph (ONNX-exportable, opset >= 16): forward(crops (N, 3, S, S), the same
+    crops at the generator's size (N, 3, s, s), both in [-1, 1] and warped; field (N, g, g, 2) canonical -> target
+    landmarks (usgan.tps.coarse_field); ratio and mouth weights (N, 7)) -> both textured. The maps are warped onto
+    the faces once, at the generator's size, and upsampled for the crops (the ratio is smooth, and the donor mouth is
+    a median of many). Zero weights give back the crops."""
 
     def __init__(self, model: TextureModel):
         super().__init__()
@@ -196,23 +199,35 @@ class TextureLayer(nn.Module):
         self.register_buffer("ring", torch.from_numpy(np.asarray(model.ring, np.float32))[None, None])
         self.register_buffer("luma", torch.tensor(LUMA).view(1, 3, 1, 1))
 
-    def forward(self, crops: torch.Tensor, field: torch.Tensor, ratio_weights: torch.Tensor,
-                mouth_weights: torch.Tensor) -> torch.Tensor:
-        share = mouth_weights.sum(1, keepdim=True)
-        mix = mouth_weights / share.clamp_min(1e-6)                               # the donor mouth's blend
+    def forward(self, crops: torch.Tensor, small: torch.Tensor, field: torch.Tensor, ratio_weights: torch.Tensor,
+                mouth_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mix = mouth_weights / mouth_weights.sum(1, keepdim=True).clamp_min(1e-6)  # the donor mouth's blend
         canonical = torch.cat([
             torch.einsum("nk,khw->nhw", ratio_weights, self.log_ratio)[:, None],
             torch.einsum("nk,kchw->nchw", mix, self.mouth),
             torch.einsum("nk,khw->nhw", mouth_weights, self.alpha)[:, None],
-            self.ring.expand(crops.shape[0], 1, -1, -1),
+            self.ring.expand(small.shape[0], 1, -1, -1),
         ], 1)
-        maps = resample(canonical, field_grid(field, crops))                      # (N, 6, S, S) on the face
-        image = (crops + 1.0) * 0.5 * maps[:, :1].exp()
+        maps = resample(canonical, field_grid(field, small))                      # (N, 6, s, s) on the faces
+        shade = maps[:, :1].exp()
+        lit = (small + 1.0) * 0.5 * shade
         ring = maps[:, 5:6]
-        lips = (image * ring).sum((2, 3)) / ring.sum((2, 3)).clamp_min(1e-6)     # (N, 3) the face's lip colour
-        donor = (mix @ self.ring_colour).clamp_min(1e-3)
+        lips = (lit * ring).sum((2, 3)) / ring.sum((2, 3)).clamp_min(1e-6)       # (N, 3) the face's lip colour
+        scale = (lips / (mix @ self.ring_colour).clamp_min(1e-3)).clamp(0.2, 5.0)[..., None, None]
         mouth = maps[:, 1:4]
-        light = (mouth * self.luma).sum(1, keepdim=True)
-        mouth = mouth * (lips / donor).clamp(0.2, 5.0)[..., None, None].pow(1.0 - light.clamp(0.0, 1.0))
-        alpha = maps[:, 4:5].clamp(0.0, 1.0)
-        return ((image * (1.0 - alpha) + mouth * alpha) * 2.0 - 1.0).clamp(-1.0, 1.0)
+        mouth = mouth * scale.pow(1.0 - (mouth * self.luma).sum(1, keepdim=True).clamp(0.0, 1.0))
+        layers = torch.cat([shade, mouth, maps[:, 4:5].clamp(0.0, 1.0)], 1)      # (N, 5, s, s)
+        return composite(crops, upsample(layers, crops)), composite(small, layers)
+
+
+def upsample(maps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """maps (N, C, s, s) bilinearly at like's size (itself when already that size)."""
+    return F.interpolate(maps, size=like.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def composite(crops: torch.Tensor, layers: torch.Tensor) -> torch.Tensor:
+    """crops (N, 3, S, S) in [-1, 1] times the shading layers[:, :1], with the mouth layers[:, 1:4] composited by
+    the alpha layers[:, 4:5]."""
+    alpha = layers[:, 4:5]
+    lit = (crops + 1.0) * 0.5 * layers[:, :1]
+    return ((lit + alpha * (layers[:, 1:4] - lit)) * 2.0 - 1.0).clamp(-1.0, 1.0)

@@ -35,21 +35,29 @@ def coarse_field(source: torch.Tensor, target: torch.Tensor, grid: int = FIELD_G
     """(N, grid, grid, 2) float32 displacement in crop units at the grid's cell centres, before the face mask: the
     thin-plate spline through target -> source landmarks and the anchor ring, for apply_field. Solved on the CPU with numpy in float64: torch.linalg.solve
     does not export to ONNX, and batched torch solves return garbage once torch.set_num_threads has been changed."""
-    target, source = (np.asarray(points.detach().cpu(), np.float64) for points in (target, source))
-    n = len(source)
+    return coarse_fields([source], target, grid, smooth)[0]
+
+
+def coarse_fields(sources: list[torch.Tensor], target: torch.Tensor, grid: int = FIELD_GRID,
+                  smooth: float = 1e-5) -> list[torch.Tensor]:
+    """coarse_field from each of several sources (N, P, 2) to one target: the spline's system depends on the target
+    alone, so it is built and solved once for all of them."""
+    target = np.asarray(target.detach().cpu(), np.float64)
+    n, points = target.shape[:2]
     ring = np.broadcast_to(anchor_ring().double().numpy(), (n, *anchor_ring().shape))
-    dst, src = np.concatenate([target, ring], 1), np.concatenate([source, ring], 1)
+    dst = np.concatenate([target, ring], 1)
+    offsets = [np.concatenate([np.asarray(s.detach().cpu(), np.float64), ring], 1) - dst for s in sources]
     count = dst.shape[1]
     affine = np.concatenate([np.ones_like(dst[..., :1]), dst], 2)
     system = np.zeros((n, count + 3, count + 3))
     system[:, :count, :count] = _tps_basis(dst, dst) + smooth * np.eye(count)
     system[:, :count, count:], system[:, count:, :count] = affine, affine.transpose(0, 2, 1)
-    weights = np.linalg.solve(system, np.concatenate([src - dst, np.zeros((n, 3, 2))], 1))
+    weights = np.linalg.solve(system, np.concatenate([np.concatenate(offsets, 2), np.zeros((n, 3, 2 * len(sources)))], 1))
     cells, fixed = _grid_basis(grid)
     landmarks = _tps_basis(cells[None].astype(np.float32), target.astype(np.float32))  # per face; float32 is faster
-    points = target.shape[1]
     field = landmarks @ weights[:, :points].astype(np.float32) + (fixed @ weights[:, points:]).astype(np.float32)
-    return torch.from_numpy(field.reshape(n, grid, grid, 2))
+    return [torch.from_numpy(np.ascontiguousarray(field[..., 2 * k:2 * k + 2]).reshape(n, grid, grid, 2))
+            for k in range(len(sources))]
 
 
 @functools.lru_cache(maxsize=4)

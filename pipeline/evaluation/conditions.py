@@ -25,11 +25,12 @@ from usgan.checkpoint import CheckpointError, WeightsInfo, named_geometry
 from usgan.geometry import Fit, ShapeModel, fit_expression, load_model, target_landmarks
 from usgan.texture import TextureLayer, TextureModel, face_weights, mouth_opening
 from usgan.tps import coarse_field, warp_crops
-from usgan.inference import apply_generator
+from usgan.inference import apply_generator, resize_to_generator
 from usgan.expressions import EXPRESSIONS
 from usgan.model import Generator
 
 GeometryChoice = Path | Literal["auto", "off"]
+TEXTURE_MAP_SIZE = 128  # the texture's maps are warped at the generator's size (the shipped one's) and upsampled
 """A geometry file, "auto" (the file the weights' header names, if any) or "off" (the generator alone)."""
 
 
@@ -124,8 +125,9 @@ def textured(geometry: Geometry, warped: torch.Tensor, faces: FittedFaces, goal:
                                 mouth_opening(faces.points.astype(np.float64)), mouth_opening(goal))
     canonical = np.broadcast_to(texture.canonical, goal.shape).astype(np.float64)
     field = coarse_field(torch.from_numpy(canonical), torch.from_numpy(goal))
+    small = resize_to_generator(warped, TEXTURE_MAP_SIZE)
     with torch.no_grad():
-        return TextureLayer(texture)(warped, field, torch.from_numpy(ratio), torch.from_numpy(mouth))
+        return TextureLayer(texture)(warped, small, field, torch.from_numpy(ratio), torch.from_numpy(mouth))[0]
 
 
 def edit_conditions(editor: Editor, crops: Sequence[Frame], targets: Sequence[str],

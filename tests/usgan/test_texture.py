@@ -88,15 +88,17 @@ def test_zero_weights_give_back_the_crops():
     model = tiny_model(ratio=-0.3)
     crops = torch.rand(2, 3, 48, 48) * 2 - 1
     zeros = torch.zeros(2, len(EXPRESSIONS))
-    out = TextureLayer(model)(crops, field_to(np.stack([model.canonical] * 2), model), zeros, zeros)
+    out, small = TextureLayer(model)(crops, crops[..., ::2, ::2], field_to(np.stack([model.canonical] * 2), model),
+                                     zeros, zeros)
     torch.testing.assert_close(out, crops, atol=1e-5, rtol=0)
+    torch.testing.assert_close(small, crops[..., ::2, ::2], atol=1e-5, rtol=0)
 
 
 def test_the_ratio_scales_the_face_by_its_weight():
     model = tiny_model(ratio=-0.2)
     crops = torch.zeros(1, 3, 64, 64)  # mid grey: 0.5
     ratio = torch.from_numpy(one_hot(SAD) * 0.5)
-    out = TextureLayer(model)(crops, field_to(model.canonical[None], model), ratio, torch.zeros(1, 7))
+    out = TextureLayer(model)(crops, crops, field_to(model.canonical[None], model), ratio, torch.zeros(1, 7))[0]
     expected = 0.5 * np.exp(-0.1) * 2 - 1
     assert abs(float(out[0, 0, 32, 32]) - expected) < 1e-4
 
@@ -105,7 +107,8 @@ def test_the_donor_mouth_fills_only_the_target_inner_lip():
     model = tiny_model()
     goal = model.canonical[None].astype(np.float64)
     crops = torch.full((1, 3, 64, 64), -0.6)
-    out = TextureLayer(model)(crops, field_to(goal, model), torch.zeros(1, 7), torch.from_numpy(one_hot(HAPPY)))
+    out = TextureLayer(model)(crops, crops, field_to(goal, model), torch.zeros(1, 7),
+                              torch.from_numpy(one_hot(HAPPY)))[0]
     inside = polygon_mask(goal[0], INNER_LIP, 64) > 0.99
     changed = (out - crops).abs().amax(1)[0].numpy() > 0.1
     assert changed[inside].all() and not changed[polygon_mask(goal[0], INNER_LIP, 64, dilate=3) < 0.01].any()
