@@ -150,6 +150,9 @@ class TrainConfig:
     # expression, as in the product, and the cycle goes back through the inverse warp. "" = plain crops (the paper).
     # Needs DATA/landmarks.npz, which build-geometry writes.
     geometry_model: str = ""
+    # A usgan-texture file (build-texture), with geometry_model: the warped input gets the texture step too, and a
+    # paired sample's input is warped to its partner photo's own landmarks (the refiner recipe). "" = none.
+    texture_model: str = ""
 
     def __post_init__(self) -> None:
         if not 0 <= self.pair_fraction <= 1:
@@ -158,6 +161,8 @@ class TrainConfig:
             raise ConfigError(f"colour_jitter must be in [0, 2], got {self.colour_jitter}")
         if not 0 <= self.geometry_jitter <= 2:
             raise ConfigError(f"geometry_jitter must be in [0, 2], got {self.geometry_jitter}")
+        if self.texture_model and not self.geometry_model:
+            raise ConfigError("texture_model needs geometry_model: the texture step follows the warp")
         if self.amp not in get_args(AmpMode):
             raise ConfigError(f"amp must be one of {', '.join(get_args(AmpMode))}, got {self.amp!r}")
         if self.target_labels not in get_args(TargetMode):

@@ -162,19 +162,21 @@ def partner_table(samples: tuple[Sample, ...]) -> tuple[tuple[int, ...], ...]:
 
 def draw_pairs(
     indices: Tensor, targets: Tensor, pairs: PairSource, fraction: float, rng: torch.Generator,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Give the first `fraction` of the batch a same-person partner photo as target: (targets, x_pair, mask)."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Give the first `fraction` of the batch a same-person partner photo as target: (targets, x_pair, mask, the
+    partner's sample index or -1)."""
     targets = targets.clone()
     x_pair = torch.zeros(len(indices), 3, pairs.image_size, pairs.image_size)
     mask = torch.zeros(len(indices), dtype=torch.bool)
+    partner = torch.full((len(indices),), -1, dtype=torch.long)
     choices = torch.rand(len(indices), generator=rng)  # drawn for every sample so the RNG use is fixed per step
     for i in range(round(fraction * len(indices))):
         partners = pairs.partners[int(indices[i])]
         if partners:
             index = partners[int(choices[i] * len(partners))]
             x_pair[i] = load_image(pairs.samples[index].path, pairs.image_size)
-            targets[i], mask[i] = pairs.samples[index].label, True
-    return targets, x_pair, mask
+            targets[i], mask[i], partner[i] = pairs.samples[index].label, True, index
+    return targets, x_pair, mask, partner
 
 
 # ----------------------------------------------------------------------------------------- transforms
@@ -279,7 +281,7 @@ def setup_data(config: TrainConfig, data_dir: Path, info: DistInfo) -> DataBundl
                  sum(bool(p) for p in pairs.partners), len(split.train))
     warp = fixed_points = None
     if config.geometry_model:
-        warp = load_warp_source(config.geometry_model, data_dir, split.train)
+        warp = load_warp_source(config.geometry_model, data_dir, split.train, config.texture_model)
         fixed_points = torch.from_numpy(read_landmarks(data_dir).lookup(Path(data_dir), rows)[0]).float()
         log.info("warped input: geometry model %s, landmarks of %d training images", config.geometry_model,
                  len(split.train))

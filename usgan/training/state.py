@@ -168,9 +168,13 @@ def save_checkpoint(state: TrainState, config: TrainConfig, run_dir: Path, info:
     geometry = str(Path(config.geometry_model).expanduser().resolve()) if config.geometry_model else ""
     if geometry:  # the generator expects input warped with this file: process and evaluate use it
         metadata["geometry"] = geometry
+    texture = str(Path(config.texture_model).expanduser().resolve()) if config.texture_model else ""
+    if texture:  # and textured with this one
+        metadata["texture"] = texture
     path = checkpoint_dir(run_dir) / f"step_{state.step:08d}.safetensors"
     save_tensors(path, tensors, metadata)
-    info_g = WeightsInfo(image_size=config.model.image_size, step=state.step, dataset=dataset, geometry=geometry)
+    info_g = WeightsInfo(image_size=config.model.image_size, step=state.step, dataset=dataset, geometry=geometry,
+                         texture=texture)
     save_generator(Path(run_dir) / "generator.safetensors", state.raw_generator, info_g)
     for _, old in list_checkpoints(run_dir)[: -config.logging.keep_checkpoints]:
         old.unlink(missing_ok=True)

@@ -22,7 +22,7 @@ from usgan.training.data import (
 )
 from usgan.training.distributed import DistInfo
 from usgan.training.state import TrainState
-from usgan.training.warp import WarpSource, batch_points, jitter_points, warp_towards
+from usgan.training.warp import WarpSource, batch_points, jitter_points, partner_points, warp_towards
 
 
 def use_amp(config: TrainConfig, device: torch.device) -> bool:
@@ -124,21 +124,23 @@ def prepare_batch(
     images = torch.where(flip, images.flip(3), images)
     targets = sample_targets(labels, rng, config.target_labels)
     alpha = torch.rand(images.shape[0], 1, 1, 1, generator=rng)
-    x_pair = pair_mask = None
+    x_pair = pair_mask = partner = None
     if pairs is not None and rest and config.pair_fraction > 0:
-        targets, x_pair, pair_mask = draw_pairs(rest[0], targets, pairs, config.pair_fraction, rng)
+        targets, x_pair, pair_mask, partner = draw_pairs(rest[0], targets, pairs, config.pair_fraction, rng)
         x_pair = torch.where(flip, x_pair.flip(3), x_pair)  # mirrored with its source
     if config.colour_jitter > 0:  # drawn last, so runs without jitter keep their random stream
         colour = colour_params(images.shape[0], config.colour_jitter, rng)
         images = colour_jitter(images, colour)
         x_pair = None if x_pair is None else colour_jitter(x_pair, colour)
     points = None if warp is None else batch_points(warp, rest[0], flip.view(-1))
+    goal = None if warp is None or warp.texture is None or partner is None else partner_points(warp, partner, flip)
     if config.geometry_jitter > 0:  # drawn after colour, so runs without it keep their random stream
         geometry = geometry_params(images.shape[0], config.geometry_jitter, rng)
         images = geometry_jitter(images, geometry)
         x_pair = None if x_pair is None else geometry_jitter(x_pair, geometry)
         points = None if points is None else jitter_points(points, geometry)
-    warped = None if points is None else warp_towards(warp.model, images, points, targets)
+        goal = None if goal is None else jitter_points(goal, geometry)
+    warped = None if points is None else warp_towards(warp, images, points, targets, goal, partner)
     if x_pair is not None:
         x_pair, pair_mask = x_pair.to(info.device), pair_mask.to(info.device)
     to = dict(device=info.device, non_blocking=True)

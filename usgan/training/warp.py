@@ -2,6 +2,10 @@
 model (usgan.geometry), as it does in the product, and learns the texture (teeth, mouth interior, wrinkles,
 shading). The cycle goes back through the inverse warp.
 
+With a texture model (the refiner recipe) the warped input gets the product's texture step too, and a sample whose
+target is a photo of the same person (a pair) is warped to that photo's own landmarks rather than to the model's
+mean shape of the expression: its input is then aligned with the photo closely enough for a full-resolution L1.
+
 Landmarks come from DATA/landmarks.npz (build-geometry writes it), of each crop and of its mirror image, so a
 flipped photo has its own landmarks; the geometry jitter's affine moves them with the pixels.
 """
@@ -12,13 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from usgan.dataset import Sample, read_landmarks
 from usgan.expressions import EXPRESSIONS
-from usgan.geometry import ShapeModel, load_model, target_landmarks
-from usgan.tps import resample, sampling_grid
+from usgan.geometry import ShapeModel, fit_expression, load_model, target_landmarks
+from usgan.texture import TextureLayer, TextureModel, face_weights, load_texture, mouth_opening
+from usgan.tps import coarse_field, resample, sampling_grid
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,7 @@ class WarpSource:
     model: ShapeModel
     points: Tensor    # (N, 106, 2)
     mirrored: Tensor  # (N, 106, 2), of the mirror image
+    texture: TextureModel | None = None
 
 
 @dataclass(frozen=True)
@@ -38,16 +45,23 @@ class WarpedBatch:
     back_grid: Tensor
 
 
-def load_warp_source(model_path: str | Path, data_dir: Path, samples: Sequence[Sample]) -> WarpSource:
-    """The model and the landmarks of samples, in their order."""
+def load_warp_source(model_path: str | Path, data_dir: Path, samples: Sequence[Sample],
+                     texture_path: str | Path = "") -> WarpSource:
+    """The model and the landmarks of samples, in their order; and the texture model when texture_path is set."""
     points, mirrored = read_landmarks(data_dir).lookup(Path(data_dir), samples)
     return WarpSource(load_model(model_path), torch.from_numpy(points).float(),
-                      torch.from_numpy(mirrored).float())
+                      torch.from_numpy(mirrored).float(), load_texture(texture_path) if texture_path else None)
 
 
 def batch_points(source: WarpSource, indices: Tensor, flip: Tensor) -> Tensor:
     """(N, 106, 2) landmarks of the batch's samples, of the mirror image where the sample was flipped."""
     return torch.where(flip.view(-1, 1, 1), source.mirrored[indices], source.points[indices])
+
+
+def partner_points(source: WarpSource, partner: Tensor, flip: Tensor) -> Tensor:
+    """(N, 106, 2) the landmarks of each sample's partner photo (mirrored with it), NaN where it has none."""
+    points = batch_points(source, partner.clamp_min(0), flip.view(-1))
+    return torch.where((partner >= 0).view(-1, 1, 1), points, torch.full_like(points, float("nan")))
 
 
 def jitter_points(points: Tensor, params: Tensor) -> Tensor:
@@ -65,11 +79,35 @@ def goal_points(model: ShapeModel, points: Tensor, names: list[str]) -> Tensor:
     return torch.from_numpy(target_landmarks(model, points.double().numpy(), names)).float()
 
 
-def warp_towards(model: ShapeModel, images: Tensor, points: Tensor, targets: Tensor) -> WarpedBatch:
-    """Each crop warped from its landmarks to the target expression's, and the inverse grid."""
-    goal = goal_points(model, points, [EXPRESSIONS[int(t)] for t in targets])
+def warp_towards(source: WarpSource | ShapeModel, images: Tensor, points: Tensor, targets: Tensor,
+                 partner_goal: Tensor | None = None, partner: Tensor | None = None) -> WarpedBatch:
+    """Each crop warped from its landmarks to the target expression's (to its partner photo's own landmarks where
+    partner_goal is finite), with the texture step when the source has a texture model; and the inverse grid."""
+    model = source if isinstance(source, ShapeModel) else source.model
+    names = [EXPRESSIONS[int(t)] for t in targets]
+    goal = goal_points(model, points, names)
+    if partner_goal is not None:
+        goal = torch.where(torch.isfinite(partner_goal).all(2, keepdim=True), partner_goal, goal)
     size = images.shape[-1]
-    return WarpedBatch(resample(images, sampling_grid(points, goal, size)), sampling_grid(goal, points, size))
+    warped = resample(images, sampling_grid(points, goal, size))
+    texture = None if isinstance(source, ShapeModel) else source.texture
+    if texture is not None:
+        warped = textured(texture, model, warped, points, goal, targets)
+    return WarpedBatch(warped, sampling_grid(goal, points, size))
+
+
+def textured(texture: TextureModel, model: ShapeModel, warped: Tensor, points: Tensor, goal: Tensor,
+             targets: Tensor) -> Tensor:
+    """The product's texture step (usgan.texture) on crops warped from points to goal, at intensity 1."""
+    source, aimed = points.double().numpy(), goal.double().numpy()
+    fit = fit_expression(model, source)
+    one_hot = np.eye(len(EXPRESSIONS), dtype=np.float32)[targets.numpy()]
+    ratio, mouth = face_weights(texture, one_hot, np.ones(len(targets), np.float32), fit.posterior,
+                                fit.confidence * fit.validity, mouth_opening(source), mouth_opening(aimed))
+    canonical = torch.from_numpy(np.broadcast_to(texture.canonical, aimed.shape).astype(np.float64))
+    field = coarse_field(canonical, torch.from_numpy(aimed))
+    with torch.no_grad():
+        return TextureLayer(texture)(warped, warped, field, torch.from_numpy(ratio), torch.from_numpy(mouth))[0]
 
 
 def warp_columns(model: ShapeModel, images: Tensor, points: Tensor) -> list[Tensor]:

@@ -18,6 +18,9 @@ from usgan.training.data import geometry_jitter, geometry_params
 from usgan.training.loop import train
 from usgan.training.losses import generator_loss
 from usgan.training.warp import jitter_points, load_warp_source, warp_towards
+from usgan.texture import load_texture
+
+SHIPPED_TEXTURE = Path(__file__).resolve().parents[3] / "weights" / "texture.safetensors"
 
 
 def face_shape(rng: np.random.Generator) -> np.ndarray:
@@ -114,3 +117,30 @@ def test_missing_landmarks_or_model_are_one_line_errors(tiny_config, faces: Path
     add_geometry(faces, tmp_path / "g.safetensors")
     with pytest.raises(GeometryError, match="missing.safetensors: no such geometry file"):
         train(tiny_config(geometry_model=str(tmp_path / "missing.safetensors")), RunOptions(faces, tmp_path / "b"))
+
+
+def test_the_refiner_warps_a_pair_to_its_partner_landmarks_and_textures_it(faces: Path, tmp_path: Path):
+    from usgan.training.warp import WarpSource
+
+    model_path = add_geometry(faces, tmp_path / "geometry.safetensors")
+    plain = load_warp_source(model_path, faces, scan_dataset(faces))
+    textured = WarpSource(plain.model, plain.points, plain.mirrored, load_texture(SHIPPED_TEXTURE))
+    y, x = torch.meshgrid(torch.linspace(-1, 1, 64), torch.linspace(-1, 1, 64), indexing="ij")
+    images = torch.stack([x, y, x * y]).expand(2, 3, 64, 64).contiguous() * 0.5
+    targets = torch.tensor([EXPRESSIONS.index("surprised")] * 2)
+    partner = plain.points[2:4].clone()
+    partner[1] = float("nan")  # no partner: the model's target shape
+    mean_shape = warp_towards(plain.model, images, plain.points[:2], targets)
+    to_partner = warp_towards(plain, images, plain.points[:2], targets, partner_goal=partner)
+    assert torch.allclose(to_partner.x_input[1], mean_shape.x_input[1], atol=1e-6)
+    assert (to_partner.x_input[0] - mean_shape.x_input[0]).abs().mean() > 1e-3  # aimed at the partner's landmarks
+    with_texture = warp_towards(textured, images, plain.points[:2], targets, partner_goal=partner)
+    assert (with_texture.x_input - to_partner.x_input).abs().amax() > 0.05  # the texture step ran
+    torch.testing.assert_close(with_texture.back_grid, to_partner.back_grid)
+
+
+def test_a_texture_model_needs_a_geometry_model(tiny_config):
+    from usgan.config import ConfigError
+
+    with pytest.raises(ConfigError, match="texture_model needs geometry_model"):
+        tiny_config(texture_model="weights/texture.safetensors")
