@@ -40,7 +40,8 @@ CLAMP = (np.log(0.6), np.log(1.5))
 VALID_SHARE = 0.7               # full weight where at least this share of pairs is valid
 MIN_DONOR_OPENING = 0.15        # inner over outer lip area: a mouth open enough to donate its inside
 BROWS = tuple(range(43, 52)) + tuple(range(97, 106))
-DEFAULT_GAINS = {"angry": 2.0, "disgusted": 1.5, "fearful": 1.5, "happy": 1.5, "sad": 2.0, "surprised": 1.5}
+# Chosen on training people by scripts/choose_texture_gains.py (the strongest with identity >= .80 per target).
+DEFAULT_GAINS = {"angry": 2.5, "disgusted": 1.5, "fearful": 1.5, "happy": 3.0, "sad": 3.0, "surprised": 2.5}
 
 
 @dataclass(frozen=True)
