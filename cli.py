@@ -343,6 +343,8 @@ evaluate_option = options_from(evaluate_defaults)
                  help="Scale the generator's change by this instead of the weights' own gains (to calibrate it).")
 @click.option("--expression-gain", "expression_gains", multiple=True, metavar="EXPRESSION=G",
               help="Use gain G for edits towards EXPRESSION (repeatable), e.g. --expression-gain happy=1.5.")
+@click.option("--refine-gain", "refine_gains", multiple=True, metavar="EXPRESSION=G",
+              help="The generator's gain on warped and textured input towards EXPRESSION (repeatable; 0: none).")
 @click.option("--geometry", metavar="PATH|off", default=None,
               help="Expression geometry model (.safetensors): also judge the landmark warp alone and the warp followed "
                    "by the generator, side by side with the generator alone. Default: the file the weights' header "
@@ -352,8 +354,8 @@ evaluate_option = options_from(evaluate_defaults)
 @evaluate_option("--texture", config_key="texture", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                  help="Expression texture model: also judge warp + texture, with and without the generator.")
 def evaluate_command(weights: Path | None, data_dir: Path | None, out_dir: Path, identities: str, limit: int | None,
-                     video_pair: tuple[Path, Path] | None, expression_gains: tuple[str, ...], geometry: str | None,
-                     **options: Any) -> None:
+                     video_pair: tuple[Path, Path] | None, expression_gains: tuple[str, ...],
+                     refine_gains: tuple[str, ...], geometry: str | None, **options: Any) -> None:
     """Judge a generator: ArcFace identity cosine and fer expression accuracy per target class, plus a grid.
 
     \b
@@ -379,6 +381,7 @@ def evaluate_command(weights: Path | None, data_dir: Path | None, out_dir: Path,
     config = EvaluateConfig(out=out_dir, weights=weights, data=data_dir, limit=limit,
                             identities=parse_identities(identities), video_pair=tuple(video_pair) if video_pair else None,
                             expression_gains=tuple(parse_expression_gains(expression_gains).items()),
+                            refine_gains=tuple(parse_expression_gains(refine_gains).items()),
                             geometry="auto" if geometry is None else "off" if geometry == "off" else Path(geometry))
     metrics = run_evaluation(with_values(config, given_values(options)))
     for line in evaluation_summary_lines(metrics):

@@ -207,7 +207,9 @@ class OnnxSynthesizer:
             else self.unwarped(x, small, vectors)
         residual = resize_residual(residual, tuple(x.shape[2:]))
         per_crop = torch.from_numpy(np.asarray(intensity, np.float32))
-        return from_model_output(add_residual(base, residual, per_crop, self.info, torch.from_numpy(vectors)).numpy())
+        refine = texture is not None
+        return from_model_output(add_residual(base, residual, per_crop, self.info, torch.from_numpy(vectors),
+                                              refine).numpy())
 
     def unwarped(self, x: torch.Tensor, small: NDArray, vectors: NDArray) -> tuple[torch.Tensor, torch.Tensor]:
         """The crops and the generator's residual (at its size)."""

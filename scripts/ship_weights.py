@@ -28,7 +28,8 @@ from usgan.errors import UserError
 
 def ship(checkpoints: list[Path], out: Path, edit_gain: float, dataset: str, recipe: str,
          validation: tuple[str, ...], trained_on: str, fp16: bool = True,
-         expression_gains: dict[str, float] | None = None, geometry: str = "") -> WeightsInfo:
+         expression_gains: dict[str, float] | None = None, geometry: str = "", texture: str = "",
+         refine_gains: dict[str, float] | None = None) -> WeightsInfo:
     """Write the checkpoints' (mean) generator to out (atomically) with a header for users; returns that header."""
     for checkpoint in checkpoints:
         refuse_overwrite(checkpoint, out)
@@ -36,7 +37,8 @@ def ship(checkpoints: list[Path], out: Path, edit_gain: float, dataset: str, rec
     notes = {**info.notes, "source": checkpoints[-1].name, "recipe": recipe, "trained_on": trained_on,
              "validation_identities": list(validation)}
     info = dataclasses.replace(info, dataset=dataset, license=DEFAULT_LICENSE, edit_gain=edit_gain,
-                               expression_gains=dict(expression_gains or {}), geometry=geometry,
+                               expression_gains=dict(expression_gains or {}), geometry=geometry, texture=texture,
+                               refine_gains=dict(refine_gains or {}),
                                notes={k: v for k, v in notes.items() if v})
     save_generator(out, generator, info, fp16=fp16)
     return info
@@ -58,9 +60,16 @@ def ship(checkpoints: list[Path], out: Path, edit_gain: float, dataset: str, rec
 @click.option("--trained-on", default="", help="Hardware, for the header (e.g. '2-core CPU').")
 @click.option("--geometry", default="", metavar="NAME",
               help="The geometry file (beside OUT) the generator was trained to take warped input from.")
+@click.option("--texture", default="", metavar="NAME",
+              help="The texture file (beside OUT) applied after the warp; with --geometry it makes the chain "
+                   "warp + texture + this generator the default of process and convert.")
+@click.option("--refine-gain", "refine_gains", multiple=True, metavar="EXPRESSION=G",
+              help="The generator's gain towards EXPRESSION on warped and textured input (repeatable; 0: none), as "
+                   "calibrated with evaluate --refine-gain.")
 @click.option("--fp32", is_flag=True, help="Keep float32 weights (default: fp16, half the size).")
 def main(checkpoints: tuple[Path, ...], out: Path, edit_gain: float, expression_gains: tuple[str, ...], dataset: str,
-         recipe: str, validation: str, trained_on: str, geometry: str, fp32: bool) -> None:
+         recipe: str, validation: str, trained_on: str, geometry: str, texture: str, refine_gains: tuple[str, ...],
+         fp32: bool) -> None:
     """Write CHECKPOINTS' generator to OUT with a user-facing header (fp16, licence, recipe notes, edit gain).
 
     Several checkpoints of one run (same architecture) are averaged into one generator; the header records them.
@@ -75,7 +84,8 @@ def main(checkpoints: tuple[Path, ...], out: Path, edit_gain: float, expression_
     """
     try:
         info = ship(list(checkpoints), out, edit_gain, dataset, recipe, parse_identities(validation), trained_on,
-                    fp16=not fp32, expression_gains=parse_expression_gains(expression_gains), geometry=geometry)
+                    fp16=not fp32, expression_gains=parse_expression_gains(expression_gains), geometry=geometry,
+                    texture=texture, refine_gains=parse_expression_gains(refine_gains))
     except UserError as error:
         raise click.ClickException(str(error)) from error
     averaged = f", mean of {len(checkpoints)} checkpoints" if len(checkpoints) > 1 else ""

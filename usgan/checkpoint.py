@@ -56,6 +56,10 @@ class WeightsInfo:
     geometry: str = ""
     # The expression texture file (usgan.texture) applied after the warp, by name beside the weights file; "" = none.
     texture: str = ""
+    # Per-target gains of the change when the input is warped and textured: there the generator refines the texture
+    # rather than painting the expression itself, and needs less (0: the texture alone). Unset targets: the gains
+    # above.
+    refine_gains: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not 0 < self.edit_gain <= MAX_EDIT_GAIN:
@@ -67,9 +71,17 @@ class WeightsInfo:
                 raise ConfigError(f"expression_gains: unknown expression {name!r}; valid: {', '.join(EXPRESSIONS)}")
             if not isinstance(gain, (int, float)) or not 0 < gain <= MAX_EDIT_GAIN:
                 raise ConfigError(f"expression_gains.{name} must be in (0, {MAX_EDIT_GAIN}], got {gain!r}")
+        if not isinstance(self.refine_gains, dict):
+            raise ConfigError(f"refine_gains must be a mapping expression -> gain, got {self.refine_gains!r}")
+        for name, gain in self.refine_gains.items():
+            if name not in EXPRESSIONS or not isinstance(gain, (int, float)) or not 0 <= gain <= MAX_EDIT_GAIN:
+                raise ConfigError(f"refine_gains.{name}: an expression and a gain in [0, {MAX_EDIT_GAIN}], "
+                                  f"got {gain!r}")
 
-    def gain_of(self, expression: str) -> float:
-        """The edit gain for edits towards expression (its override, else edit_gain)."""
+    def gain_of(self, expression: str, refine: bool = False) -> float:
+        """The edit gain for edits towards expression (its override, else edit_gain); refine: on textured input."""
+        if refine and expression in self.refine_gains:
+            return float(self.refine_gains[expression])
         return float(self.expression_gains.get(expression, self.edit_gain))
 
 

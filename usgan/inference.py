@@ -36,6 +36,7 @@ def apply_generator(
     intensity: float | torch.Tensor = 1.0,
     fields: torch.Tensor | None = None,
     texture: tuple[TextureLayer, TextureInputs] | None = None,
+    refine: bool | None = None,
 ) -> torch.Tensor:
     """Edit (N, 3, H, W) RGB crops in [-1, 1] towards targets; returns (N, 3, H, W) in [-1, 1].
 
@@ -43,7 +44,8 @@ def apply_generator(
     added to the full-resolution crop, so skin and hair detail the generator never saw are kept. intensity scales
     the residual: 0 returns the crops unchanged, 1 is the full edit (the generator's change times the target's edit
     gain, see edit_gains); a (N,) tensor scales each crop. texture: the texture step after the warp and its per-face
-    inputs (usgan.texture); it needs fields.
+    inputs (usgan.texture); it needs fields. refine: the crops are textured, so the weights' refine gains apply
+    (default: when texture is given).
     """
     if crops.ndim != 4 or crops.shape[1] != 3:
         raise ValueError(f"crops: expected (N, 3, H, W), got {tuple(crops.shape)}")
@@ -56,7 +58,8 @@ def apply_generator(
     else:  # the crops warped by (N, g, g, 2) coarse fields (usgan.tps.coarse_field), the residual for them
         base, residual = warped_residual(generator, x, small, c, fields.to(device=device, dtype=torch.float32),
                                          None if texture is None else (texture[0], texture[1].to(device)))
-    return add_residual(base, resize_residual(residual, tuple(x.shape[2:])), intensity, info, c).to(crops.device)
+    return add_residual(base, resize_residual(residual, tuple(x.shape[2:])), intensity, info, c,
+                        refine=texture is not None if refine is None else refine).to(crops.device)
 
 
 def warped_residual(generator: Generator, crops: torch.Tensor, small: torch.Tensor, targets: torch.Tensor,
@@ -76,19 +79,19 @@ def warped_residual(generator: Generator, crops: torch.Tensor, small: torch.Tens
 
 
 def add_residual(x: torch.Tensor, residual: torch.Tensor, intensity: float | torch.Tensor, info: WeightsInfo,
-                 targets: torch.Tensor) -> torch.Tensor:
+                 targets: torch.Tensor, refine: bool = False) -> torch.Tensor:
     """The edit every back-end applies: x + intensity * gain * residual, clamped to [-1, 1].
 
-    gain is each crop's edit gain for its (N, 7) target vector (edit_gains).
+    gain is each crop's edit gain for its (N, 7) target vector (edit_gains); refine: x is textured (its refine gains).
     """
-    gain = edit_gains(info, targets.to(x.device)).to(x.dtype).reshape(-1, 1, 1, 1)
+    gain = edit_gains(info, targets.to(x.device), refine).to(x.dtype).reshape(-1, 1, 1, 1)
     return (x + intensity_scale(intensity, x) * gain * residual).clamp(-1.0, 1.0)
 
 
-def edit_gains(info: WeightsInfo, targets: torch.Tensor) -> torch.Tensor:
+def edit_gains(info: WeightsInfo, targets: torch.Tensor, refine: bool = False) -> torch.Tensor:
     """(N,) edit gains for (N, 7) target vectors (EXPRESSIONS order): info.gain_of(target) for a one-hot target, the
     target-weighted mean of the expressions' gains for a mixed one, and info.edit_gain for an all-zero one."""
-    per_expression = torch.tensor([info.gain_of(name) for name in EXPRESSIONS], device=targets.device)
+    per_expression = torch.tensor([info.gain_of(name, refine) for name in EXPRESSIONS], device=targets.device)
     weights = targets.float().clamp_min(0.0)
     total = weights.sum(dim=1)
     mixed = (weights * per_expression).sum(dim=1) / total.clamp_min(1e-8)

@@ -145,5 +145,5 @@ def edit_conditions(editor: Editor, crops: Sequence[Frame], targets: Sequence[st
         if with_texture is not None:
             outputs[WARP_TEXTURE] = with_texture
             outputs[WARP_TEXTURE_GENERATOR] = apply_generator(editor.generator, editor.info, with_texture,
-                                                              list(targets))
+                                                              list(targets), refine=True)
     return {name: tensor_to_bgr(images) for name, images in outputs.items()}

@@ -63,6 +63,7 @@ class EvaluateConfig:
     # per-expression ones too); expression_gains override it per target expression.
     edit_gain: float | None = None
     expression_gains: tuple[tuple[str, float], ...] = ()
+    refine_gains: tuple[tuple[str, float], ...] = ()  # the generator's gains on textured input, per target
     geometry: GeometryChoice = "auto"  # a geometry file, "auto" (the one the weights' header names) or "off"
     warp_intensity: float = 1.0  # scales the warp's landmark displacement (0: the warp changes nothing)
     texture: Path | None = None  # a texture file: warp + texture with and without the generator are evaluated too
@@ -173,6 +174,8 @@ def with_gains(info: WeightsInfo, config: EvaluateConfig) -> WeightsInfo:
         info = dataclasses.replace(info, edit_gain=config.edit_gain, expression_gains={})
     if config.expression_gains:
         info = dataclasses.replace(info, expression_gains={**info.expression_gains, **dict(config.expression_gains)})
+    if config.refine_gains:
+        info = dataclasses.replace(info, refine_gains={**info.refine_gains, **dict(config.refine_gains)})
     return info
 
 
@@ -209,7 +212,8 @@ def evaluate_generator(config: EvaluateConfig) -> tuple[dict[str, Any], dict[str
 
 def weights_summary(path: Path, info: WeightsInfo) -> dict[str, Any]:
     return {"path": str(path), "step": info.step, "image_size": info.image_size, "dataset": info.dataset,
-            "edit_gain": info.edit_gain, "expression_gains": dict(info.expression_gains)}
+            "edit_gain": info.edit_gain, "expression_gains": dict(info.expression_gains),
+            "refine_gains": dict(info.refine_gains)}
 
 
 def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
