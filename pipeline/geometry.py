@@ -163,7 +163,7 @@ def texture_weights(texture: TextureModel, points: NDArray, goal: NDArray, fit: 
     face (talking) gets no donor mouth: its opening is the speaker's. fields: the canonical -> goal coarse fields,
     when they are solved already (warp_inputs solves them with the warp's)."""
     ratio, mouth = face_weights(texture, targets, intensity, fit.posterior, fit.confidence * fit.validity,
-                                mouth_opening(points), mouth_opening(goal))
+                                mouth_opening(points), mouth_opening(goal), fit.validity)
     if fields is None:
         fields = np.zeros((len(points), FIELD_GRID, FIELD_GRID, 2), np.float32)
         if (~failed).any():

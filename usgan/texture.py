@@ -40,6 +40,7 @@ OUTER_LIP = (52, 64, 63, 71, 67, 68, 61, 58, 59, 53, 56, 55)
 MOUTH_EXPRESSIONS = ("happy", "surprised")  # the targets that open the mouth: they bring a donor mouth
 ARRAYS = ("canonical", "log_ratio", "mouth", "alpha", "ring", "ring_colour")
 LUMA = (0.299, 0.587, 0.114)  # RGB -> luminance (Rec. 601)
+SHADE_RANGE = (-0.7, 0.25)  # the applied log ratio's bounds: darker folds are real, a brighter patch is a glare
 
 
 class TextureError(UserError):
@@ -147,22 +148,25 @@ def check_texture(model: TextureModel, path: Path) -> None:
 
 
 def face_weights(model: TextureModel, targets: NDArray, intensity: NDArray, posterior: NDArray,
-                 confidence: NDArray, source_opening: NDArray, goal_opening: NDArray) -> tuple[NDArray, NDArray]:
+                 confidence: NDArray, source_opening: NDArray, goal_opening: NDArray,
+                 validity: NDArray | None = None) -> tuple[NDArray, NDArray]:
     """Per face, the (N, 7) weights of the log-ratio maps and of the donor mouths.
 
     Ratio: the targets' mix times each one's gain, less the source's own expression texture (the fit's posterior
     times its confidence, at the same gains: a smiling face turned sad loses its smile's folds first), all scaled
     by intensity. Mouth: only the opening expressions, and only the share of the target's opening that the source
-    does not already have (a face that opens its mouth itself keeps its own mouth; video keeps the speaker's)."""
+    does not already have (a face that opens its mouth itself keeps its own mouth; video keeps the speaker's).
+    validity: the fit's (N,), scaling the target's texture as it scales the target's shape (a profile gets none)."""
     gains = np.array([model.gain_of(name) for name in EXPRESSIONS], np.float32)
     scale = np.asarray(intensity, np.float32)[:, None]
+    valid = np.ones((len(scale), 1), np.float32) if validity is None else np.asarray(validity, np.float32)[:, None]
     own = posterior * np.asarray(confidence, np.float32)[:, None]
-    ratio = (np.asarray(targets, np.float32) - own) * gains[None] * scale
+    ratio = (np.asarray(targets, np.float32) * valid - own) * gains[None] * scale
     ratio[:, EXPRESSIONS.index("neutral")] = 0.0
     fill = np.clip(1.0 - np.asarray(source_opening) / np.maximum(np.asarray(goal_opening), 1e-6), 0.0, 1.0)
     fill = np.where(np.asarray(goal_opening) > 0.05, fill, 0.0)
     opens = np.array([name in MOUTH_EXPRESSIONS for name in EXPRESSIONS], np.float32)
-    mouth = np.asarray(targets, np.float32) * opens[None] * (fill[:, None] * np.clip(scale, 0.0, 1.0))
+    mouth = np.asarray(targets, np.float32) * opens[None] * (fill[:, None] * np.clip(scale, 0.0, 1.0)) * valid
     return ratio.astype(np.float32), mouth.astype(np.float32)
 
 
@@ -209,7 +213,7 @@ class TextureLayer(nn.Module):
             self.ring.expand(small.shape[0], 1, -1, -1),
         ], 1)
         maps = resample(canonical, field_grid(field, small))                      # (N, 6, s, s) on the faces
-        shade = maps[:, :1].exp()
+        shade = maps[:, :1].clamp(*SHADE_RANGE).exp()
         lit = (small + 1.0) * 0.5 * shade
         ring = maps[:, 5:6]
         lips = (lit * ring).sum((2, 3)) / ring.sum((2, 3)).clamp_min(1e-6)       # (N, 3) the face's lip colour

@@ -122,7 +122,8 @@ def textured(geometry: Geometry, warped: torch.Tensor, faces: FittedFaces, goal:
     vectors = np.eye(len(EXPRESSIONS), dtype=np.float32)[[EXPRESSIONS.index(t) for t in targets]]
     ratio, mouth = face_weights(texture, vectors, np.full(len(targets), geometry.intensity, np.float32),
                                 faces.fit.posterior, faces.fit.confidence * faces.fit.validity,
-                                mouth_opening(faces.points.astype(np.float64)), mouth_opening(goal))
+                                mouth_opening(faces.points.astype(np.float64)), mouth_opening(goal),
+                                faces.fit.validity)
     canonical = np.broadcast_to(texture.canonical, goal.shape).astype(np.float64)
     field = coarse_field(torch.from_numpy(canonical), torch.from_numpy(goal))
     small = resize_to_generator(warped, TEXTURE_MAP_SIZE)

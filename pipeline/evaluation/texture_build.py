@@ -26,7 +26,7 @@ from pipeline.evaluation.geometry_build import folder_landmarks, view_group
 from pipeline.faces.landmarks import LandmarkDetector
 from usgan.dataset import DataError, scan_dataset
 from usgan.expressions import EXPRESSIONS
-from usgan.geometry import CONTOUR, NEUTRAL, NOSE, ShapeModel, similarity_to
+from usgan.geometry import CONTOUR, LEFT_EYE, NEUTRAL, NOSE, RIGHT_EYE, ShapeModel, similarity_to
 from usgan.texture import (
     INNER_LIP, LUMA, MOUTH_EXPRESSIONS, SIZE, TextureModel, lip_ring, mouth_opening, polygon_mask, save_texture,
 )
@@ -91,6 +91,13 @@ def read_crops(paths: Sequence[Path]) -> torch.Tensor:
     return torch.from_numpy(np.stack([i[..., ::-1] for i in images]).astype(np.float32) / 255).permute(0, 3, 1, 2)
 
 
+def eye_masks(points: NDArray, size: int) -> NDArray[np.float32]:
+    """Both eyes' openings, grown by 2% of the crop: what shows there (sclera, iris) is the eye itself, not
+    shading, and a ratio of it paints glowing eyes on another face."""
+    hulls = [cv2.convexHull(points[list(eye)].astype(np.float32)).reshape(-1, 2) for eye in (LEFT_EYE, RIGHT_EYE)]
+    return np.maximum(*(polygon_mask(hull, tuple(range(len(hull))), size, dilate=size / 50) for hull in hulls))
+
+
 def blurred_luminance(images: torch.Tensor, sigma: float = BLUR) -> torch.Tensor:
     """(N, 1, S, S) luminance in grey levels, Gaussian-blurred."""
     luma = (images * torch.tensor(LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True) * 255
@@ -108,7 +115,8 @@ def pair_ratios(expressive: torch.Tensor, neutral: torch.Tensor, expressive_poin
     e_points, n_points = (torch.from_numpy(p).float() for p in (expressive_points, neutral_points))
     warped = warp_crops(neutral, n_points, e_points)
     ratio = torch.log((blurred_luminance(expressive) + EPS) / (blurred_luminance(warped) + EPS))
-    mouth = np.stack([polygon_mask(p, INNER_LIP, size, dilate=size / 48) for p in expressive_points])
+    mouth = np.stack([polygon_mask(p, INNER_LIP, size, dilate=size / 48) + eye_masks(p, size)
+                      for p in expressive_points])
     valid = (face_mask(size)[None] > 0.5) & (torch.from_numpy(mouth) < 0.01)
     for row in range(len(ratio)):
         ratio[row] -= ratio[row, 0][valid[row]].median()

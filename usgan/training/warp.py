@@ -103,7 +103,8 @@ def textured(texture: TextureModel, model: ShapeModel, warped: Tensor, points: T
     fit = fit_expression(model, source)
     one_hot = np.eye(len(EXPRESSIONS), dtype=np.float32)[targets.numpy()]
     ratio, mouth = face_weights(texture, one_hot, np.ones(len(targets), np.float32), fit.posterior,
-                                fit.confidence * fit.validity, mouth_opening(source), mouth_opening(aimed))
+                                fit.confidence * fit.validity, mouth_opening(source), mouth_opening(aimed),
+                                fit.validity)
     canonical = torch.from_numpy(np.broadcast_to(texture.canonical, aimed.shape).astype(np.float64))
     field = coarse_field(canonical, torch.from_numpy(aimed))
     with torch.no_grad():
