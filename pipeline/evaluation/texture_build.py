@@ -161,7 +161,7 @@ def build_texture(model: ShapeModel, folders: Sequence[Path], hold_out: Sequence
                   detector: LandmarkDetector | None = None, batch: int = 48) -> TextureModel:
     """The texture model of every frontal expressive photo of a known person in folders, except the held-out."""
     photos = frontal_photos(folders, set(hold_out), detector or LandmarkDetector())
-    pairs = closest_pairs(photos)
+    pairs = closest_pairs(photos) if NEUTRAL in photos.labels else []
     if not pairs:
         raise DataError(f"{folders[0]}: no person has both a neutral and an expressive frontal photo")
     canonical = (model.mean + model.displacements[EXPRESSIONS.index("surprised")]).reshape(-1, 2)

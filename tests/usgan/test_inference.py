@@ -86,3 +86,17 @@ def test_a_zero_warp_field_is_the_generator_alone_and_a_field_moves_the_crop(gen
     shift = torch.full((2, 32, 32, 2), 0.02)  # everything inside the face mask moves by 0.02 crop units
     moved = apply_generator(generator, info, x, targets, intensity=0.0, fields=shift)
     assert (moved - x).abs().max() > 0.1 and torch.equal(moved[:, :, :2], x[:, :, :2])  # the top rows stay
+
+
+def test_refine_gains_apply_only_to_textured_input():
+    info = WeightsInfo(edit_gain=1.1, expression_gains={"happy": 1.25}, refine_gains={"happy": 0.5, "sad": 0.0})
+    targets = torch.eye(7)[[3, 5, 0]]  # happy, sad, angry
+    assert edit_gains(info, targets).tolist() == pytest.approx([1.25, 1.1, 1.1])
+    assert edit_gains(info, targets, refine=True).tolist() == pytest.approx([0.5, 0.0, 1.1])
+
+
+def test_a_negative_refine_gain_is_refused():
+    from usgan.config import ConfigError
+
+    with pytest.raises(ConfigError, match="refine_gains.sad"):
+        WeightsInfo(refine_gains={"sad": -1.0})

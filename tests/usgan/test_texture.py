@@ -139,3 +139,11 @@ def test_polygon_mask_covers_the_polygon():
     square = np.array([[0.25, 0.25], [0.75, 0.25], [0.75, 0.75], [0.25, 0.75]])
     mask = polygon_mask(square, (0, 1, 2, 3), SIZE)
     assert abs(mask.mean() - 0.25) < 0.02
+
+
+def test_an_implausible_face_gets_no_texture_of_its_target():
+    model = tiny_model()
+    ratio, mouth = face_weights(model, one_hot(SAD, HAPPY), np.ones(2), one_hot(4, 4), np.zeros(2), np.zeros(2),
+                                np.full(2, 0.3), validity=np.array([0.0, 0.5]))
+    assert ratio[0].sum() == 0.0 and mouth[0].sum() == 0.0
+    assert mouth[1, HAPPY] == 0.5

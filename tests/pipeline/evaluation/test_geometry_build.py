@@ -50,3 +50,25 @@ def test_too_few_neutral_photos_is_a_one_line_error(prepared: Path, tmp_path: Pa
     assert result.exit_code == 1
     assert "1 neutral photos; the shape model needs more than 17" in result.output
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "g.safetensors").exists()
+
+
+def test_build_texture_writes_a_texture_file_from_prepared_pairs(prepared: Path, tmp_path: Path):
+    from usgan.texture import load_texture
+
+    out = tmp_path / "t.safetensors"
+    geometry = Path(__file__).resolve().parents[3] / "weights" / "geometry.safetensors"
+    result = CliRunner().invoke(cli, ["build-texture", str(prepared), "--out", str(out), "--geometry", str(geometry),
+                                      "--hold-out", ""])
+    assert result.exit_code == 0, result.output
+    assert "pairs: happy 1" in result.output
+    texture = load_texture(out)
+    assert texture.sources["pairs"] == {"happy": {"pairs": 1, "mouth_donors": 1 if texture.alpha.any() else 0}}
+    assert np.isfinite(texture.log_ratio).all()
+
+
+def test_build_texture_without_pairs_is_a_one_line_error(prepared: Path, tmp_path: Path):
+    out = tmp_path / "t.safetensors"
+    result = CliRunner().invoke(cli, ["build-texture", str(prepared), "--out", str(out), "--hold-out", "001"])
+    assert result.exit_code == 1 and not out.exists()
+    assert "no person has both a neutral and an expressive frontal photo" in result.output
+    assert len(result.output.strip().splitlines()) == 1
