@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The prepared GPU run: three generators trained on warped input side by side on one GPU, for as long as the
-# device allows, each exported as small generator files to judge on a CPU afterwards.
+# The prepared GPU run: three generators trained side by side on one GPU, for as long as the device allows, each
+# exported as small generator files to judge on a CPU afterwards.
 #
-#   base     configs/train/faces_128_warp.yaml from weights/usgan_tfeid.safetensors (fresh critic, its warm-up)
-#   cls3     the same with loss.lambda_cls=3 (a stronger push towards the target class)
-#   scratch  the same recipe from a fresh generator
+#   refiner    configs/train/faces_128_refiner.yaml from weights/usgan_tfeid.safetensors: the generator trained on
+#              the product's warped and textured input, paired with the real photo (fresh critic, its warm-up)
+#   pair20     the same with loss.lambda_pair=20 (the paired photo weighs more than the critic)
+#   warp       configs/train/faces_128_warp.yaml from the same generator: warped input without the texture
 #
 # It needs the 128-px training set (prepare-data's OUT/128 of TFEID + London, with landmarks.npz) in a git-ignored
 # folder that travels with the checkout:
@@ -12,7 +13,8 @@
 # Device call: run `bash scripts/gpu_check.sh` with carry ["carry"] and timeout_s 600. Its files come back in $OUT:
 # machine.txt, train_<variant>.log (iterations per second, losses) and gen_<variant>.tar (fp16 generator files of
 # the newest 3 checkpoints, 5 MB each: a file that comes back is at most 16 MiB). Then, on the CPU, per file:
-#   python cli.py evaluate --weights gen_step_N.safetensors --geometry weights/geometry.safetensors ...
+#   python cli.py evaluate --weights gen_step_N.safetensors --geometry weights/geometry.safetensors \
+#       --texture weights/texture.safetensors ...
 # A smoke run on any machine: STEPS=4 TRAIN_ARGS=--cpu TRAIN_SECONDS=300 bash scripts/gpu_check.sh /tmp/gpu_out
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,19 +34,32 @@ mkdir -p "$OUT" "$RUNS"
     > "$OUT/machine.txt" 2>&1
 cat "$OUT/machine.txt"
 
-variant_args() {
+variant_config() {
     case $1 in
-        base) echo "--init-generator weights/usgan_tfeid.safetensors" ;;
-        cls3) echo "--init-generator weights/usgan_tfeid.safetensors --set loss.lambda_cls=3" ;;
-        scratch) echo "--set optim.warmup_steps=0" ;;
+        warp) echo "configs/train/faces_128_warp.yaml" ;;
+        *) echo "configs/train/faces_128_refiner.yaml" ;;
     esac
 }
 
-VARIANTS=(base cls3 scratch)
+variant_args() {
+    case $1 in
+        refiner|warp) echo "--init-generator weights/usgan_tfeid.safetensors" ;;
+        pair20) echo "--init-generator weights/usgan_tfeid.safetensors --set loss.lambda_pair=20" ;;
+    esac
+}
+
+variant_chain() {  # what the exported file's header names: the product runs the same chain in front of it
+    case $1 in
+        warp) echo "--geometry geometry.safetensors" ;;
+        *) echo "--geometry geometry.safetensors --texture texture.safetensors" ;;
+    esac
+}
+
+VARIANTS=(refiner pair20 warp)
 pids=()
 for variant in "${VARIANTS[@]}"; do
     # shellcheck disable=SC2046  # the variant's options are words
-    $PY cli.py train --config configs/train/faces_128_warp.yaml --data "$DATA" --out "$RUNS/$variant" \
+    $PY cli.py train --config "$(variant_config "$variant")" --data "$DATA" --out "$RUNS/$variant" \
         --batch-size "$BATCH" --set optim.total_steps="$STEPS" --set optim.decay_start=$((STEPS / 2)) \
         --set logging.checkpoint_every=$((STEPS / 3)) --set logging.keep_checkpoints=3 --set data.workers=4 \
         $(variant_args "$variant") $TRAIN_ARGS > "$OUT/train_$variant.log" 2>&1 &
@@ -65,8 +80,8 @@ for variant in "${VARIANTS[@]}"; do
         [ -f "$checkpoint" ] || continue
         name="gen_${variant}_$(basename "$checkpoint")"
         $PY scripts/ship_weights.py "$checkpoint" "$RUNS/$name" --edit-gain 1 --dataset tfeid+london \
-            --recipe "configs/train/faces_128_warp.yaml ($variant, scripts/gpu_check.sh)" \
-            --geometry geometry.safetensors >> "$OUT/train_$variant.log" 2>&1 && exported+=("$name")
+            --recipe "$(variant_config "$variant") ($variant, scripts/gpu_check.sh)" \
+            $(variant_chain "$variant") >> "$OUT/train_$variant.log" 2>&1 && exported+=("$name")
     done
     [ ${#exported[@]} -eq 0 ] || tar -cf "$OUT/gen_$variant.tar" -C "$RUNS" "${exported[@]}"
     echo "$variant: ${#exported[@]} generator files"
