@@ -37,7 +37,7 @@ import click  # noqa: E402 - after the Ctrl-C handler
 from pipeline.engines import ENGINES  # noqa: E402
 from pipeline.errors import describe_os_error  # noqa: E402
 from pipeline.files import check_output_path  # noqa: E402
-from pipeline.options import (  # noqa: E402
+from cli_options import (  # noqa: E402
     FiniteRange, given_values, options_from, process_config, processing_options, with_values,
 )
 from usgan.errors import UserError  # noqa: E402
@@ -272,8 +272,7 @@ def train_command(config_path: Path | None, data_dir: Path, run_dir: Path, resum
     from usgan.training.data import describe_data
     from usgan.training.loop import train
 
-    overrides = {**parse_set_options(settings), "optim.batch_size": batch_size}
-    config = load_train_config(config_path, overrides)
+    config = load_train_config(config_path, parse_set_options(settings), {"optim.batch_size": batch_size})
     if dry_run:
         click.echo(config_yaml(config) + "\n" + describe_data(config, data_dir))
         return

@@ -12,14 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING
+
+from pipeline.choices import ENGINES, Engine
 
 if TYPE_CHECKING:  # not imported at run time: they pull in torch
     from pipeline.config import ProcessConfig
     from pipeline.manifest import FileResult, Source
 
-Engine = Literal["local", "ray"]
-ENGINES: tuple[str, ...] = get_args(Engine)
 ConvertFiles = Callable[[Sequence["Source"], Path, "ProcessConfig", str, int], Iterator["FileResult"]]
 
 

@@ -21,7 +21,7 @@ import cli as cli_module
 import pipeline.batch
 import pipeline.config
 import pipeline.process
-from pipeline.options import ConfigOption, config_value
+from cli_options import ConfigOption, config_value
 from pipeline.config import TorchPrecision
 from pipeline.types import Backend, BlendMode, FaceSelection
 from pipeline.video.codecs import X264_PRESETS, VideoCodec

@@ -156,9 +156,10 @@ def read_weights_info(path: Path, metadata: dict[str, Any]) -> WeightsInfo:
         raise CheckpointError(f"{path}: not a US-GAN generator file (format {metadata.get('format')!r})")
     fields = {k: v for k, v in metadata.items() if k not in ("format", "version")}
     try:
-        return from_mapping(WeightsInfo, fields, str(path))
-    except (ConfigError, TypeError) as error:
-        raise CheckpointError(f"{path}: bad metadata: {error}") from error
+        return from_mapping(WeightsInfo, fields, f"{path}: bad metadata")
+    except ConfigError as error:
+        raise CheckpointError(str(error) if str(error).startswith(str(path)) else f"{path}: bad metadata: {error}") \
+            from error
 
 
 def strip_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

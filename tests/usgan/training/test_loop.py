@@ -210,3 +210,13 @@ def test_cuda_amp_training_steps(tiny_config, tiny_faces: Path, tmp_path: Path, 
     tensors, metadata = load_tensors(list_checkpoints(tmp_path / "run")[-1][1])
     assert result.step == 4 and all(torch.isfinite(v).all() for k, v in tensors.items() if k.startswith("G."))
     assert (metadata["scalers"]["g"] is not None) == (amp == "fp16")
+
+
+def test_cli_set_batch_size_is_honoured_and_a_bad_one_refused(tiny_faces: Path, tmp_path: Path) -> None:
+    args = ["train", "--config", str(SMOKE), "--data", str(tiny_faces), "--out", str(tmp_path / "run"), "--dry-run"]
+    result = CliRunner().invoke(cli, [*args, "--set", "optim.batch_size=3"])
+    assert result.exit_code == 0, result.output
+    assert "batch_size: 3" in result.output
+    result = CliRunner().invoke(cli, [*args, "--set", "optim.batch_size=four"])
+    assert result.exit_code == 1
+    assert result.output == "error: --set optim.batch_size must be a whole number, got 'four'\n"

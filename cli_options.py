@@ -1,8 +1,8 @@
-"""The click options of process and convert, and the plumbing for options that set typed-config keys.
+"""The click options of the CLI's commands, and the plumbing for options that set typed-config keys.
 
-Each processing option sets one ProcessConfig key over the config file, offers the closed set its Literal defines,
-and shows the value configs/pipeline/default.yaml gives as its default. Choices and defaults are looked up when
---help or parsing needs them, so the CLI starts without importing torch.
+Each processing option sets one ProcessConfig key over the config file, offers the closed set or the range that
+pipeline.choices defines for that key, and shows the value configs/pipeline/default.yaml gives as its default.
+Defaults are looked up when --help or parsing needs them, so the CLI starts without importing torch.
 """
 
 from __future__ import annotations
@@ -16,18 +16,9 @@ from typing import Any
 
 import click
 
-ROOT = Path(__file__).resolve().parents[1]
+from pipeline.choices import BOUNDS, CHOICES
 
-
-class LazyChoice(click.Choice):
-    """A Choice whose values are read from their one definition when first needed (the CLI starts without torch)."""
-
-    def __init__(self, values: Callable[[], tuple[str, ...]]):  # click.Choice.__init__ would need them now
-        self.values, self.case_sensitive = values, True
-
-    @functools.cached_property
-    def choices(self) -> tuple[str, ...]:  # type: ignore[override]
-        return tuple(self.values())
+ROOT = Path(__file__).resolve().parent
 
 
 class FiniteRange(click.FloatRange):
@@ -100,16 +91,13 @@ def process_defaults():
     return load_process_config(DEFAULT_CONFIG)
 
 
-def processing_choices(name: str) -> Callable[[], tuple[str, ...]]:
-    """The closed set an option offers, from its one definition in the pipeline."""
-    def values() -> tuple[str, ...]:
-        from pipeline.config import TORCH_PRECISIONS
-        from pipeline.types import BACKENDS, BLEND_MODES, FACE_SELECTIONS
-        from pipeline.video.codecs import VIDEO_CODECS, X264_PRESETS
-
-        return {"backend": BACKENDS, "blend": BLEND_MODES, "faces": FACE_SELECTIONS, "precision": TORCH_PRECISIONS,
-                "preset": X264_PRESETS, "encoder": ("auto", *VIDEO_CODECS)}[name]
-    return values
+def bounded(key: str) -> click.ParamType:
+    """The click type of a numeric setting: its kind and range from pipeline.choices.BOUNDS."""
+    bound = BOUNDS[key]
+    high = None if math.isinf(bound.high) else bound.high
+    if bound.kind is int:
+        return click.IntRange(int(bound.low), None if high is None else int(high))
+    return FiniteRange(bound.low, high)
 
 
 def shipped_weights() -> str:
@@ -133,7 +121,11 @@ config_option = options_from(process_defaults)  # a processing option; --help sh
 
 
 def choice_option(name: str, config_key: str, help: str):
-    return config_option(f"--{name}", config_key=config_key, type=LazyChoice(processing_choices(name)), help=help)
+    return config_option(f"--{name}", config_key=config_key, type=click.Choice(CHOICES[config_key]), help=help)
+
+
+def range_option(*names: str, config_key: str, help: str):
+    return config_option(*names, config_key=config_key, type=bounded(config_key), help=help)
 
 
 def processing_options(command):
@@ -153,17 +145,16 @@ def processing_options(command):
         choice_option("backend", "synthesizer.backend", "Generator back-end (onnx: ONNX Runtime, TensorRT -> CUDA -> "
                                                          "CPU)."),
         choice_option("blend", "blend", "Paste-back: Poisson (seamless) or feathered alpha."),
-        config_option("--intensity", config_key="intensity", type=FiniteRange(0.0, 1.0),
-                      help="Scales the generator's change: 0 = unchanged, 1 = full edit."),
-        config_option("--fade", config_key="fade", type=FiniteRange(0.0, 60.0),
-                      help="Seconds of cross-fade between scheduled expressions."),
-        config_option("--batch-size", config_key="batch_size", type=click.IntRange(1, 512),
-                      help="Face crops per generator call, across frames and faces."),
+        range_option("--intensity", config_key="intensity",
+                     help="Scales the generator's change: 0 = unchanged, 1 = full edit."),
+        range_option("--fade", config_key="fade", help="Seconds of cross-fade between scheduled expressions."),
+        range_option("--batch-size", config_key="batch_size",
+                     help="Face crops per generator call, across frames and faces."),
         choice_option("faces", "faces", "Edit every face or only the largest one."),
-        config_option("--crop-size", config_key="crop_size", type=click.IntRange(32, 1024),
-                      help="Aligned face crop in pixels (the generator runs at its own size)."),
-        config_option("--detect-every", config_key="tracker.detect_every", type=click.IntRange(1, 100),
-                      help="Run the face detector on every N-th frame, interpolate the tracked faces in between."),
+        range_option("--crop-size", config_key="crop_size",
+                     help="Aligned face crop in pixels (the generator runs at its own size)."),
+        range_option("--detect-every", config_key="tracker.detect_every",
+                     help="Run the face detector on every N-th frame, interpolate the tracked faces in between."),
         choice_option("precision", "synthesizer.precision",
                       "Torch generator precision: bf16 is faster on CPUs that run it natively (AVX512-BF16, AMX) "
                       "and changes pixels slightly; auto = bf16 where native."),
@@ -171,8 +162,7 @@ def processing_options(command):
                      help="Speed preset (configs/pipeline/fast.yaml): a smaller detector input on fewer frames, bf16 "
                           "where native, a coarser Poisson blend; very small faces may be missed. Explicit options "
                           "win. See docs/BENCHMARKS.md."),
-        config_option("--crf", config_key="encoder.crf", type=click.IntRange(0, 51),
-                      help="Video quality (x264 CRF; lower is better)."),
+        range_option("--crf", config_key="encoder.crf", help="Video quality (x264 CRF; lower is better)."),
         choice_option("preset", "encoder.preset", "Encoder speed preset."),
         choice_option("encoder", "video_codec", "Video encoder (auto: h264_nvenc with CUDA, else libx264)."),
         click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
