@@ -22,12 +22,13 @@ from pipeline.engines import ConvertFiles, convert_locally
 from pipeline.files import nearest_existing_folder
 from pipeline.images import is_image_path
 from pipeline.manifest import (
-    COMPLETE_REASON, MANIFEST_NAME, UNSUPPORTED_REASON, FileResult, Source, is_complete, read_manifest, settings_key,
-    unsupported, write_manifest,
+    COMPLETE_REASON, MANIFEST_NAME, UNSUPPORTED_REASON, FileResult, ManifestError, Source, is_complete, read_manifest,
+    settings_key, unsupported, write_manifest,
 )
 from pipeline.process import without_geometry_text
 from pipeline.video.codecs import is_video_path
 from usgan.errors import UserError
+from usgan.files import output_folder
 
 
 class BatchError(UserError):
@@ -127,19 +128,32 @@ def convert_dir(in_dir: Path, out_dir: Path, config: ProcessConfig, recursive: b
     files = list_files(in_dir, recursive)
     check_no_output_is_an_input([source for source in files if is_supported(source)], out_dir)
     edit = parse_edit(config)  # option errors now, not once per file
-    out_dir.mkdir(parents=True, exist_ok=True)
     manifest, settings = out_dir / MANIFEST_NAME, settings_key(config)
-    results = earlier_results(files, out_dir, settings)
-    todo = [source for source in files if source.relative not in results]
-    try:
-        with contextlib.closing(engine(todo, out_dir, config, settings, jobs)) as finished:
-            for result in progress(finished, len(todo), config):
-                results[result.source] = result
-                write_manifest(manifest, results, config)
-    finally:
-        write_manifest(manifest, results, config)  # also on Ctrl-C: what finished is recorded for the resume
+    with output_folder(out_dir):
+        results = earlier_results(files, out_dir, settings)
+        todo = [source for source in files if source.relative not in results]
+        record_results(engine(todo, out_dir, config, settings, jobs), len(todo), results, manifest, config)
     ordered = tuple(results[source.relative] for source in files if source.relative in results)
     return BatchSummary(ordered, manifest, time.perf_counter() - started, edit.geometry is not None)
+
+
+def record_results(finished: Iterator[FileResult], total: int, results: dict[str, FileResult], manifest: Path,
+                   config: ProcessConfig) -> None:
+    """Each result into results and the manifest as it comes; on Ctrl-C or an engine's failure, what finished is
+    recorded for the resume (nothing is written when nothing finished, or when the manifest itself failed)."""
+    before = len(results)
+    try:
+        with contextlib.closing(finished):
+            for result in progress(finished, total, config):
+                results[result.source] = result
+                write_manifest(manifest, results, config)
+    except ManifestError:
+        raise
+    except BaseException:
+        if len(results) > before:
+            write_manifest(manifest, results, config)
+        raise
+    write_manifest(manifest, results, config)
 
 
 def progress(results: Iterable[FileResult], total: int, config: ProcessConfig) -> Iterator[FileResult]:

@@ -22,10 +22,10 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
-from pipeline.errors import InputError, OutputError
+from pipeline.errors import InputError, OutputError, os_reason
 from pipeline.files import check_input_file, check_output_path
 from pipeline.types import Frame
-from usgan.files import atomic_write
+from usgan.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -261,9 +261,20 @@ def write_image(path: Path, frame: Frame, meta: ImageMeta | None = None) -> None
     format = image_format(path)
     check_output_path(path, meta.source)
     check_image_frame(frame, path)
-    image = to_pil(frame, meta, format, path)
-    options = save_options(format, meta)
+    data = encode_image(to_pil(frame, meta, format, path), format, save_options(format, meta), path)
     try:
-        atomic_write(path, lambda tmp: image.save(tmp, format=format, **options))
+        atomic_write_bytes(path, data)
+    except OSError as error:
+        raise OutputError(f"{path}: cannot write {format} image: {os_reason(error)}") from error
+
+
+def encode_image(image: Image.Image, format: str, options: dict[str, object], path: Path) -> bytes:
+    """The encoded file in memory, so that its size is known before anything is written."""
+    buffer = io.BytesIO()
+    try:
+        image.save(buffer, format=format, **options)
     except (OSError, ValueError) as error:
-        raise OutputError(f"{path}: cannot write {format} image ({first_line(error)})") from error
+        raise OutputError(f"{path}: cannot encode {format} image ({first_line(error)})") from error
+    if not buffer.tell():
+        raise OutputError(f"{path}: the {format} encoder produced no data")
+    return buffer.getvalue()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable
 
@@ -20,4 +23,31 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write data to path atomically, checking that every byte reached the file before the rename (a nearly full
+    disk can take part of a write without an error)."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        if tmp.stat().st_size != len(data):
+            raise OSError(errno.ENOSPC, f"wrote {tmp.stat().st_size} of {len(data)} bytes")
+    atomic_write(path, write)
+
+
+@contextlib.contextmanager
+def output_folder(path: Path) -> Iterator[Path]:
+    """Create path (and missing parents) for a run; when the run fails, remove the folders it created that are
+    still empty, so that a failure leaves nothing behind."""
+    path = Path(path)
+    missing = [folder for folder in (path, *path.parents) if not folder.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    except BaseException:
+        for folder in missing:  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
