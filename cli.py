@@ -34,7 +34,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import click  # noqa: E402 - after the Ctrl-C handler
 
-from pipeline.engines import ENGINES  # noqa: E402
+from pipeline.choices import ENGINES  # noqa: E402
 from pipeline.errors import describe_os_error  # noqa: E402
 from pipeline.files import check_output_path  # noqa: E402
 from cli_options import (  # noqa: E402
@@ -51,8 +51,12 @@ KEPT_ON_INTERRUPT = {  # what Ctrl-C leaves behind, for the commands that keep f
 }
 
 
+STOP_SIGNALS: list[int] = []  # the Ctrl-C or SIGTERM that stopped the command, once one has
+
+
 class Cli(click.Group):
-    """The one error boundary: a user error or an OSError is one line on stderr and exit 1, Ctrl-C exit 130."""
+    """The one error boundary: a user error or an OSError is one line on stderr and exit 1; Ctrl-C exits 130 and
+    SIGTERM 143, after a clean stop."""
 
     def invoke(self, ctx: click.Context):
         take_over_interrupts()
@@ -65,13 +69,30 @@ class Cli(click.Group):
                 raise  # stdout closed early (e.g. `| head`): click ends quietly
             fail(f"error: {describe_os_error(error)}", 1)
         except KeyboardInterrupt:
-            fail(f"interrupted: {KEPT_ON_INTERRUPT.get(ctx.invoked_subcommand or '', NOTHING_WRITTEN)}", 130)
+            signum = STOP_SIGNALS[0] if STOP_SIGNALS else signal.SIGINT
+            word = "terminated" if signum == signal.SIGTERM else "interrupted"
+            fail(f"{word}: {KEPT_ON_INTERRUPT.get(ctx.invoked_subcommand or '', NOTHING_WRITTEN)}", 128 + signum)
 
 
 def take_over_interrupts() -> None:
-    """From here on Ctrl-C raises KeyboardInterrupt, which the boundary turns into exit 130."""
+    """From here on the first Ctrl-C or SIGTERM raises KeyboardInterrupt, which every cleanup unwinds and the
+    boundary turns into exit 130 or 143."""
     if signal.getsignal(signal.SIGINT) is exit_while_starting:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, stop_cleanly)
+
+
+def stop_cleanly(signum: int, frame: object) -> None:
+    """The first stop signal stops the command; later ones are ignored (also while Python shuts down, when its own
+    handlers are gone), so that the cleanup runs to the end."""
+    for ignored in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(ignored, signal.SIG_IGN)
+    raise_stop(signum)
+
+
+def raise_stop(signum: int) -> NoReturn:
+    STOP_SIGNALS.append(signum)
+    raise KeyboardInterrupt
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -281,6 +302,8 @@ def train_command(config_path: Path | None, data_dir: Path, run_dir: Path, resum
     result = train(config, options)
     if result.is_main:
         click.echo(f"stopped at step {result.step}; latest generator weights: {result.weights}")
+    if result.stopped_by:
+        raise_stop(result.stopped_by)  # the checkpoint is saved: exit as a stopped command does
 
 
 # --- evaluate (pipeline/evaluation/) ---

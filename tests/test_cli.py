@@ -22,9 +22,7 @@ import pipeline.batch
 import pipeline.config
 import pipeline.process
 from cli_options import ConfigOption, config_value
-from pipeline.config import TorchPrecision
-from pipeline.types import Backend, BlendMode, FaceSelection
-from pipeline.video.codecs import X264_PRESETS, VideoCodec
+from pipeline.choices import X264_PRESETS, Backend, BlendMode, FaceSelection, TorchPrecision, VideoCodec
 from usgan.checkpoint import WeightsInfo, save_generator
 from usgan.errors import UserError
 from usgan.model import Generator, GeneratorConfig

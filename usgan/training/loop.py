@@ -128,6 +128,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int | None = None  # the signal that asked to stop
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopRequest:
@@ -143,7 +144,7 @@ class StopRequest:
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self.signum = True, self.signum or signum
         log.warning("%s received: finishing this step, saving a checkpoint, then exiting", signal.Signals(signum).name)
 
 
@@ -228,8 +229,9 @@ def after_step(state: TrainState, terms: dict, config: TrainConfig, ctx: RunCont
         save_checkpoint(state, config, ctx.run_dir, ctx.info, ctx.data.name)
 
 
-def run_loop(state: TrainState, config: TrainConfig, ctx: RunContext, end: int) -> None:
-    """Train until step `end` or a stop signal; always leaves a checkpoint of the last finished step."""
+def run_loop(state: TrainState, config: TrainConfig, ctx: RunContext, end: int) -> int | None:
+    """Train until step `end` or a stop signal; always leaves a checkpoint of the last finished step. Returns the
+    stop signal, if one came."""
     start = state.step
     stream = batches(ctx.data, state, config.optim.batch_size)
     with StopRequest() as stop:
@@ -245,6 +247,7 @@ def run_loop(state: TrainState, config: TrainConfig, ctx: RunContext, end: int) 
     if ctx.info.is_main and state.step > start and not due(state.step, config.logging.sample_every):
         write_sample_grid(state, ctx.data, ctx.run_dir, ctx.logger.writer)  # so every stop leaves a grid to look at
     barrier(ctx.info)
+    return stop.signum
 
 
 @dataclass(frozen=True)
@@ -252,6 +255,7 @@ class TrainResult:
     step: int  # the last finished step
     weights: Path  # RUN_DIR/generator.safetensors
     is_main: bool  # whether this process is rank 0 (the one that reports)
+    stopped_by: int | None = None  # the signal (SIGINT, SIGTERM) that stopped the run early
 
 
 def train(config: TrainConfig, options: RunOptions) -> TrainResult:
@@ -265,9 +269,9 @@ def train(config: TrainConfig, options: RunOptions) -> TrainResult:
         end = min(config.optim.total_steps, options.max_steps or config.optim.total_steps)
         logger = RunLogger.open(options.run_dir, info, state.step, end)
         try:
-            run_loop(state, config, RunContext(info, data, Path(options.run_dir), logger), end)
+            signum = run_loop(state, config, RunContext(info, data, Path(options.run_dir), logger), end)
         finally:
             logger.close()
-        return TrainResult(state.step, Path(options.run_dir) / "generator.safetensors", info.is_main)
+        return TrainResult(state.step, Path(options.run_dir) / "generator.safetensors", info.is_main, signum)
     finally:
         shutdown_distributed(info)
