@@ -195,8 +195,19 @@ def load_generator(path: Path, device: str | torch.device = "cpu") -> tuple[Gene
     try:
         generator.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        raise CheckpointError(f"{path}: weights do not fit the generator: {str(error).splitlines()[0]}") from error
+        raise CheckpointError(f"{path}: weights do not fit the generator {info.generator}: "
+                              f"{state_dict_problem(error)}") from error
+    broken = [name for name, value in state.items() if value.is_floating_point() and not torch.isfinite(value).all()]
+    if broken:
+        raise CheckpointError(f"{path}: weights contain NaN or infinite values ({', '.join(broken[:3])}); "
+                              "the file is damaged")
     return generator.to(device).eval(), info
+
+
+def state_dict_problem(error: RuntimeError) -> str:
+    """The first concrete problem of load_state_dict's message ('size mismatch for main.0.weight: ...'), one line."""
+    details = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
+    return (details or [str(error).splitlines()[0]])[0].rstrip(".")
 
 
 def average_generators(paths: list[Path]) -> tuple[Generator, WeightsInfo]:

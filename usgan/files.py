@@ -8,19 +8,27 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Call write(tmp_path) and rename the result to path, so no half-written file is ever left at path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:  # name the output the user asked for, not the temp file
+        raise OSError(error.errno, error.strerror, str(path)) from error
     os.close(fd)
     try:
         write(Path(tmp))
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are ordinary user files
         os.replace(tmp, path)
+    except OSError as error:
+        Path(tmp).unlink(missing_ok=True)
+        if error.filename != tmp and error.filename != Path(tmp):
+            raise
+        raise OSError(error.errno, error.strerror, str(path)) from error
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -51,3 +59,21 @@ def output_folder(path: Path) -> Iterator[Path]:
             with contextlib.suppress(OSError):
                 folder.rmdir()
         raise
+
+
+def check_arrays(arrays: dict[str, Any], shapes: dict[str, tuple[str | int, ...]], path: Path,
+                 error: type[Exception]) -> None:
+    """Raise error naming the file and the array when one is missing, of the wrong shape or not finite. shapes: the
+    expected arrays; a letter in a shape is a count that must agree wherever it appears."""
+    import numpy as np
+
+    if set(arrays) != set(shapes):
+        raise error(f"{path}: holds arrays {', '.join(sorted(arrays))}; expected {', '.join(shapes)}")
+    counts: dict[str, int] = {}
+    for name, shape in shapes.items():
+        actual = arrays[name].shape
+        if len(actual) != len(shape) or not all(counts.setdefault(want, got) == got if isinstance(want, str)
+                                                else want == got for want, got in zip(shape, actual)):
+            raise error(f"{path}: array {name} has shape {actual}, expected {shape}")
+        if not np.isfinite(arrays[name]).all():
+            raise error(f"{path}: array {name} contains NaN or infinite values; the file is damaged")
