@@ -194,7 +194,16 @@ def read_image(path: Path) -> tuple[Frame, ImageMeta]:
         mode, bit_depth = image.mode, source_bit_depth(image)
         load_upright(image, path)
         frame, alpha = convert_pixels(image, path)
+        warn_if_reduced(path, mode, bit_depth)
         return frame, image_meta(path, image, mode, bit_depth, alpha)
+
+
+def warn_if_reduced(path: Path, mode: str, bit_depth: int) -> None:
+    """Say what reading lost: 16 bits per channel become 8, CMYK becomes RGB."""
+    if bit_depth > 8:
+        log.warning("%s: %d-bit image: edited and written with 8 bits per channel", path, bit_depth)
+    if mode == "CMYK":
+        log.warning("%s: CMYK image: edited and written as RGB (sRGB)", path)
 
 
 # --- writing ---

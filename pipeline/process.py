@@ -150,7 +150,10 @@ def warn_if_faceless(path: Path, faces_found: int, outcome: str) -> None:
 
 
 def warn_if_stills_unedited(models: Models, config: ProcessConfig, subject: object) -> None:
-    """A still image is one moment (0 s): say so when the expression schedule edits nothing there."""
+    """A still image is one moment (0 s): say so when the expression schedule changes over time, and when it edits
+    nothing there."""
+    if models.schedule.is_timed:
+        log.warning("%s: a still image is one moment: only the schedule's expression at 0 s applies", subject)
     if not stills_are_edited(models, config):
         log.warning("%s: expression %r at intensity %g edits nothing at 0 s, the only moment of a still image; "
                     "written unchanged", subject, config.expression, config.intensity)

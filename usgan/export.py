@@ -104,6 +104,8 @@ def export_onnx(weights_path: Path, out_path: Path, fp16: bool = False, opset: i
     if not lowest <= opset <= MAX_OPSET:
         raise ExportError(f"{out_path}: opset {opset} unsupported; use {lowest}..{MAX_OPSET}")
     refuse_overwrite(weights_path, out_path)
+    if out_path.suffix.lower() != ".onnx":
+        logger.warning("%s: an ONNX model written under a name that does not end in .onnx", out_path)
     generator, info = load_generator(weights_path)
     model = trace_generator(generator, fp16, opset, warp)
     embed_weights_info(model, info, fp16)

@@ -101,6 +101,9 @@ def probe_video(path: Path) -> StreamInfo:
         if first is None:
             raise InputError(f"{path}: contains no decodable video frame")
         info = stream_info(path, container, stream, first)
+        subtitles = len(container.streams.subtitles)
+    if subtitles:
+        log.warning("%s: %d subtitle stream(s) are not carried to the output (video and audio are)", path, subtitles)
     if info.truncated:
         log.warning("%s: file is truncated; only the frames present will be decoded", path)
     return info
