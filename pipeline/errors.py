@@ -26,6 +26,9 @@ _OS_REASONS = {
     errno.ENOTDIR: "a folder on the path is a file",
     errno.EEXIST: "exists and is not a folder",
     errno.ENOENT: "no such file or folder",
+    errno.ECONNREFUSED: "connection refused",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.ETIMEDOUT: "timed out",
 }
 
 

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from usgan.config import ConfigError, from_mapping
 from usgan.expressions import EXPRESSIONS, parse_expression
-from usgan.files import atomic_write
+from usgan.files import atomic_write, safetensors_write
 from usgan.model import Generator, GeneratorConfig
 
 FORMAT_GENERATOR = "usgan-generator"
@@ -95,7 +95,7 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
     """Write tensors plus a JSON metadata header atomically."""
     header = {METADATA_KEY: json.dumps(metadata, sort_keys=True)}
     contiguous = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(contiguous, str(tmp), metadata=header))
+    atomic_write(path, lambda tmp: safetensors_write(save_file, contiguous, tmp, header))
 
 
 def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

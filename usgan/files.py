@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,18 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
         raise
 
 
+def safetensors_write(save: Callable[..., object], tensors: dict[str, Any], tmp: Path, metadata: dict[str, str]) -> None:
+    """save(tensors, tmp, metadata=...) (safetensors' torch or numpy save_file), its I/O errors as OSError: safetensors
+    reports a full disk as its own SafetensorError."""
+    try:
+        save(tensors, str(tmp), metadata=metadata)
+    except Exception as error:  # noqa: BLE001 - SafetensorError, or a Rust panic's exception
+        code = re.search(r"os error (\d+)", str(error))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(tmp)) from error
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write data to path atomically, checking that every byte reached the file before the rename (a nearly full
     disk can take part of a write without an error)."""
@@ -55,7 +68,8 @@ def output_folder(path: Path) -> Iterator[Path]:
     try:
         yield path
     except BaseException:
-        for folder in missing:  # deepest first
+        inside = [Path(root) for root, _, _ in os.walk(path, topdown=False)] if missing else []
+        for folder in inside + missing[1:]:  # deepest first; only what this run created
             with contextlib.suppress(OSError):
                 folder.rmdir()
         raise

@@ -23,7 +23,7 @@ from safetensors.numpy import load_file, save_file
 
 from usgan.errors import UserError
 from usgan.expressions import EXPRESSIONS
-from usgan.files import atomic_write, check_arrays
+from usgan.files import atomic_write, check_arrays, safetensors_write
 
 FORMAT = "usgan-geometry"
 POINTS = 106
@@ -145,7 +145,7 @@ def save_model(path: Path, model: ShapeModel) -> None:
     header = {"format": FORMAT, "version": "1", "expressions": json.dumps(list(EXPRESSIONS)),
               "noise_floor": repr(model.noise_floor), "settings": json.dumps(asdict(model.settings)),
               "sources": json.dumps(model.sources)}
-    atomic_write(Path(path), lambda tmp: save_file(arrays, str(tmp), metadata=header))
+    atomic_write(Path(path), lambda tmp: safetensors_write(save_file, arrays, tmp, header))
 
 
 class GeometryError(UserError):

@@ -4,9 +4,7 @@ and the error is one line that says what happened."""
 from __future__ import annotations
 
 import json
-import os
 import resource
-import shutil
 import signal
 import subprocess
 import sys
@@ -47,23 +45,6 @@ def test_a_photo_onto_a_nearly_full_disk_is_one_error_and_no_file(weights, tmp_p
     assert done.stderr.strip() == f"error: {output}: cannot write {Image.registered_extensions()[suffix]} image: " \
                                   "file too large for the device or the file size limit"
     assert not output.exists() and leftovers(tmp_path) == []
-
-
-def mount_small_disk(folder: Path, size: str) -> None:
-    folder.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("needs root to mount a small tmpfs")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    disk = tmp_path / "disk"
-    mount_small_disk(disk, "96k")
-    yield disk
-    subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def test_convert_onto_a_disk_that_fills_keeps_every_output_whole_and_the_manifest_true(weights, tmp_path,

@@ -288,29 +288,9 @@ def test_a_damaged_generator_file_is_one_line_naming_the_problem(tmp_path):
     assert "\n" not in str(raised.value)
 
 
-@pytest.fixture
-def read_only_folder(tmp_path):
-    """A folder mounted read-only (root ignores permission bits); skips where mounting is not allowed."""
-    import os
-    import subprocess
-
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    if os.geteuid() != 0:
-        folder.chmod(0o555)
-        yield folder
-        folder.chmod(0o755)
-        return
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)], capture_output=True)
-    if done.returncode:
-        pytest.skip(f"cannot mount a read-only tmpfs: {done.stderr.decode().strip()}")
-    yield folder
-    subprocess.run(["umount", "-l", str(folder)], check=False)
-
-
-def test_cli_import_official_into_a_read_only_folder_names_the_output(tmp_path, read_only_folder):
+def test_cli_import_official_into_a_read_only_folder_names_the_output(tmp_path, read_only_disk):
     official_path = save_official(tmp_path / "usgan_87_G.ckpt")
-    out = read_only_folder / "g.safetensors"
+    out = read_only_disk / "g.safetensors"
     result = CliRunner().invoke(cli, ["import-official", str(official_path), str(out)])
     assert result.exit_code == 1
-    assert result.stderr.strip() in (f"error: {out}: read-only file system", f"error: {out}: permission denied")
+    assert result.stderr.strip() == f"error: {out}: read-only file system"

@@ -7,6 +7,7 @@ are usgan.training.state's; this module wires them into a run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -21,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from usgan.expressions import EXPRESSIONS
-from usgan.files import atomic_write
+from usgan.files import atomic_write, output_folder
 from usgan.model import Discriminator, Generator
 from usgan.training.config import RunOptions, TrainConfig, config_yaml
 from usgan.training.data import DataBundle, setup_data
@@ -262,16 +263,22 @@ def train(config: TrainConfig, options: RunOptions) -> TrainResult:
     """Train (or resume) a run in options.run_dir, until optim.total_steps, --max-steps or a stop signal."""
     info = init_distributed(use_cuda=options.use_cuda)
     try:
-        resume_from = find_resume_checkpoint(options.run_dir, options.resume)
-        data = setup_data(config, options.data_dir, info)
-        state = start_state(config, options, resume_from, info)
-        write_run_config(config, options.run_dir, info)
-        end = min(config.optim.total_steps, options.max_steps or config.optim.total_steps)
-        logger = RunLogger.open(options.run_dir, info, state.step, end)
-        try:
-            signum = run_loop(state, config, RunContext(info, data, Path(options.run_dir), logger), end)
-        finally:
-            logger.close()
-        return TrainResult(state.step, Path(options.run_dir) / "generator.safetensors", info.is_main, signum)
+        with output_folder(options.run_dir) if info.is_main else contextlib.nullcontext():
+            return train_run(config, options, info)
     finally:
         shutdown_distributed(info)
+
+
+def train_run(config: TrainConfig, options: RunOptions, info: DistInfo) -> TrainResult:
+    """train's work, in its run folder."""
+    resume_from = find_resume_checkpoint(options.run_dir, options.resume)
+    data = setup_data(config, options.data_dir, info)
+    state = start_state(config, options, resume_from, info)
+    write_run_config(config, options.run_dir, info)
+    end = min(config.optim.total_steps, options.max_steps or config.optim.total_steps)
+    logger = RunLogger.open(options.run_dir, info, state.step, end)
+    try:
+        signum = run_loop(state, config, RunContext(info, data, Path(options.run_dir), logger), end)
+    finally:
+        logger.close()
+    return TrainResult(state.step, Path(options.run_dir) / "generator.safetensors", info.is_main, signum)

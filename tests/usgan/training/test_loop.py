@@ -163,6 +163,19 @@ def test_cli_bad_data_is_one_line_error(tiny_faces: Path, tmp_path: Path) -> Non
     assert result.output.startswith("error: ") and result.output.count("\n") == 1 and "whatever" in result.output
 
 
+def test_cli_train_onto_a_full_disk_is_one_line_and_leaves_no_empty_folder(tiny_faces: Path, small_disk: Path) -> None:
+    run = small_disk / "runs" / "tiny"
+    result = CliRunner().invoke(cli, ["train", "--config", str(SMOKE), "--data", str(tiny_faces), "--out", str(run),
+                                      "--max-steps", "2", "--set", "logging.checkpoint_every=1"])
+    assert result.exit_code == 1, result.output
+    last = result.output.strip().splitlines()[-1]  # after the progress bar
+    assert last.startswith("error: ") and last.endswith(": no space left on the device"), result.output
+    assert "Traceback" not in result.output and ".tmp" not in last
+    folders = [path for path in small_disk.rglob("*") if path.is_dir()]
+    assert [folder for folder in folders if not any(folder.iterdir())] == []  # no empty folder left behind
+    assert not [path for path in small_disk.rglob("*.tmp")] and not (run / "checkpoints").exists()
+
+
 def test_cli_init_critic_from_a_generator_file_is_one_line_error(tiny_config, tiny_faces: Path, tmp_path: Path) -> None:
     train(tiny_config(), RunOptions(tiny_faces, tmp_path / "source", max_steps=1))
     weights = tmp_path / "source" / "generator.safetensors"
