@@ -62,6 +62,9 @@ class Cli(click.Group):
         take_over_interrupts()
         try:
             return super().invoke(ctx)
+        except click.UsageError as error:  # a bad option: one line too, as every other error (exit 2, as click's)
+            where = error.ctx.command_path if error.ctx else "cli.py"
+            fail(f"error: {error.format_message().rstrip('.')} (see {where} -h)", 2)
         except UserError as error:
             fail(f"error: {error}", 1)
         except OSError as error:

@@ -81,7 +81,7 @@ def check_folders(in_dir: Path, out_dir: Path, recursive: bool) -> None:
                          "read again; choose a folder outside it")
     if target.exists() and not target.is_dir():
         raise BatchError(f"{out_dir}: exists and is not a folder")
-    folder = nearest_existing_folder(target)
+    folder = nearest_existing_folder(target, out_dir)
     if not os.access(folder, os.W_OK | os.X_OK):
         raise BatchError(f"{out_dir}: cannot write into folder {folder} (permission denied)")
 

@@ -127,6 +127,20 @@ def test_nan_intensity_is_blamed_on_the_option(tmp_path):
     assert result.exit_code == 2 and "--intensity" in result.output and "default.yaml" not in result.output
 
 
+@pytest.mark.parametrize("args, line", [
+    (["process", "in.png", "-e", "sad", "--intensity", "2"],
+     "error: Invalid value for '--intensity': 2.0 is not in the range 0.0<=x<=1.0 (see cli process -h)"),
+    (["process", "in.png"], "error: Missing option '-e' / '--expression' (see cli process -h)"),
+    (["convert", "in", "out", "-e", "sad", "--ray-address", "auto"],
+     "error: --ray-address needs --engine ray (see cli convert -h)"),
+])
+def test_option_errors_are_one_line_as_the_readme_promises(tmp_path, args, line):
+    (tmp_path / "in").mkdir()
+    result = CliRunner().invoke(cli_module.cli, [str(tmp_path / a) if a in ("in", "out") else a for a in args])
+    assert result.exit_code == 2
+    assert result.output.replace(str(tmp_path) + "/", "") == line + "\n"
+
+
 def run_python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
