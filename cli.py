@@ -432,7 +432,8 @@ def process_command(input_path: Path, output: Path | None, config_path: Path | N
       python cli.py process clip.mp4 -e joy --backend onnx --batch-size 16 --detect-every 1
       python cli.py process clip.mp4 -e sad --fast
     """
-    from pipeline.process import process_file, process_result_line
+    from pipeline.process import process_file
+    from pipeline.results import process_result_line
 
     config = process_config(config_path, fast, options, progress=False if no_progress else None)
     click.echo(process_result_line(process_file(input_path, output, config)))

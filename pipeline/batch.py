@@ -28,7 +28,7 @@ from pipeline.manifest import (
     COMPLETE_REASON, MANIFEST_NAME, UNSUPPORTED_REASON, FileResult, ManifestError, Source, is_complete, read_manifest,
     settings_key, unsupported, write_manifest,
 )
-from pipeline.process import without_geometry_text
+from pipeline.results import without_geometry_text
 from pipeline.video.codecs import is_video_path
 from usgan.errors import UserError
 from usgan.files import output_folder

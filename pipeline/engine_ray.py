@@ -29,13 +29,10 @@ import ray
 
 from pipeline.batch_workers import (discard_unreported, failed, file_result, interrupt_flag, one_line, split_kinds,
                                     worker_config)
-from pipeline.config import ProcessConfig, parse_edit
+from pipeline.config import ProcessConfig
 from pipeline.errors import os_reason
 from pipeline.edit import EditedFrame, Models, load_models
-from pipeline.faces.detector import FaceFinder
-from pipeline.geometry import load_geometry
 from pipeline.images import is_image_path
-from pipeline.blend import build_face_mask
 from pipeline.manifest import FileResult, Source
 from pipeline.stills import ImageOutcome, ImageTask, attempt, finish_task, plan_tasks, read_task, synthesize_pending
 from usgan.errors import UserError
@@ -54,14 +51,8 @@ _MODELS: dict[tuple[str, str], Models] = {}  # per Ray worker process, which Ray
 def worker_models(config: ProcessConfig, settings: str, generator: bool) -> Models:
     """This worker process's models for these settings, loaded by its first task; CPU steps load no generator."""
     key = (settings, "full" if generator else "faces")
-    if key not in _MODELS:
-        if generator:
-            _MODELS[key] = load_models(config)
-        else:  # the generator runs in its own actor
-            edit = parse_edit(config)
-            finder = FaceFinder(config.detector, config.image_pad)
-            geometry = load_geometry(edit.geometry, config.detector)
-            _MODELS[key] = Models(finder, None, edit.schedule, build_face_mask(config.crop_size), geometry)  # type: ignore
+    if key not in _MODELS:  # CPU steps load no generator: it runs in its own actor
+        _MODELS[key] = load_models(config, generator=generator)
     return _MODELS[key]
 
 

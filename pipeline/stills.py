@@ -16,7 +16,7 @@ from typing import Any
 from pipeline.config import ProcessConfig
 from pipeline.edit import EditedFrame, FaceJob, Models, blend_frame, load_models, plan_still, synthesize_jobs
 from pipeline.images import ImageMeta, read_image, write_image
-from pipeline.process import ProcessResult, check_paths, geometry_count, warn_if_faceless, warn_if_stills_unedited
+from pipeline.results import ProcessResult, check_paths, geometry_count, warn_if_faceless, warn_if_stills_unedited
 from pipeline.stages import StageChain, batched
 from pipeline.synthesize import FaceSynthesizer
 from pipeline.types import Frame
@@ -47,13 +47,22 @@ class ImageOutcome:
     error: Exception | None = None
 
 
-def process_images(pairs: Sequence[tuple[Path, Path]], config: ProcessConfig,
-                   models: Models | None = None) -> Iterator[ImageOutcome]:
+def process_image(input_path: Path, output: Path, config: ProcessConfig, models: Models | None = None) -> ProcessResult:
+    """Edit the faces of one still image and write it (format from output's extension, atomically): the still-image
+    workflow, for one image."""
+    outcome = next(process_images([(Path(input_path), Path(output))], config, models, subject=input_path))
+    if outcome.error is not None:
+        raise outcome.error
+    return outcome.result
+
+
+def process_images(pairs: Iterable[tuple[Path, Path]], config: ProcessConfig, models: Models | None = None,
+                   subject: object = "every still image") -> Iterator[ImageOutcome]:
     """Edit many still images (input, output), in order, with overlapping stages like a video's. A bad image gives
     an outcome with its error and the others go on; result.seconds is each image's time from read to written (the
-    stages overlap)."""
+    stages overlap). subject: what a warning about the whole run names."""
     models = models or load_models(config)
-    warn_if_stills_unedited(models, config, "every still image")
+    warn_if_stills_unedited(models, config, subject)
     # queue_size (>= batch_size by default) images between stages: the generator finds a full batch waiting and can
     # hand all of it on without waiting for the writer.
     chain = StageChain(max(config.queue_size, config.batch_size))
