@@ -152,11 +152,6 @@ def load_process_config(path: Path | None = DEFAULT_CONFIG, overrides: Mapping[s
     return check_config(config, sources=sources)
 
 
-def default_process_config() -> ProcessConfig:
-    """The effective defaults: configs/pipeline/default.yaml (which the dataclass defaults mirror)."""
-    return load_process_config()
-
-
 def preset_overrides(path: Path) -> dict[str, Any]:
     """A partial config YAML flattened to dotted keys ({'detector': {'input_size': 320}} -> 'detector.input_size');
     unknown keys are a ConfigError naming the preset."""

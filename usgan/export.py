@@ -263,11 +263,6 @@ def run_generator(session: ort.InferenceSession, image: np.ndarray, expression: 
     return session.run([OUTPUT], {name: array.astype(np.float32, copy=False) for name, array in feeds.items()})[0]
 
 
-def is_warp_session(session: ort.InferenceSession) -> bool:
-    """True for a session of the warp graph (export_onnx(warp=True))."""
-    return [i.name for i in session.get_inputs()] == INTERFACES[True][0]
-
-
 def run_warped_generator(session: ort.InferenceSession, crop: np.ndarray, image: np.ndarray, expression: np.ndarray,
                          field: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The warp graph on float32 arrays (see the module docstring): (warped crops, the generator's residual)."""

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from cli import cli
 from clips import face_frame
 from pipeline.config import (
-    DEFAULT_CONFIG, FAST_PRESET, ProcessConfig, check_config, default_process_config, load_process_config,
+    DEFAULT_CONFIG, FAST_PRESET, ProcessConfig, check_config, load_process_config,
     parse_edit, share_threads,
 )
 from pipeline.faces.detector import DetectorConfig
@@ -21,7 +21,7 @@ from usgan.config import ConfigError
 
 
 def test_default_yaml_is_the_dataclass_defaults_and_overrides_apply():
-    assert load_process_config() == ProcessConfig() == default_process_config()
+    assert load_process_config() == ProcessConfig()
     config = load_process_config(overrides={"blend": "feather", "tracker.detect_every": 3, "encoder.crf": 23})
     assert (config.blend, config.tracker.detect_every, config.encoder.crf) == ("feather", 3, 23)
 
