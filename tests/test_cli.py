@@ -260,3 +260,18 @@ def test_no_progress_reaches_the_config(tmp_path, monkeypatch, command):
     assert one_line(result) == "error: captured" and result.exit_code == 1
     assert [config.progress for config in seen] == [False]
 
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_examples_use_paths_a_user_has(command):
+    result = invoke(command, "--help")
+    assert result.exit_code == 0 and "../shared" not in result.output and "Examples:" in result.output
+
+
+def test_readme_and_setup_cfg_name_the_same_python():
+    import configparser
+
+    setup = configparser.ConfigParser()
+    setup.read(REPO / "setup.cfg")
+    lowest = setup["options"]["python_requires"].removeprefix(">=")
+    assert f"Python {lowest} or newer" in (REPO / "README.md").read_text()

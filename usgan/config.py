@@ -174,6 +174,19 @@ def set_dotted(mapping: dict[str, Any], dotted: str, value: Any, where: str) -> 
     node[leaf] = value
 
 
+def with_values(config: Any, values: dict[str, Any]) -> Any:
+    """config (a frozen dataclass) with the given dotted keys replaced; None values keep config's own."""
+    for key, value in values.items():
+        if value is not None:
+            config = replaced(config, key.split("."), value)
+    return config
+
+
+def replaced(config: Any, path: list[str], value: Any) -> Any:
+    head, *rest = path
+    return dataclasses.replace(config, **{head: replaced(getattr(config, head), rest, value) if rest else value})
+
+
 def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested mapping -> {dotted key: leaf value}: {'optim': {'g_lr': 1e-4}} -> {'optim.g_lr': 1e-4}."""
     flat: dict[str, Any] = {}
