@@ -72,8 +72,8 @@ class Cli(click.Group):
             if error.errno == errno.EPIPE:
                 raise  # stdout closed early (e.g. `| head`): click ends quietly
             fail(f"error: {describe_os_error(error)}", 1)
-        except KeyboardInterrupt:
-            signum = STOP_SIGNALS[0] if STOP_SIGNALS else signal.SIGINT
+        except KeyboardInterrupt as stop:
+            signum = getattr(stop, "signum", None) or (STOP_SIGNALS[0] if STOP_SIGNALS else signal.SIGINT)
             word = "terminated" if signum == signal.SIGTERM else "interrupted"
             fail(f"{word}: {KEPT_ON_INTERRUPT.get(ctx.invoked_subcommand or '', NOTHING_WRITTEN)}", 128 + signum)
 

@@ -35,7 +35,7 @@ from pipeline.edit import EditedFrame, Models, load_models
 from pipeline.images import is_image_path
 from pipeline.manifest import FileResult, Source
 from pipeline.stills import ImageOutcome, ImageTask, attempt, finish_task, plan_tasks, read_task, synthesize_pending
-from usgan.errors import UserError
+from usgan.errors import Stopped, UserError
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ class RayConvert:
         if interrupted.is_set():
             # a task cancelled between its rename and its return wrote a file nobody will record
             discard_unreported(todo, reported, self.out_dir, since)
-            raise KeyboardInterrupt
+            raise Stopped(interrupted.signum)
 
     def submit(self, sources: list[Source]) -> dict[ray.ObjectRef, Source]:
         """The last step's reference of each file of a chunk (photos) or of one video."""

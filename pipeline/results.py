@@ -73,6 +73,12 @@ def check_paths(input_path: Path, output: Path, kind: str) -> tuple[Path, Path]:
     """Input readable and of the right kind, output writable, of the same kind and not the input."""
     check_input_file(input_path)
     check_output_path(output, input_path)
+    return check_output_kind(input_path, output, kind)
+
+
+def check_output_kind(input_path: Path, output: Path, kind: str) -> tuple[Path, Path]:
+    """The output of the input's kind, in a format it can be written in (the files themselves are checked where
+    they are opened)."""
     if kind == "image" and not is_image_path(output):
         raise OutputError(f"{output}: an image's output must be an image file (e.g. {input_path.suffix or '.png'})")
     if kind == "image":

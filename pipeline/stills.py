@@ -16,7 +16,7 @@ from typing import Any
 from pipeline.config import ProcessConfig
 from pipeline.edit import EditedFrame, FaceJob, Models, blend_frame, load_models, plan_still, synthesize_jobs
 from pipeline.images import ImageMeta, read_image, write_image
-from pipeline.results import ProcessResult, check_paths, geometry_count, warn_if_faceless, warn_if_stills_unedited
+from pipeline.results import ProcessResult, check_output_kind, geometry_count, warn_if_faceless, warn_if_stills_unedited
 from pipeline.stages import StageChain, batched
 from pipeline.synthesize import FaceSynthesizer
 from pipeline.types import Frame
@@ -92,7 +92,7 @@ def read_tasks(pairs: Iterable[tuple[Path, Path]]) -> Iterator[ImageTask]:
 
 
 def read_task(task: ImageTask) -> dict[str, Any]:
-    check_paths(task.source, task.output, "image")
+    check_output_kind(task.source, task.output, "image")  # the input is checked as it is read, the output as written
     image, meta = read_image(task.source)
     return {"image": image, "meta": meta}
 

@@ -121,3 +121,17 @@ def test_stop_signals_mid_video_stop_cleanly(shared_dir, weights, tmp_path, sign
     time.sleep(0.3)
     assert interrupt(child, *signals) == line
     assert list(tmp_path.iterdir()) == []  # neither the output nor a temp file
+
+
+@pytest.mark.slow
+def test_sigterm_on_a_parallel_convert_exits_143_with_a_true_manifest(weights, tmp_path):
+    photos, out = tmp_path / "in", tmp_path / "out"
+    photos.mkdir()
+    for index in range(32):
+        cv2.imwrite(str(photos / f"p{index:02d}.png"), face_frame(480, 360, index))
+    child = start_cli("convert", photos, out, "-e", "happy", "--weights", weights["random"], "--crop-size", 64,
+                      "--blend", "feather", "--jobs", 2)
+    wait_for(lambda: done_in_manifest(out), child, "a first file in the manifest")
+    assert interrupt(child, signal.SIGTERM).startswith("terminated: finished files are kept in OUT_DIR")
+    listed = done_in_manifest(out)
+    assert listed == {p.name for p in out.iterdir() if p.name != "manifest.json"} and 0 < len(listed) <= 32
