@@ -116,10 +116,15 @@ def describe(hint: Any) -> str:
     if origin is Literal:
         return "one of " + ", ".join(map(str, args))
     if origin is tuple or hint is tuple:
-        return f"a list of {len(args)} values" if args and args[-1] is not Ellipsis else "a list"
+        if args and args[-1] is Ellipsis:
+            return f"a list of {PLURALS.get(args[0], 'values')}"
+        return f"a list of {len(args)} values" if args else "a list"
     names = {int: "a whole number", float: "a number", bool: "true or false", str: "a string", Path: "a path",
              type(None): "null"}
     return names.get(hint, "a mapping" if origin is dict or hint is dict else getattr(hint, "__name__", str(hint)))
+
+
+PLURALS = {int: "whole numbers", float: "numbers", str: "strings", bool: "true/false values"}
 
 
 def type_name(value: Any) -> str:
