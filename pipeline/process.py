@@ -2,7 +2,7 @@
 
 A video runs decode -> faces (-> geometry, when expression geometry is on) -> synthesize -> blend as a chain of stage
 threads (pipeline.stages) and encodes the chain's results here, in the caller's thread: Ctrl-C there leaves no file
-at the output path (encode_video writes a temp file and renames it). Faces, synthesis and blending see the upright
+at the output path (the encoder writes a temp file and renames it). Faces, synthesis and blending see the upright
 picture; frames are turned back to their stored orientation before encoding, keeping index and pts, and the writer
 restores the display matrix.
 """
@@ -29,9 +29,9 @@ from pipeline.stills import process_image
 from pipeline.synthesize import FaceSynthesizer
 from pipeline.types import Mask, StreamInfo, VideoFrame
 from pipeline.video.codecs import EncoderConfig, choose_encoder, codec_for_container, output_container
-from pipeline.video.decode import decode_video, rotate_stored, rotate_upright
-from pipeline.video.encode import encode_video
-from pipeline.video.probe import probe_video
+from pipeline.video.decode import decode_checked, rotate_stored, rotate_upright
+from pipeline.video.encode import encode_checked
+from pipeline.video.probe import probe_checked
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +78,14 @@ def process_video(input_path: Path, output: Path, config: ProcessConfig, models:
 def run_video(input_path: Path, output: Path, config: ProcessConfig, models: Models) -> ProcessResult:
     """process_video's work, on paths checked already."""
     started = time.perf_counter()
-    info = probe_video(input_path)
+    info = probe_checked(input_path)  # the paths were checked once, by the caller
     encoder = encoder_config(config, output)
     counts = RunCounts()
     chain = video_stages(input_path, info, models, config, counts)
     with chain.running() as frames:
         encode_started = time.perf_counter()
-        summary = encode_video(progress_frames(frames, info.frames, config, input_path.name), input_path, output,
-                               encoder, info)
+        summary = encode_checked(progress_frames(frames, info.frames, config, input_path.name), input_path, output,
+                                 encoder, info)
     encode_busy = time.perf_counter() - encode_started - chain.consumer_wait()
     warn_if_faceless(input_path, counts.faces_found, "the output is the input re-encoded")
     if counts.faces_found and not counts.faces_edited:
@@ -111,7 +111,7 @@ def video_stages(input_path: Path, info: StreamInfo, models: Models, config: Pro
 
 def decode_stage(path: Path, rotation: int) -> Iterator[VideoFrame]:
     """Decoded frames, turned upright."""
-    for frame in decode_video(path):
+    for frame in decode_checked(path):
         yield replace(frame, image=rotate_upright(frame.image, rotation)) if rotation else frame
 
 

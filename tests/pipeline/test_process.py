@@ -218,3 +218,16 @@ def test_video_whose_schedule_covers_no_frame_warns(weights, clip, tmp_path, cap
         result = process_video(clip, tmp_path / "out.mp4", process_config(weights["random"], expression="sad@100-"))
     assert result.faces_found == 10 and result.faces_edited == 0
     assert f"{clip}: faces found but none edited: expression 'sad@100-'" in caplog.text
+
+
+def test_a_video_s_input_and_output_are_checked_once(weights, tmp_path, monkeypatch):
+    import os
+
+    clip = make_clip(tmp_path / "in.mp4", frames=4)
+    config = process_config(weights["identity"], encoder=FAST)
+    models = load_models(config)
+    calls, access = [], os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: calls.append((str(path), mode)) or access(path, mode))
+    process_file(clip, tmp_path / "out.mp4", config, models)
+    assert [mode for path, mode in calls if path == str(clip)] == [os.R_OK]
+    assert [mode for _, mode in calls if mode == os.W_OK | os.X_OK] == [os.W_OK | os.X_OK]
