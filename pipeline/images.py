@@ -187,7 +187,11 @@ def image_meta(path: Path, image: Image.Image, mode: str, bit_depth: int, alpha)
 
 def read_image(path: Path) -> tuple[Frame, ImageMeta]:
     """Read an image as an upright (EXIF-rotated) BGR uint8 frame and the metadata write_image needs."""
-    path = check_input_file(Path(path))
+    return read_checked(check_input_file(Path(path)))
+
+
+def read_checked(path: Path) -> tuple[Frame, ImageMeta]:
+    """read_image of a file its caller has checked already."""
     if not is_image_path(path):
         raise InputError(f"{path}: unsupported image extension {path.suffix!r}; use one of {', '.join(IMAGE_FORMATS)}")
     with open_image(path) as image:
@@ -267,8 +271,14 @@ def to_pil(frame: Frame, meta: ImageMeta, format: str, path: Path) -> Image.Imag
 def write_image(path: Path, frame: Frame, meta: ImageMeta | None = None) -> None:
     """Write frame (BGR uint8) to path in the format its extension names, atomically (temp file + rename)."""
     path, meta = Path(path), meta or ImageMeta()
-    format = image_format(path)
+    image_format(path)
     check_output_path(path, meta.source)
+    write_checked(path, frame, meta)
+
+
+def write_checked(path: Path, frame: Frame, meta: ImageMeta) -> None:
+    """write_image to a path its caller has checked already."""
+    format = image_format(path)
     check_image_frame(frame, path)
     data = encode_image(to_pil(frame, meta, format, path), format, save_options(format, meta), path)
     try:

@@ -52,7 +52,7 @@ def process_file(input_path: Path, output: Path | None, config: ProcessConfig,
     check_paths(input_path, output, kind)  # path errors before the slow model loads
     models = models or load_models(config, edit)
     if kind == "image":
-        return process_image(input_path, output, config, models)
+        return process_image(input_path, output, config, models, checked=True)
     return run_video(input_path, output, config, models)
 
 
