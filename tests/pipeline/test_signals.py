@@ -80,15 +80,22 @@ def done_in_manifest(out: Path) -> set[str]:
     return {name for name, entry in files.items() if entry["status"] == "done"}
 
 
-@pytest.mark.slow
-def test_interrupted_parallel_convert_records_each_finished_file_and_resumes(weights, tmp_path):
+def start_parallel_convert(weights, tmp_path: Path, count: int) -> tuple[subprocess.Popen, Path, Path, list]:
+    """convert --jobs 2 of count photos, once a first file is in its manifest: (the child, IN_DIR, OUT_DIR, the
+    options it was given)."""
     photos, out = tmp_path / "in", tmp_path / "out"
     photos.mkdir()
-    for index in range(48):
+    for index in range(count):
         cv2.imwrite(str(photos / f"p{index:02d}.png"), face_frame(480, 360, index))
     options = ["-e", "happy", "--weights", weights["random"], "--crop-size", 64, "--blend", "feather"]
     child = start_cli("convert", photos, out, *options, "--jobs", 2)
     wait_for(lambda: done_in_manifest(out), child, "a first file in the manifest")
+    return child, photos, out, options
+
+
+@pytest.mark.slow
+def test_interrupted_parallel_convert_records_each_finished_file_and_resumes(weights, tmp_path):
+    child, photos, out, options = start_parallel_convert(weights, tmp_path, 48)
     assert interrupt(child).startswith("interrupted: finished files are kept in OUT_DIR")
     listed = done_in_manifest(out)
     on_disk = {p.name for p in out.iterdir() if p.name != "manifest.json"}  # temp files too: there must be none
@@ -125,13 +132,7 @@ def test_stop_signals_mid_video_stop_cleanly(shared_dir, weights, tmp_path, sign
 
 @pytest.mark.slow
 def test_sigterm_on_a_parallel_convert_exits_143_with_a_true_manifest(weights, tmp_path):
-    photos, out = tmp_path / "in", tmp_path / "out"
-    photos.mkdir()
-    for index in range(32):
-        cv2.imwrite(str(photos / f"p{index:02d}.png"), face_frame(480, 360, index))
-    child = start_cli("convert", photos, out, "-e", "happy", "--weights", weights["random"], "--crop-size", 64,
-                      "--blend", "feather", "--jobs", 2)
-    wait_for(lambda: done_in_manifest(out), child, "a first file in the manifest")
+    child, _, out, _ = start_parallel_convert(weights, tmp_path, 32)
     assert interrupt(child, signal.SIGTERM).startswith("terminated: finished files are kept in OUT_DIR")
     listed = done_in_manifest(out)
     assert listed == {p.name for p in out.iterdir() if p.name != "manifest.json"} and 0 < len(listed) <= 32
