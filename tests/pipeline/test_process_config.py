@@ -3,6 +3,7 @@ came from."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import cv2
@@ -120,24 +121,24 @@ def test_share_threads_fills_only_automatic_counts():
     assert share_threads(ProcessConfig(), cpus=1).synthesizer.threads == 1
 
 
-@pytest.mark.parametrize("text, message", [
-    ("- a\n- list\n", "expected a mapping of settings, got a list"),
-    ("batch_size: four\n", "batch_size must be a whole number, got 'four'"),
-    ("detector:\n  providers: CUDAExecutionProvider\n", "detector.providers must be a list"),
-    ("encoder:\n  crf: x\n", "encoder.crf must be a whole number, got 'x'"),
-    ("synthesizer:\n  threads: -3\n", "synthesizer.threads must be a whole number in [0, 1024], got -3"),
-    ("synthesizer: 3\n", "synthesizer must be a mapping of settings, got a number"),
-    ("synthesizer:\n  onnx:\n    fp16: maybe\n", "synthesizer.onnx.fp16 must be true or false or null"),
-    ("fade: 120\n", "fade must be a finite number in [0, 60], got 120"),
-    ("tracker:\n  detect_every: 500\n", "tracker.detect_every must be a whole number in [1, 100], got 500"),
-])
+MALFORMED = {  # config text -> the error after "FILE: "
+    "- a\n- list\n": "expected a mapping of settings, got a list",
+    "batch_size: four\n": "batch_size must be a whole number, got 'four'",
+    "detector:\n  providers: CUDAExecutionProvider\n": "detector.providers must be a list",
+    "encoder:\n  crf: x\n": "encoder.crf must be a whole number, got 'x'",
+    "synthesizer:\n  threads: -3\n": "synthesizer.threads must be a whole number in [0, 1024], got -3",
+    "synthesizer: 3\n": "synthesizer must be a mapping of settings, got a number",
+    "synthesizer:\n  onnx:\n    fp16: maybe\n": "synthesizer.onnx.fp16 must be true or false or null",
+    "fade: 120\n": "fade must be a finite number in [0, 60], got 120",
+    "tracker:\n  detect_every: 500\n": "tracker.detect_every must be a whole number in [1, 100], got 500",
+}
+
+
+@pytest.mark.parametrize("text, message", MALFORMED.items())
 def test_a_malformed_config_is_one_line_naming_the_file_and_the_key(tmp_path, text, message):
     config = tmp_path / "bad.yaml"
     config.write_text(text)
-    with pytest.raises(ConfigError) as caught:
-        load_process_config(config)
-    assert str(caught.value).startswith(f"{config}: {message}")
-    assert "\n" not in str(caught.value) and "bad.yaml." not in str(caught.value)
+    pytest.raises(ConfigError, load_process_config, config).match(f"^{re.escape(f'{config}: {message}')}[^\n]*$")
 
 
 def test_a_binary_config_file_is_one_line_from_the_cli(tmp_path):
