@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """US-GAN expression editing: process videos and photos, convert folders, train, import, export.
 
-Every command turns its options into a typed config and calls one function; the logic lives in usgan/ and pipeline/.
-One error boundary (Cli.invoke) wraps every command: a user error or an OSError is one line on stderr and exit 1,
-Ctrl-C is one line and exit 130. Heavy modules are imported inside the commands, so the boundary is up at once.
-One responsibility, read whole: the commands, their options and their one-call bodies.
+Every command turns its options (cli_options.py) into a typed config and calls one function; the logic lives in
+usgan/ and pipeline/. One error boundary (Cli.invoke) wraps every command: a bad option, a user error or an OSError is
+one line on stderr; Ctrl-C exits 130 and SIGTERM 143 after a clean stop. Heavy modules are imported inside the
+commands, so the boundary is up at once.
 """
 
 from __future__ import annotations
@@ -34,12 +34,13 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import click  # noqa: E402 - after the Ctrl-C handler
 
-from pipeline.engines import ENGINES  # noqa: E402
+from cli_options import (  # noqa: E402
+    convert_options, evaluate_options, given_values, import_options, prepare_defaults, prepare_options, process_config,
+    processing_options, train_options,
+)
 from pipeline.errors import describe_os_error  # noqa: E402
 from pipeline.files import check_output_path  # noqa: E402
-from pipeline.options import (  # noqa: E402
-    FiniteRange, given_values, options_from, process_config, processing_options, with_values,
-)
+from usgan.config import with_values  # noqa: E402
 from usgan.errors import UserError  # noqa: E402
 
 NOTHING_WRITTEN = "no output was written"
@@ -51,27 +52,51 @@ KEPT_ON_INTERRUPT = {  # what Ctrl-C leaves behind, for the commands that keep f
 }
 
 
+STOP_SIGNALS: list[int] = []  # the Ctrl-C or SIGTERM that stopped the command, once one has
+
+
 class Cli(click.Group):
-    """The one error boundary: a user error or an OSError is one line on stderr and exit 1, Ctrl-C exit 130."""
+    """The one error boundary: a user error or an OSError is one line on stderr and exit 1; Ctrl-C exits 130 and
+    SIGTERM 143, after a clean stop."""
 
     def invoke(self, ctx: click.Context):
         take_over_interrupts()
         try:
             return super().invoke(ctx)
+        except click.UsageError as error:  # a bad option: one line too, as every other error (exit 2, as click's)
+            where = error.ctx.command_path if error.ctx else "cli.py"
+            fail(f"error: {error.format_message().rstrip('.')} (see {where} -h)", 2)
         except UserError as error:
             fail(f"error: {error}", 1)
         except OSError as error:
             if error.errno == errno.EPIPE:
                 raise  # stdout closed early (e.g. `| head`): click ends quietly
             fail(f"error: {describe_os_error(error)}", 1)
-        except KeyboardInterrupt:
-            fail(f"interrupted: {KEPT_ON_INTERRUPT.get(ctx.invoked_subcommand or '', NOTHING_WRITTEN)}", 130)
+        except KeyboardInterrupt as stop:
+            signum = getattr(stop, "signum", None) or (STOP_SIGNALS[0] if STOP_SIGNALS else signal.SIGINT)
+            word = "terminated" if signum == signal.SIGTERM else "interrupted"
+            fail(f"{word}: {KEPT_ON_INTERRUPT.get(ctx.invoked_subcommand or '', NOTHING_WRITTEN)}", 128 + signum)
 
 
 def take_over_interrupts() -> None:
-    """From here on Ctrl-C raises KeyboardInterrupt, which the boundary turns into exit 130."""
+    """From here on the first Ctrl-C or SIGTERM raises KeyboardInterrupt, which every cleanup unwinds and the
+    boundary turns into exit 130 or 143."""
     if signal.getsignal(signal.SIGINT) is exit_while_starting:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, stop_cleanly)
+
+
+def stop_cleanly(signum: int, frame: object) -> None:
+    """The first stop signal stops the command; later ones are ignored (also while Python shuts down, when its own
+    handlers are gone), so that the cleanup runs to the end."""
+    for ignored in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(ignored, signal.SIG_IGN)
+    raise_stop(signum)
+
+
+def raise_stop(signum: int) -> NoReturn:
+    STOP_SIGNALS.append(signum)
+    raise KeyboardInterrupt
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -97,30 +122,10 @@ def cli(verbose: int) -> None:
 # --- prepare-data (face stage) ---
 
 
-def prepare_defaults():
-    from pipeline.evaluation.prepare import PrepareConfig
-
-    return PrepareConfig()
-
-
-prepare_option = options_from(prepare_defaults)
-
-
 @cli.command("prepare-data")
 @click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@prepare_option("--size", "sizes", config_key="sizes", type=click.IntRange(32, 1024), multiple=True,
-                callback=lambda ctx, param, sizes: tuple(sorted(set(sizes))) or None,
-                help="Crop size in pixels; repeat for several sizes (one OUT/<size>/ each).")
-@prepare_option("--pad", config_key="detector.pad", type=click.FloatRange(0.0, 2.0),
-                help="Pad each side by this fraction before detection (finds faces in tight crops).")
-@prepare_option("--jobs", config_key="jobs", type=click.IntRange(1, 64), help="Worker processes.")
-@prepare_option("--det-pack", config_key="detector.model_pack", metavar="NAME",
-                help="Use the detector of an InsightFace model pack already on disk (e.g. buffalo_l); never "
-                     "downloaded.")
-@prepare_option("--det-root", config_key="detector.model_root", help="Root holding models/<NAME>/.")
-@prepare_option("--det-threshold", config_key="detector.threshold", type=click.FloatRange(0.05, 0.99),
-                help="Minimum detection score.")
+@prepare_options
 def prepare_data_command(sources: tuple[Path, ...], out: Path, **options: Any) -> None:
     """Detect, align and index a training set: OUT/<size>/<expression>/<stem>.png plus index.csv.
 
@@ -129,8 +134,8 @@ def prepare_data_command(sources: tuple[Path, ...], out: Path, **options: Any) -
 
     \b
     Examples:
-      python cli.py prepare-data ../shared/data/tfeid/faces_256x256 ~/.cache/usgan/data/tfeid --size 128 --size 256
-      python cli.py prepare-data ../shared/data/tfeid/faces_256x256 ../shared/data/london ~/.cache/usgan/data/faces
+      python cli.py prepare-data tfeid/faces_256x256 ~/.cache/usgan/data/tfeid --size 128 --size 256
+      python cli.py prepare-data tfeid/faces_256x256 london/ ~/.cache/usgan/data/faces
       python cli.py prepare-data my_faces/ data/mine --jobs 2 --det-pack buffalo_l
     """
     from pipeline.evaluation.prepare import prepare_data, prepare_summary_text
@@ -203,12 +208,7 @@ def build_texture_command(folders: tuple[Path, ...], out: Path, geometry_path: P
 @cli.command("import-official")
 @click.argument("official", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--image-size", type=click.IntRange(16, 1024), default=128, show_default=True,
-              help="Face crop size the weights were trained at (stored in the header; multiple of 4).")
-@click.option("--label-order", type=click.Choice(["official", "canonical"]), default="official", show_default=True,
-              help="Expression order of the checkpoint's one-hot inputs: 'official' = the official code's "
-                   "ImageFolder order of sorted folder codes (AFS, ANS, DIS, HAS, NES, SAS, SUS); "
-                   "'canonical' = already angry, disgusted, fearful, happy, neutral, sad, surprised.")
+@import_options
 def import_official_command(official: Path, out: Path, image_size: int, label_order: str) -> None:
     """Convert the official US-GAN generator checkpoint (a torch state_dict) into our safetensors format.
 
@@ -255,27 +255,7 @@ def export_command(weights: Path, out: Path, fp16: bool, opset: int) -> None:
 
 
 @cli.command("train")
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Training config YAML (configs/train/*.yaml); default: the paper's settings.")
-@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Aligned crops: DIR/<expression>/*.png|jpg (+ optional index.csv), e.g. prepare-data's OUT/128.")
-@click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Run directory: checkpoints/, samples/, tb/, config.yaml, generator.safetensors.")
-@click.option("--resume", is_flag=True,
-              help="Continue from the newest checkpoint in --out (starts fresh when there is none).")
-@click.option("--max-steps", type=click.IntRange(1), default=None,
-              help="Stop at this global step (the LR schedule still follows optim.total_steps).")
-@click.option("--batch-size", type=click.IntRange(1), default=None, help="Per-process batch size (optim.batch_size).")
-@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-              help="Override any config key, e.g. --set optim.g_lr=2e-4 --set amp=fp16.")
-@click.option("--init-generator", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Fine-tune: a fresh run starts its generator from these weights (.safetensors); "
-                   "ignored when --resume finds a checkpoint.")
-@click.option("--init-critic", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Fine-tune: a fresh run starts its critic from this training checkpoint's D "
-                   "(RUN_DIR/checkpoints/step_N.safetensors); ignored when --resume finds a checkpoint.")
-@click.option("--cpu", is_flag=True, help="Train on the CPU even when CUDA is available.")
-@click.option("--dry-run", is_flag=True, help="Print the resolved config and the data summary, then exit.")
+@train_options
 def train_command(config_path: Path | None, data_dir: Path, run_dir: Path, resume: bool, max_steps: int | None,
                   batch_size: int | None, settings: tuple[str, ...], init_generator: Path | None,
                   init_critic: Path | None, cpu: bool, dry_run: bool) -> None:
@@ -298,8 +278,7 @@ def train_command(config_path: Path | None, data_dir: Path, run_dir: Path, resum
     from usgan.training.data import describe_data
     from usgan.training.loop import train
 
-    overrides = {**parse_set_options(settings), "optim.batch_size": batch_size}
-    config = load_train_config(config_path, overrides)
+    config = load_train_config(config_path, parse_set_options(settings), {"optim.batch_size": batch_size})
     if dry_run:
         click.echo(config_yaml(config) + "\n" + describe_data(config, data_dir))
         return
@@ -308,51 +287,15 @@ def train_command(config_path: Path | None, data_dir: Path, run_dir: Path, resum
     result = train(config, options)
     if result.is_main:
         click.echo(f"stopped at step {result.step}; latest generator weights: {result.weights}")
+    if result.stopped_by:
+        raise_stop(result.stopped_by)  # the checkpoint is saved: exit as a stopped command does
 
 
 # --- evaluate (pipeline/evaluation/) ---
 
 
-def evaluate_defaults():
-    from pipeline.evaluation.evaluate import EvaluateConfig
-
-    return EvaluateConfig(out=Path("."))
-
-
-evaluate_option = options_from(evaluate_defaults)
-
-
 @cli.command("evaluate")
-@click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Generator weights to evaluate: a generator .safetensors or a training checkpoint "
-                   "(RUN_DIR/checkpoints/step_N.safetensors).")
-@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Aligned crops: DIR/<expression>/*.png (+ index.csv), e.g. prepare-data's OUT/256.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Report folder: metrics.json, report.md, grid.png.")
-@click.option("--identities", default="", metavar="ID,ID,...",
-              help="Only these identities (e.g. the validation performers); default: all.")
-@click.option("--limit", type=click.IntRange(1), default=None, help="At most this many source crops.")
-@evaluate_option("--batch-size", config_key="batch_size", type=click.IntRange(1, 256))
-@evaluate_option("--grid-rows", config_key="grid_rows", type=click.IntRange(1, 64))
-@click.option("--video-pair", type=click.Path(exists=True, dir_okay=False, path_type=Path), nargs=2, default=None,
-              metavar="IN OUT", help="Also measure the flicker of a processed video OUT against its input IN.")
-@evaluate_option("--device", config_key="device", type=click.Choice(["cpu", "cuda"]),
-                 help="Where the generator runs (the judges run on the CPU).")
-@evaluate_option("--edit-gain", config_key="edit_gain", type=FiniteRange(0.0, 4.0, min_open=True),  # MAX_EDIT_GAIN
-                 help="Scale the generator's change by this instead of the weights' own gains (to calibrate it).")
-@click.option("--expression-gain", "expression_gains", multiple=True, metavar="EXPRESSION=G",
-              help="Use gain G for edits towards EXPRESSION (repeatable), e.g. --expression-gain happy=1.5.")
-@click.option("--refine-gain", "refine_gains", multiple=True, metavar="EXPRESSION=G",
-              help="The generator's gain on warped and textured input towards EXPRESSION (repeatable; 0: none).")
-@click.option("--geometry", metavar="PATH|off", default=None,
-              help="Expression geometry model (.safetensors): also judge the landmark warp alone and the warp followed "
-                   "by the generator, side by side with the generator alone. Default: the file the weights' header "
-                   "names, if any; 'off': the generator alone.")
-@evaluate_option("--warp-intensity", config_key="warp_intensity", type=FiniteRange(0.0, 2.0),
-                 help="Scale the warp's landmark displacement (0: the warp changes nothing).")
-@evaluate_option("--texture", config_key="texture", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                 help="Expression texture model: also judge warp + texture, with and without the generator.")
+@evaluate_options
 def evaluate_command(weights: Path | None, data_dir: Path | None, out_dir: Path, identities: str, limit: int | None,
                      video_pair: tuple[Path, Path] | None, expression_gains: tuple[str, ...],
                      refine_gains: tuple[str, ...], geometry: str | None, **options: Any) -> None:
@@ -404,7 +347,7 @@ def evaluate_video_command(clips: tuple[Path, ...], out_dir: Path, config_path: 
 
     \b
     Examples:
-      python cli.py evaluate-video ../shared/media/video/talk*.mp4 -e happy --out reports/video
+      python cli.py evaluate-video clips/talk*.mp4 -e happy --out reports/video
       python cli.py evaluate-video clip.mp4 -e sad --weights my.safetensors --out reports/video_sad
     """
     from pipeline.evaluation.report import evaluation_summary_lines
@@ -439,7 +382,8 @@ def process_command(input_path: Path, output: Path | None, config_path: Path | N
       python cli.py process clip.mp4 -e joy --backend onnx --batch-size 16 --detect-every 1
       python cli.py process clip.mp4 -e sad --fast
     """
-    from pipeline.process import process_file, process_result_line
+    from pipeline.process import process_file
+    from pipeline.results import process_result_line
 
     config = process_config(config_path, fast, options, progress=False if no_progress else None)
     click.echo(process_result_line(process_file(input_path, output, config)))
@@ -449,15 +393,7 @@ def process_command(input_path: Path, output: Path | None, config_path: Path | N
 @click.argument("in_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @processing_options
-@click.option("--recursive", is_flag=True, help="Also convert the files of IN_DIR's subfolders.")
-@click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Worker processes, each with its own models (ray: the CPUs of the local Ray it starts).")
-@click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True,
-              help="local: this machine; ray: a Ray cluster (docs/RAY.md).")
-@click.option("--ray-address", metavar="ADDR", default=None,
-              help="With --engine ray: a running cluster to join ('auto': this machine's); default: a local Ray "
-                   "for this run.")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@convert_options
 def convert_command(in_dir: Path, out_dir: Path, config_path: Path | None, fast: bool, recursive: bool, jobs: int,
                     engine: str, ray_address: str | None, no_progress: bool, **options: Any) -> None:
     """Convert every photo and video of IN_DIR into OUT_DIR (same relative paths and names).

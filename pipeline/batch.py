@@ -9,7 +9,9 @@ complete ones, also after Ctrl-C. Inputs are only read. Which engine processes t
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import sys
 import time
 from collections import Counter
@@ -19,15 +21,17 @@ from pathlib import Path
 
 from pipeline.config import ProcessConfig, parse_edit
 from pipeline.engines import ConvertFiles, convert_locally
+from pipeline.errors import os_reason
 from pipeline.files import nearest_existing_folder
 from pipeline.images import is_image_path
 from pipeline.manifest import (
-    COMPLETE_REASON, MANIFEST_NAME, UNSUPPORTED_REASON, FileResult, Source, is_complete, read_manifest, settings_key,
-    unsupported, write_manifest,
+    COMPLETE_REASON, MANIFEST_NAME, UNSUPPORTED_REASON, FileResult, ManifestError, Source, is_complete, read_manifest,
+    settings_key, unsupported, write_manifest,
 )
-from pipeline.process import without_geometry_text
+from pipeline.results import without_geometry_text
 from pipeline.video.codecs import is_video_path
 from usgan.errors import UserError
+from usgan.files import output_folder
 
 
 class BatchError(UserError):
@@ -54,6 +58,7 @@ class BatchSummary:
         counts = Counter(result.status for result in self.results)
         counts["complete"] = sum(result.reason == COMPLETE_REASON for result in self.results)
         counts["unsupported"] = sum(result.reason == UNSUPPORTED_REASON for result in self.results)
+        counts["unusable"] = counts["skipped"] - counts["complete"] - counts["unsupported"]
         return counts
 
     @property
@@ -76,17 +81,52 @@ def check_folders(in_dir: Path, out_dir: Path, recursive: bool) -> None:
                          "read again; choose a folder outside it")
     if target.exists() and not target.is_dir():
         raise BatchError(f"{out_dir}: exists and is not a folder")
-    folder = nearest_existing_folder(target)
+    folder = nearest_existing_folder(target, out_dir)
     if not os.access(folder, os.W_OK | os.X_OK):
         raise BatchError(f"{out_dir}: cannot write into folder {folder} (permission denied)")
 
 
-def list_files(in_dir: Path, recursive: bool) -> list[Source]:
-    """Every file of IN_DIR (and its subfolders when recursive), hidden ones left out, sorted."""
-    pattern = "**/*" if recursive else "*"
-    paths = sorted(p for p in in_dir.glob(pattern) if p.is_file()
-                   and not any(part.startswith(".") for part in p.relative_to(in_dir).parts))
-    return [Source(p, p.relative_to(in_dir).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
+def list_files(in_dir: Path, recursive: bool) -> tuple[list[Source], list[FileResult]]:
+    """Every file of IN_DIR (and of its subfolders when recursive), hidden ones left out, sorted; and every entry
+    that is not a usable file (a broken or looping link, a pipe, an unreadable folder), skipped with its reason."""
+    files: list[Source] = []
+    unusable: list[FileResult] = []
+    scan_folder(in_dir, in_dir, recursive, files, unusable)
+    return sorted(files, key=lambda source: source.path), unusable
+
+
+def scan_folder(folder: Path, in_dir: Path, recursive: bool, files: list[Source], unusable: list[FileResult]) -> None:
+    try:
+        entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+    except OSError as error:
+        unusable.append(FileResult(f"{folder.relative_to(in_dir).as_posix()}/", "skipped",
+                                   f"an unreadable folder ({os_reason(error)}): its files were not converted"))
+        return
+    for entry in (entry for entry in entries if not entry.name.startswith(".")):
+        path = Path(entry.path)
+        relative = path.relative_to(in_dir).as_posix()
+        kind = entry_kind(path)
+        if kind == "file":
+            status = path.stat()
+            files.append(Source(path, relative, status.st_size, status.st_mtime_ns))
+        elif kind == "folder":
+            if recursive:
+                scan_folder(path, in_dir, recursive, files, unusable)
+        elif recursive or not kind.startswith("a link to a folder"):
+            unusable.append(FileResult(relative, "skipped", kind))
+
+
+def entry_kind(path: Path) -> str:
+    """'file', 'folder', or why the entry cannot be converted."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "a link that points back to itself"
+        return "a broken link (its target is missing)" if path.is_symlink() else os_reason(error)
+    if stat.S_ISDIR(mode):
+        return "a link to a folder (not followed)" if path.is_symlink() else "folder"
+    return "file" if stat.S_ISREG(mode) else "not a regular file (a pipe, socket or device)"
 
 
 def is_supported(source: Source) -> bool:
@@ -124,22 +164,35 @@ def convert_dir(in_dir: Path, out_dir: Path, config: ProcessConfig, recursive: b
     started = time.perf_counter()
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     check_folders(in_dir, out_dir, recursive)
-    files = list_files(in_dir, recursive)
+    files, unusable = list_files(in_dir, recursive)
     check_no_output_is_an_input([source for source in files if is_supported(source)], out_dir)
     edit = parse_edit(config)  # option errors now, not once per file
-    out_dir.mkdir(parents=True, exist_ok=True)
     manifest, settings = out_dir / MANIFEST_NAME, settings_key(config)
-    results = earlier_results(files, out_dir, settings)
-    todo = [source for source in files if source.relative not in results]
+    with output_folder(out_dir):
+        results = {**earlier_results(files, out_dir, settings), **{entry.source: entry for entry in unusable}}
+        todo = [source for source in files if source.relative not in results]
+        record_results(engine(todo, out_dir, config, settings, jobs), len(todo), results, manifest, config)
+    ordered = tuple(sorted(results.values(), key=lambda result: result.source))
+    return BatchSummary(ordered, manifest, time.perf_counter() - started, edit.geometry is not None)
+
+
+def record_results(finished: Iterator[FileResult], total: int, results: dict[str, FileResult], manifest: Path,
+                   config: ProcessConfig) -> None:
+    """Each result into results and the manifest as it comes; on Ctrl-C or an engine's failure, what finished is
+    recorded for the resume (nothing is written when nothing finished, or when the manifest itself failed)."""
+    before = len(results)
     try:
-        with contextlib.closing(engine(todo, out_dir, config, settings, jobs)) as finished:
-            for result in progress(finished, len(todo), config):
+        with contextlib.closing(finished):
+            for result in progress(finished, total, config):
                 results[result.source] = result
                 write_manifest(manifest, results, config)
-    finally:
-        write_manifest(manifest, results, config)  # also on Ctrl-C: what finished is recorded for the resume
-    ordered = tuple(results[source.relative] for source in files if source.relative in results)
-    return BatchSummary(ordered, manifest, time.perf_counter() - started, edit.geometry is not None)
+    except ManifestError:
+        raise
+    except BaseException:
+        if len(results) > before:
+            write_manifest(manifest, results, config)
+        raise
+    write_manifest(manifest, results, config)
 
 
 def progress(results: Iterable[FileResult], total: int, config: ProcessConfig) -> Iterator[FileResult]:
@@ -153,11 +206,16 @@ def progress(results: Iterable[FileResult], total: int, config: ProcessConfig) -
             bar.update(1)
 
 
+def unusable_text(count: int) -> str:
+    return f", {count} not a usable file or folder" if count else ""
+
+
 def summary_lines(summary: BatchSummary) -> list[str]:
     """Counts (and the faces without geometry, when it was on), then one line per failed file."""
     counts = summary.counts
     head = (f"{len(summary.results)} file(s) in {summary.seconds:.1f} s: {counts['done']} done, "
             f"{counts['skipped']} skipped ({counts['complete']} already complete, {counts['unsupported']} of an "
-            f"unsupported type), {counts['failed']} failed; manifest: {summary.manifest}")
+            f"unsupported type{unusable_text(counts['unusable'])}), {counts['failed']} failed; "
+            f"manifest: {summary.manifest}")
     faces = [without_geometry_text(summary.without_geometry)] if summary.geometry else []
     return [head] + faces + [f"failed: {result.source}: {result.reason}" for result in summary.failed]

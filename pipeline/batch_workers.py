@@ -31,7 +31,7 @@ from pipeline.config import ProcessConfig, share_threads
 from pipeline.edit import load_models
 from pipeline.process import process_file
 from pipeline.stills import ImageOutcome, process_images
-from usgan.errors import UserError
+from usgan.errors import Stopped, UserError
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def convert_in_workers(todo: Sequence[Source], out_dir: Path, config: ProcessCon
             end_workers(workers)
     if interrupted.is_set():
         discard_unreported(todo, reported, out_dir, since)
-        raise KeyboardInterrupt
+        raise Stopped(interrupted.signum)
     codes = ", ".join(sorted({str(worker.exitcode) for worker in workers if worker.exitcode}))
     for source in todo:
         if source.relative not in reported:
@@ -197,19 +197,32 @@ def end_workers(workers: Sequence) -> None:
     signal_workers(workers, signal.SIGKILL)
 
 
+class StopFlag(threading.Event):
+    """Set by the first Ctrl-C or SIGTERM; signum: which one."""
+
+    signum = signal.SIGINT
+
+    def request(self, signum: int, frame: object) -> None:
+        if not self.is_set():
+            self.signum = signum
+        self.set()
+
+
 @contextlib.contextmanager
-def interrupt_flag() -> Iterator[threading.Event]:
-    """While inside, Ctrl-C sets the event instead of raising (main thread only), so the workers can be drained."""
-    interrupted = threading.Event()
+def interrupt_flag() -> Iterator[StopFlag]:
+    """While inside, Ctrl-C or SIGTERM sets the flag instead of raising (main thread only), so the workers can be
+    drained."""
+    interrupted = StopFlag()
     if threading.current_thread() is not threading.main_thread() or \
             signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         yield interrupted
         return
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.set())
+    previous = {signum: signal.signal(signum, interrupted.request) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield interrupted
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @contextlib.contextmanager

@@ -9,23 +9,20 @@ model, read once.
 
 from __future__ import annotations
 
-import math
 import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any
 
-import yaml
-
+from pipeline.choices import BOUNDS, CHOICES, Backend, BlendMode, FaceSelection, TorchDevice, TorchPrecision
 from pipeline.faces.detector import DetectorConfig
 from pipeline.faces.tracking import TrackerConfig
 from pipeline.schedule import Schedule, parse_schedule
-from pipeline.types import BACKENDS, BLEND_MODES, FACE_SELECTIONS, Backend, BlendMode, FaceSelection
-from pipeline.video.codecs import VIDEO_CODECS, EncoderConfig
-from usgan.config import ConfigError, flatten, from_mapping, load_config
+from pipeline.video.codecs import EncoderConfig
+from usgan.config import ConfigError, flatten, from_mapping, load_config, read_yaml
 from usgan.errors import UserError
-from usgan.providers import EXECUTION_PREFERENCES, ExecutionPreference
+from usgan.providers import ExecutionPreference
 
 if TYPE_CHECKING:  # loading the config imports neither torch nor onnx
     from usgan.geometry import ShapeModel
@@ -39,12 +36,6 @@ FAST_PRESET = DEFAULT_CONFIG.with_name("fast.yaml")
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "usgan_tfeid.safetensors"
 """The project's shipped generator; the one place its path is written."""
 DEFAULT_ONNX_CACHE = "~/.cache/usgan/onnx"
-
-TorchDevice = Literal["auto", "cpu", "cuda"]
-TORCH_DEVICES: tuple[TorchDevice, ...] = get_args(TorchDevice)
-TorchPrecision = Literal["fp32", "bf16", "auto"]  # auto: bf16 where it runs natively (see bf16_native), else fp32
-TORCH_PRECISIONS: tuple[TorchPrecision, ...] = get_args(TorchPrecision)
-
 
 class WeightsMissingError(UserError):
     """No weights given and none shipped."""
@@ -172,25 +163,17 @@ def load_process_config(path: Path | None = DEFAULT_CONFIG, overrides: Mapping[s
     """
     given = {key: value for key, value in (overrides or {}).items() if value is not None}
     preset_keys = preset_overrides(preset) if preset else {}
-    config = load_config(ProcessConfig, path, {**preset_keys, **given})
     options = {key: (option_names or {}).get(key, f"override {key}") for key in given}
     sources = Sources(str(path) if path else "ProcessConfig", str(preset) if preset else None,
                       frozenset(preset_keys), options)
+    config = load_config(ProcessConfig, path, {**preset_keys, **given}, blame=sources.blame)
     return check_config(config, sources=sources)
-
-
-def default_process_config() -> ProcessConfig:
-    """The effective defaults: configs/pipeline/default.yaml (which the dataclass defaults mirror)."""
-    return load_process_config()
 
 
 def preset_overrides(path: Path) -> dict[str, Any]:
     """A partial config YAML flattened to dotted keys ({'detector': {'input_size': 320}} -> 'detector.input_size');
     unknown keys are a ConfigError naming the preset."""
-    try:
-        mapping = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as error:
-        raise ConfigError(f"{path}: cannot read preset: {str(error).splitlines()[0]}") from error
+    mapping = read_yaml(path, "preset") or {}
     if not isinstance(mapping, dict):
         raise ConfigError(f"{path}: a preset must be a mapping of config keys")
     from_mapping(ProcessConfig, mapping, str(path))
@@ -230,29 +213,6 @@ class Sources:
         return f"{self.preset if key in self.preset_keys else self.file}: {key}"
 
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "faces": FACE_SELECTIONS,
-    "blend": BLEND_MODES,
-    "video_codec": ("auto", *VIDEO_CODECS),
-    "synthesizer.backend": BACKENDS,
-    "synthesizer.precision": TORCH_PRECISIONS,
-    "synthesizer.onnx.preference": EXECUTION_PREFERENCES,
-}
-"""Settings with a closed set of values."""
-RANGES: dict[str, tuple[type, float, float]] = {
-    "intensity": (float, 0.0, 1.0),
-    "fade": (float, 0.0, math.inf),
-    "crop_size": (int, 32, 1024),
-    "batch_size": (int, 1, math.inf),
-    "clone_scale": (float, 0.1, 1.0),
-    "image_pad": (float, 0.0, 2.0),
-    "queue_size": (int, 1, math.inf),
-    "detector.input_size": (int, 32, 4096),
-    "tracker.detect_every": (int, 1, math.inf),
-}
-"""Numeric settings: (float or int, lowest, highest), bounds included."""
-
-
 def check_config(config: ProcessConfig, where: str = "config", sources: Sources | None = None) -> ProcessConfig:
     """Raise ConfigError naming the first setting out of its range or closed set, and where it came from (sources,
     else `where`); returns config."""
@@ -261,25 +221,11 @@ def check_config(config: ProcessConfig, where: str = "config", sources: Sources 
         value = operator.attrgetter(key)(config)
         if value not in allowed:
             raise ConfigError(f"{sources.blame(key)} must be one of {', '.join(allowed)}, got {value!r}")
-    for key, (kind, low, high) in RANGES.items():
+    for key, bound in BOUNDS.items():
         value = operator.attrgetter(key)(config)
-        if not in_range(value, kind, low, high):
-            raise ConfigError(f"{sources.blame(key)} must be {describe_range(kind, low, high)}, got {value!r}")
+        if not bound.admits(value):
+            raise ConfigError(f"{sources.blame(key)} must be {bound.describe()}, got {value!r}")
     if config.synthesizer.precision == "bf16" and config.synthesizer.backend != "torch":
         raise ConfigError(f"{sources.blame('synthesizer.precision')} must be fp32 or auto with the onnx back-end "
                           "(bf16 is torch-only; ONNX Runtime uses synthesizer.onnx.fp16 on GPUs)")
     return config
-
-
-def in_range(value: object, kind: type, low: float, high: float) -> bool:
-    """value is a number of that kind (an int is a float too; bools are neither), finite, within [low, high]."""
-    allowed = (int,) if kind is int else (int, float)
-    if isinstance(value, bool) or not isinstance(value, allowed):
-        return False
-    return math.isfinite(value) and low <= value <= high
-
-
-def describe_range(kind: type, low: float, high: float) -> str:
-    """'a whole number in [32, 1024]', 'a finite number >= 0', ..."""
-    noun = "a whole number" if kind is int else "a finite number"
-    return f"{noun} >= {low:g}" if math.isinf(high) else f"{noun} in [{low:g}, {high:g}]"

@@ -23,7 +23,9 @@ from pipeline.geometry import Geometry, LandmarkSmoother, TextureWeights, load_g
 from pipeline.schedule import Mix, Schedule
 from pipeline.synthesize import FaceSynthesizer, build_synthesizer
 from pipeline.types import AlignedCrop, Face, Frame, Mask, VideoFrame
-from usgan.expressions import EXPRESSIONS, expression_index
+from usgan.expressions import EXPRESSIONS
+
+EXPRESSION_INDEX = {name: index for index, name in enumerate(EXPRESSIONS)}
 
 
 @dataclass(frozen=True)
@@ -31,20 +33,21 @@ class Models:
     """Everything loaded once and reused across frames and files."""
 
     finder: FaceFinder
-    synthesizer: FaceSynthesizer
+    synthesizer: FaceSynthesizer | None  # None: a worker that only finds and blends faces (the generator runs apart)
     schedule: Schedule
     mask: Mask
     geometry: Geometry | None = None  # None: no warp
 
 
-def load_models(config: ProcessConfig, edit: Edit | None = None) -> Models:
+def load_models(config: ProcessConfig, edit: Edit | None = None, generator: bool = True) -> Models:
     """Detector, generator and geometry for config; edit: the schedule, weights and shape model parsed already (None:
-    parsed here, so that their errors come before the slow loads)."""
+    parsed here, so that their errors come before the slow loads). generator False: no generator (a worker whose
+    faces go to a generator elsewhere)."""
     edit = edit or parse_edit(config)
     config = share_threads(config, os.cpu_count() or 1)
     geometry = load_geometry(edit.geometry, config.detector, edit.texture)
     synthesizer = build_synthesizer(config.synthesizer, edit.weights, warp=geometry is not None,
-                                    texture=geometry.texture if geometry else None)
+                                    texture=geometry.texture if geometry else None) if generator else None
     finder = FaceFinder(config.detector, config.image_pad)
     return Models(finder, synthesizer, edit.schedule, build_face_mask(config.crop_size), geometry)
 
@@ -77,8 +80,8 @@ def mix_target(mix: Mix, intensity: float) -> tuple[NDArray[np.float32], float]:
     """(7,) target weights summing to 1 and the residual scale for a schedule mix (empty mix: scale 0)."""
     vector = np.zeros(len(EXPRESSIONS), np.float32)
     total = sum(weight for _, weight in mix)
-    for name, weight in mix:
-        vector[expression_index(name)] = weight / total
+    for name, weight in mix:  # canonical names, parsed once with the schedule: a lookup, not a parse, per frame
+        vector[EXPRESSION_INDEX[name]] = weight / total
     return vector, float(min(1.0, total) * intensity)
 
 

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -28,14 +29,13 @@ import ray
 
 from pipeline.batch_workers import (discard_unreported, failed, file_result, interrupt_flag, one_line, split_kinds,
                                     worker_config)
-from pipeline.config import ProcessConfig, parse_edit
+from pipeline.config import ProcessConfig
+from pipeline.errors import os_reason
 from pipeline.edit import EditedFrame, Models, load_models
-from pipeline.faces.detector import FaceFinder
-from pipeline.geometry import load_geometry
 from pipeline.images import is_image_path
-from pipeline.blend import build_face_mask
 from pipeline.manifest import FileResult, Source
 from pipeline.stills import ImageOutcome, ImageTask, attempt, finish_task, plan_tasks, read_task, synthesize_pending
+from usgan.errors import Stopped, UserError
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +51,8 @@ _MODELS: dict[tuple[str, str], Models] = {}  # per Ray worker process, which Ray
 def worker_models(config: ProcessConfig, settings: str, generator: bool) -> Models:
     """This worker process's models for these settings, loaded by its first task; CPU steps load no generator."""
     key = (settings, "full" if generator else "faces")
-    if key not in _MODELS:
-        if generator:
-            _MODELS[key] = load_models(config)
-        else:  # the generator runs in its own actor
-            edit = parse_edit(config)
-            finder = FaceFinder(config.detector, config.image_pad)
-            geometry = load_geometry(edit.geometry, config.detector)
-            _MODELS[key] = Models(finder, None, edit.schedule, build_face_mask(config.crop_size), geometry)  # type: ignore
+    if key not in _MODELS:  # CPU steps load no generator: it runs in its own actor
+        _MODELS[key] = load_models(config, generator=generator)
     return _MODELS[key]
 
 
@@ -149,13 +143,37 @@ def ray_session(address: str | None, cpus: int) -> Iterator[None]:
     previous = signal.getsignal(signal.SIGTERM)
     # "local": a new Ray of its own even where a cluster runs on this machine (None would join that one)
     started = {"num_cpus": max(2, cpus), "include_dashboard": False} if address is None else {}
-    ray.init(address=address or "local", logging_level=logging.WARNING, **started)
+    check_reachable(address)
+    # Ray says on every start that it enabled its token authentication: the default, nothing for the user to do
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    try:
+        ray.init(address=address or "local", logging_level=logging.WARNING, **started)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        raise RayAddressError(f"--ray-address {address}: cannot join a Ray cluster there ({one_line(error)})") \
+            from error
     try:
         yield
     finally:
         ray.shutdown()
         with contextlib.suppress(ValueError):  # ray.init replaced it (main thread only)
             signal.signal(signal.SIGTERM, previous)
+
+
+class RayAddressError(UserError):
+    """A --ray-address where no Ray cluster answers."""
+
+
+def check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
+    """Fail at once, in one line, where HOST:PORT does not answer (Ray itself retries for minutes, loudly)."""
+    host, _, port = (address or "").rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return  # None (a local Ray), "auto", or ray://: Ray finds or refuses those quickly itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as error:
+        raise RayAddressError(f"--ray-address {address}: no Ray cluster answers there ({os_reason(error)}); start "
+                              "one with `ray start --head`, or leave --ray-address out for a Ray of this run's own") \
+            from error
 
 
 class RayConvert:
@@ -202,7 +220,7 @@ class RayConvert:
         if interrupted.is_set():
             # a task cancelled between its rename and its return wrote a file nobody will record
             discard_unreported(todo, reported, self.out_dir, since)
-            raise KeyboardInterrupt
+            raise Stopped(interrupted.signum)
 
     def submit(self, sources: list[Source]) -> dict[ray.ObjectRef, Source]:
         """The last step's reference of each file of a chunk (photos) or of one video."""

@@ -4,7 +4,7 @@ An engine is a ConvertFiles: (todo, out_dir, config, settings, jobs) -> an itera
 todo, each as soon as that file's output is written (or it failed). convert_dir owns folders, the manifest and the
 progress bar; it does not know which engine runs. `local`: this process (--jobs 1) or worker processes on this
 machine (pipeline.batch_workers); `ray`: a Ray cluster (pipeline.engine_ray). Importing this module is cheap
-(the CLI reads ENGINES at start): the engines import their modules when they run.
+(convert imports it before any model loads): the engines import their modules when they run.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING
+
+from pipeline.choices import Engine
 
 if TYPE_CHECKING:  # not imported at run time: they pull in torch
     from pipeline.config import ProcessConfig
     from pipeline.manifest import FileResult, Source
 
-Engine = Literal["local", "ray"]
-ENGINES: tuple[str, ...] = get_args(Engine)
 ConvertFiles = Callable[[Sequence["Source"], Path, "ProcessConfig", str, int], Iterator["FileResult"]]
 
 

@@ -18,6 +18,7 @@ class OutputError(UserError):
 
 _OS_REASONS = {
     errno.ENOSPC: "no space left on the device",
+    errno.EFBIG: "file too large for the device or the file size limit",
     errno.EDQUOT: "disk quota exceeded",
     errno.EROFS: "read-only file system",
     errno.EACCES: "permission denied",
@@ -25,12 +26,19 @@ _OS_REASONS = {
     errno.ENOTDIR: "a folder on the path is a file",
     errno.EEXIST: "exists and is not a folder",
     errno.ENOENT: "no such file or folder",
+    errno.ECONNREFUSED: "connection refused",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.ETIMEDOUT: "timed out",
 }
+
+
+def os_reason(error: OSError) -> str:
+    """The problem alone, in words: 'no space left on the device'."""
+    if error.errno == errno.EEXIST and error.filename and Path(error.filename).is_dir():
+        return "already exists"
+    return _OS_REASONS.get(error.errno, error.strerror or str(error) or type(error).__name__)
 
 
 def describe_os_error(error: OSError) -> str:
     """One line naming the path and the problem, e.g. 'out/clip.mp4: no space left on the device'."""
-    reason = _OS_REASONS.get(error.errno, error.strerror or str(error) or type(error).__name__)
-    if error.errno == errno.EEXIST and error.filename and Path(error.filename).is_dir():
-        reason = "already exists"
-    return f"{error.filename}: {reason}" if error.filename else reason
+    return f"{error.filename}: {os_reason(error)}" if error.filename else os_reason(error)

@@ -38,19 +38,20 @@ def check_output_path(output: Path, *inputs: Path | None) -> Path:
             raise OutputError(f"{output}: output is the input file; refusing to overwrite it")
     if output.is_dir():
         raise OutputError(f"{output}: output is a folder, expected a file path")
-    folder = nearest_existing_folder(output.parent)
+    folder = nearest_existing_folder(output.parent, output)
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"{output}: cannot write into folder {folder} (permission denied)")
     return output
 
 
-def nearest_existing_folder(folder: Path) -> Path:
-    """The folder itself or its closest existing ancestor (the one that must be writable to create it)."""
+def nearest_existing_folder(folder: Path, subject: Path | None = None) -> Path:
+    """The folder itself or its closest existing ancestor (the one that must be writable to create it); an
+    OutputError naming subject (default: folder) when that ancestor is a file."""
     folder = Path(folder).absolute()
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     if not folder.is_dir():
-        raise OutputError(f"{folder}: exists but is not a folder")
+        raise OutputError(f"{subject or folder}: cannot be created, {folder} is not a folder")
     return folder
 
 

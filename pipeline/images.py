@@ -22,10 +22,10 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
-from pipeline.errors import InputError, OutputError
+from pipeline.errors import InputError, OutputError, os_reason
 from pipeline.files import check_input_file, check_output_path
 from pipeline.types import Frame
-from usgan.files import atomic_write
+from usgan.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -187,14 +187,27 @@ def image_meta(path: Path, image: Image.Image, mode: str, bit_depth: int, alpha)
 
 def read_image(path: Path) -> tuple[Frame, ImageMeta]:
     """Read an image as an upright (EXIF-rotated) BGR uint8 frame and the metadata write_image needs."""
-    path = check_input_file(Path(path))
+    return read_checked(check_input_file(Path(path)))
+
+
+def read_checked(path: Path) -> tuple[Frame, ImageMeta]:
+    """read_image of a file its caller has checked already."""
     if not is_image_path(path):
         raise InputError(f"{path}: unsupported image extension {path.suffix!r}; use one of {', '.join(IMAGE_FORMATS)}")
     with open_image(path) as image:
         mode, bit_depth = image.mode, source_bit_depth(image)
         load_upright(image, path)
         frame, alpha = convert_pixels(image, path)
+        warn_if_reduced(path, mode, bit_depth)
         return frame, image_meta(path, image, mode, bit_depth, alpha)
+
+
+def warn_if_reduced(path: Path, mode: str, bit_depth: int) -> None:
+    """Say what reading lost: 16 bits per channel become 8, CMYK becomes RGB."""
+    if bit_depth > 8:
+        log.warning("%s: %d-bit image: edited and written with 8 bits per channel", path, bit_depth)
+    if mode == "CMYK":
+        log.warning("%s: CMYK image: edited and written as RGB (sRGB)", path)
 
 
 # --- writing ---
@@ -258,12 +271,29 @@ def to_pil(frame: Frame, meta: ImageMeta, format: str, path: Path) -> Image.Imag
 def write_image(path: Path, frame: Frame, meta: ImageMeta | None = None) -> None:
     """Write frame (BGR uint8) to path in the format its extension names, atomically (temp file + rename)."""
     path, meta = Path(path), meta or ImageMeta()
-    format = image_format(path)
+    image_format(path)
     check_output_path(path, meta.source)
+    write_checked(path, frame, meta)
+
+
+def write_checked(path: Path, frame: Frame, meta: ImageMeta) -> None:
+    """write_image to a path its caller has checked already."""
+    format = image_format(path)
     check_image_frame(frame, path)
-    image = to_pil(frame, meta, format, path)
-    options = save_options(format, meta)
+    data = encode_image(to_pil(frame, meta, format, path), format, save_options(format, meta), path)
     try:
-        atomic_write(path, lambda tmp: image.save(tmp, format=format, **options))
+        atomic_write_bytes(path, data)
+    except OSError as error:
+        raise OutputError(f"{path}: cannot write {format} image: {os_reason(error)}") from error
+
+
+def encode_image(image: Image.Image, format: str, options: dict[str, object], path: Path) -> bytes:
+    """The encoded file in memory, so that its size is known before anything is written."""
+    buffer = io.BytesIO()
+    try:
+        image.save(buffer, format=format, **options)
     except (OSError, ValueError) as error:
-        raise OutputError(f"{path}: cannot write {format} image ({first_line(error)})") from error
+        raise OutputError(f"{path}: cannot encode {format} image ({first_line(error)})") from error
+    if not buffer.tell():
+        raise OutputError(f"{path}: the {format} encoder produced no data")
+    return buffer.getvalue()

@@ -15,10 +15,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from pipeline.errors import OutputError
+from pipeline.errors import OutputError, os_reason
 from pipeline.config import ProcessConfig
 from usgan.config import to_mapping
-from usgan.files import atomic_write
+from usgan.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,10 @@ Status = Literal["done", "skipped", "failed"]
 COMPLETE: frozenset[str] = frozenset({"done", "skipped"})
 COMPLETE_REASON = "complete from an earlier run"
 UNSUPPORTED_REASON = "unsupported file type"
+
+
+class ManifestError(OutputError):
+    """OUT_DIR/manifest.json cannot be written; the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -91,9 +95,10 @@ def write_manifest(path: Path, results: dict[str, FileResult], config: ProcessCo
         Counter(r.status for r in results.values())), "files": files}
     text = json.dumps(document, indent=1) + "\n"
     try:
-        atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    except OSError as error:  # e.g. a full disk: the run stops here, naming the manifest
-        raise OutputError(f"{path}: cannot write it ({error.strerror or error})") from error
+        atomic_write_bytes(path, text.encode("utf-8"))
+    except OSError as error:  # e.g. a full disk: the run stops here; the manifest on disk is the last one written
+        raise ManifestError(f"{path}: cannot write it: {os_reason(error)}; the files it does not list are converted "
+                            "again: free some space and run the same command again") from error
 
 
 def is_complete(source: Source, previous: FileResult | None, out_dir: Path, settings: str) -> bool:

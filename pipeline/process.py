@@ -1,8 +1,8 @@
-"""The workflows of `process`: one video or one still image, chosen by the input's extension.
+"""The workflows of `process`: one video, or one still image (pipeline.stills), chosen by the input's extension.
 
 A video runs decode -> faces (-> geometry, when expression geometry is on) -> synthesize -> blend as a chain of stage
 threads (pipeline.stages) and encodes the chain's results here, in the caller's thread: Ctrl-C there leaves no file
-at the output path (encode_video writes a temp file and renames it). Faces, synthesis and blending see the upright
+at the output path (the encoder writes a temp file and renames it). Faces, synthesis and blending see the upright
 picture; frames are turned back to their stored orientation before encoding, keeping index and pts, and the writer
 restores the display matrix.
 """
@@ -13,68 +13,30 @@ import logging
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
 
 from pipeline.config import ProcessConfig, parse_edit
-from pipeline.edit import (
-    EditedFrame, FaceJob, Models, blend_frame, load_models, plan_faces, plan_still, stills_are_edited, synthesize_jobs,
-    warp_jobs,
-)
-from pipeline.errors import InputError, OutputError
+from pipeline.edit import EditedFrame, FaceJob, Models, blend_frame, load_models, plan_faces, synthesize_jobs, warp_jobs
 from pipeline.faces.tracking import track_faces
-from pipeline.files import check_input_file, check_output_path
 from pipeline.geometry import Geometry, LandmarkSmoother
-from pipeline.images import image_format, is_image_path, read_image, write_image
-from pipeline.schedule import Schedule
+from pipeline.results import (  # noqa: F401 - the workflows' shared vocabulary, also reached through this module
+    ProcessResult, check_paths, default_output, geometry_count, input_kind, process_result_line, warn_if_faceless,
+    without_geometry_text,
+)
 from pipeline.stages import StageChain, batched
+from pipeline.stills import process_image
 from pipeline.synthesize import FaceSynthesizer
 from pipeline.types import Mask, StreamInfo, VideoFrame
-from pipeline.video.codecs import EncoderConfig, choose_encoder, codec_for_container, is_video_path, output_container
-from pipeline.video.decode import decode_video, rotate_stored, rotate_upright
-from pipeline.video.encode import encode_video
-from pipeline.video.probe import probe_video
+from pipeline.video.codecs import EncoderConfig, choose_encoder, codec_for_container, output_container
+from pipeline.video.decode import decode_checked, rotate_stored, rotate_upright
+from pipeline.video.encode import encode_checked
+from pipeline.video.probe import probe_checked
 
 log = logging.getLogger(__name__)
 
 STAGES: tuple[str, ...] = ("decode", "detect", "align", "geometry", "synthesize", "blend", "encode")
 """A video's stages; geometry only runs with expression geometry on."""
-
-
-@dataclass(frozen=True)
-class ProcessResult:
-    """What one process_video / process_image call did; stage_seconds holds each stage's busy time.
-    faces_without_geometry: edited faces whose landmarks failed (the generator alone); None with geometry off."""
-
-    output: Path
-    kind: Literal["video", "image"]
-    frames: int
-    faces_found: int
-    faces_edited: int
-    seconds: float
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-    faces_without_geometry: int | None = None
-
-    @property
-    def fps(self) -> float:
-        return self.frames / self.seconds if self.seconds > 0 else 0.0
-
-
-def process_result_line(result: ProcessResult) -> str:
-    """One line: output, frames, faces, fps and seconds per stage, and with geometry on, the faces without it."""
-    faces = f"{result.faces_edited} face(s) edited"
-    stages = ", ".join(f"{name} {seconds:.1f}" for name, seconds in result.stage_seconds.items())
-    line = (f"wrote {result.output}: {faces} in {result.seconds:.1f} s" if result.kind == "image" else
-            f"wrote {result.output}: {result.frames} frames, {faces} in {result.seconds:.1f} s "
-            f"({result.fps:.1f} fps); busy seconds: {stages}")
-    if result.faces_without_geometry is None:
-        return line
-    return f"{line}; {without_geometry_text(result.faces_without_geometry)}"
-
-
-def without_geometry_text(count: int) -> str:
-    return f"{count} faces without geometry (generator alone)"
 
 
 # ---------------------------------------------------------------- one file
@@ -86,74 +48,12 @@ def process_file(input_path: Path, output: Path | None, config: ProcessConfig,
     input_path = Path(input_path)
     edit = parse_edit(config) if models is None else None  # option errors before anything else
     output = Path(output) if output is not None else default_output(input_path, (models or edit).schedule)
-    kind = input_kind(check_input_file(input_path))
+    kind = input_kind(input_path)
     check_paths(input_path, output, kind)  # path errors before the slow model loads
     models = models or load_models(config, edit)
-    workflow = process_video if kind == "video" else process_image
-    return workflow(input_path, output, config, models)
-
-
-def default_output(input_path: Path, schedule: Schedule) -> Path:
-    """INPUT's folder, <stem>_<the scheduled expressions in order of first use, joined by '-'>.<ext>."""
-    label = "-".join(dict.fromkeys(segment.expression for segment in schedule.segments)) or "edit"
-    return input_path.with_name(f"{input_path.stem}_{label}{input_path.suffix}")
-
-
-def input_kind(path: Path) -> Literal["video", "image"]:
-    """'video' or 'image' from the extension; anything else is an InputError naming the file."""
-    if is_video_path(path):
-        return "video"
-    if is_image_path(path):
-        return "image"
-    raise InputError(f"{path}: unsupported file type {path.suffix!r} (expected a video or an image)")
-
-
-def check_paths(input_path: Path, output: Path, kind: str) -> tuple[Path, Path]:
-    """Input readable and of the right kind, output writable, of the same kind and not the input."""
-    check_input_file(input_path)
-    check_output_path(output, input_path)
-    if kind == "image" and not is_image_path(output):
-        raise OutputError(f"{output}: an image's output must be an image file (e.g. {input_path.suffix or '.png'})")
     if kind == "image":
-        image_format(output)
-    else:
-        output_container(output)
-    return input_path, output
-
-
-# ---------------------------------------------------------------- one still image
-
-
-def process_image(input_path: Path, output: Path, config: ProcessConfig, models: Models | None = None) -> ProcessResult:
-    """Edit the faces of one still image and write it (format from output's extension, atomically)."""
-    started = time.perf_counter()
-    input_path, output = check_paths(Path(input_path), Path(output), "image")
-    image, meta = read_image(input_path)
-    models = models or load_models(config)
-    warn_if_stills_unedited(models, config, input_path)
-    job = plan_still(0, image, models, config)
-    edited = synthesize_jobs([job], models.synthesizer, config.batch_size)[0]
-    write_image(output, blend_frame(edited, models.mask, config), meta)
-    warn_if_faceless(input_path, job.faces_found, "written unchanged")
-    return ProcessResult(output, "image", 1, job.faces_found, len(job.crops), time.perf_counter() - started,
-                         faces_without_geometry=geometry_count(models, job.without_geometry))
-
-
-def geometry_count(models: Models, without_geometry: int) -> int | None:
-    """The count of faces without geometry for a result: None when the run has no geometry at all."""
-    return None if models.geometry is None else without_geometry
-
-
-def warn_if_faceless(path: Path, faces_found: int, outcome: str) -> None:
-    if faces_found == 0:
-        log.warning("%s: no face found; %s", path, outcome)
-
-
-def warn_if_stills_unedited(models: Models, config: ProcessConfig, subject: object) -> None:
-    """A still image is one moment (0 s): say so when the expression schedule edits nothing there."""
-    if not stills_are_edited(models, config):
-        log.warning("%s: expression %r at intensity %g edits nothing at 0 s, the only moment of a still image; "
-                    "written unchanged", subject, config.expression, config.intensity)
+        return process_image(input_path, output, config, models, checked=True)
+    return run_video(input_path, output, config, models)
 
 
 # ---------------------------------------------------------------- one video
@@ -171,17 +71,21 @@ class RunCounts:
 
 def process_video(input_path: Path, output: Path, config: ProcessConfig, models: Models | None = None) -> ProcessResult:
     """Edit every scheduled face of a video and encode it to output with the input's timing, rotation and audio."""
-    started = time.perf_counter()
     input_path, output = check_paths(Path(input_path), Path(output), "video")
-    info = probe_video(input_path)
+    return run_video(input_path, output, config, models or load_models(config))
+
+
+def run_video(input_path: Path, output: Path, config: ProcessConfig, models: Models) -> ProcessResult:
+    """process_video's work, on paths checked already."""
+    started = time.perf_counter()
+    info = probe_checked(input_path)  # the paths were checked once, by the caller
     encoder = encoder_config(config, output)
-    models = models or load_models(config)
     counts = RunCounts()
     chain = video_stages(input_path, info, models, config, counts)
     with chain.running() as frames:
         encode_started = time.perf_counter()
-        summary = encode_video(progress_frames(frames, info.frames, config, input_path.name), input_path, output,
-                               encoder, info)
+        summary = encode_checked(progress_frames(frames, info.frames, config, input_path.name), input_path, output,
+                                 encoder, info)
     encode_busy = time.perf_counter() - encode_started - chain.consumer_wait()
     warn_if_faceless(input_path, counts.faces_found, "the output is the input re-encoded")
     if counts.faces_found and not counts.faces_edited:
@@ -207,7 +111,7 @@ def video_stages(input_path: Path, info: StreamInfo, models: Models, config: Pro
 
 def decode_stage(path: Path, rotation: int) -> Iterator[VideoFrame]:
     """Decoded frames, turned upright."""
-    for frame in decode_video(path):
+    for frame in decode_checked(path):
         yield replace(frame, image=rotate_upright(frame.image, rotation)) if rotation else frame
 
 

@@ -65,6 +65,11 @@ class Schedule:
                 weights[segment.expression] = min(1.0, weights.get(segment.expression, 0.0) + weight)
         return tuple(sorted(weights.items(), key=lambda item: -item[1]))
 
+    @property
+    def is_timed(self) -> bool:
+        """The expression changes over time (several segments, or one that starts late or ends)."""
+        return len(self.segments) > 1 or any(s.start_s > 0 or math.isfinite(s.end_s) for s in self.segments)
+
     def at(self, time_s: float) -> tuple[Expression, float] | None:
         """(expression, intensity) at time_s, the strongest of mix_at; None leaves the frame unchanged."""
         mix = self.mix_at(time_s)

@@ -15,8 +15,8 @@ from typing import Any
 
 from pipeline.config import ProcessConfig
 from pipeline.edit import EditedFrame, FaceJob, Models, blend_frame, load_models, plan_still, synthesize_jobs
-from pipeline.images import ImageMeta, read_image, write_image
-from pipeline.process import ProcessResult, check_paths, geometry_count, warn_if_faceless, warn_if_stills_unedited
+from pipeline.images import ImageMeta, read_checked, write_checked
+from pipeline.results import ProcessResult, check_paths, geometry_count, warn_if_faceless, warn_if_stills_unedited
 from pipeline.stages import StageChain, batched
 from pipeline.synthesize import FaceSynthesizer
 from pipeline.types import Frame
@@ -36,6 +36,7 @@ class ImageTask:
     job: FaceJob | None = None
     edited: EditedFrame | None = None
     error: Exception | None = None
+    checked: bool = False  # its paths were checked before it came (read_task checks them otherwise)
 
 
 @dataclass(frozen=True)
@@ -47,17 +48,29 @@ class ImageOutcome:
     error: Exception | None = None
 
 
-def process_images(pairs: Sequence[tuple[Path, Path]], config: ProcessConfig,
-                   models: Models | None = None) -> Iterator[ImageOutcome]:
+def process_image(input_path: Path, output: Path, config: ProcessConfig, models: Models | None = None,
+                  checked: bool = False) -> ProcessResult:
+    """Edit the faces of one still image and write it (format from output's extension, atomically): the still-image
+    workflow, for one image. checked: the caller has checked both paths (check_paths) already."""
+    pairs = [(Path(input_path), Path(output))]
+    outcome = next(process_images(pairs, config, models, subject=input_path, checked=checked))
+    if outcome.error is not None:
+        raise outcome.error
+    return outcome.result
+
+
+def process_images(pairs: Iterable[tuple[Path, Path]], config: ProcessConfig, models: Models | None = None,
+                   subject: object = "every still image", checked: bool = False) -> Iterator[ImageOutcome]:
     """Edit many still images (input, output), in order, with overlapping stages like a video's. A bad image gives
     an outcome with its error and the others go on; result.seconds is each image's time from read to written (the
-    stages overlap)."""
+    stages overlap). subject: what a warning about the whole run names; checked: the caller has checked every
+    pair's paths (else each is checked once, as it is read)."""
     models = models or load_models(config)
-    warn_if_stills_unedited(models, config, "every still image")
+    warn_if_stills_unedited(models, config, subject)
     # queue_size (>= batch_size by default) images between stages: the generator finds a full batch waiting and can
     # hand all of it on without waiting for the writer.
     chain = StageChain(max(config.queue_size, config.batch_size))
-    chain.add("read", lambda _: read_tasks(pairs))
+    chain.add("read", lambda _: read_tasks(pairs, checked))
     chain.add("faces", lambda tasks: plan_tasks(tasks, models, config))
     chain.add("synthesize", lambda tasks: synthesize_tasks(tasks, models.synthesizer, config.batch_size))
     with chain.running() as tasks:
@@ -75,16 +88,18 @@ def attempt(task: ImageTask, step: Callable[[], dict[str, Any]]) -> ImageTask:
         return replace(task, error=error)
 
 
-def read_tasks(pairs: Iterable[tuple[Path, Path]]) -> Iterator[ImageTask]:
+def read_tasks(pairs: Iterable[tuple[Path, Path]], checked: bool = False) -> Iterator[ImageTask]:
     """(input, output) pairs as tasks holding the decoded image and its metadata."""
     for index, (source, output) in enumerate(pairs):
-        task = ImageTask(index, Path(source), Path(output), time.perf_counter())
+        task = ImageTask(index, Path(source), Path(output), time.perf_counter(), checked=checked)
         yield attempt(task, lambda: read_task(task))
 
 
 def read_task(task: ImageTask) -> dict[str, Any]:
-    check_paths(task.source, task.output, "image")
-    image, meta = read_image(task.source)
+    """The image and its metadata, its paths checked first (once per file) unless the caller has."""
+    if not task.checked:
+        check_paths(task.source, task.output, "image")
+    image, meta = read_checked(task.source)
     return {"image": image, "meta": meta}
 
 
@@ -124,5 +139,5 @@ def finish_task(task: ImageTask, models: Models, config: ProcessConfig) -> Image
 
 
 def write_task(task: ImageTask, models: Models, config: ProcessConfig) -> dict[str, Any]:
-    write_image(task.output, blend_frame(task.edited, models.mask, config), task.meta)
+    write_checked(task.output, blend_frame(task.edited, models.mask, config), task.meta)
     return {}

@@ -8,10 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Literal, get_args
-
 import numpy as np
 from numpy.typing import NDArray
+
+from pipeline.choices import (  # noqa: F401 - the closed sets are part of the vocabulary
+    BACKENDS, BLEND_MODES, FACE_SELECTIONS, Backend, BlendMode, FaceSelection,
+)
 
 Frame = NDArray[np.uint8]
 """(H, W, 3) uint8 BGR image."""
@@ -24,12 +26,6 @@ Affine = NDArray[np.float64]
 Mask = NDArray[np.float32]
 """(H, W) float32 in [0, 1]."""
 
-Backend = Literal["torch", "onnx"]
-BACKENDS: tuple[Backend, ...] = get_args(Backend)
-BlendMode = Literal["seamless", "feather"]
-BLEND_MODES: tuple[BlendMode, ...] = get_args(BlendMode)
-FaceSelection = Literal["all", "largest"]
-FACE_SELECTIONS: tuple[FaceSelection, ...] = get_args(FaceSelection)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ Tables are always generated here from measured numbers, never typed by hand.
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
 import platform
@@ -267,3 +268,29 @@ def default_weights(folder: Path) -> Path:
     """The shipped generator, else a random-init one of its size (128²) saved in folder: the speed is the same."""
     shipped = REPO / "weights" / "usgan_tfeid.safetensors"
     return shipped if shipped.is_file() else random_generator_file(folder, 128)
+
+
+def openblas_threads() -> tuple[Callable[[], int], Callable[[int], None]] | None:
+    """Get and set numpy's bundled OpenBLAS thread count (numpy has no API for it); None where it is not found."""
+    import numpy as np
+
+    found = sorted((Path(np.__file__).parent.parent / "numpy.libs").glob("libscipy_openblas*.so"))
+    library = ctypes.CDLL(str(found[0])) if found else None
+    names = ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_")
+    if library is None or not all(hasattr(library, name) for name in names):
+        return None
+    return getattr(library, names[0]), getattr(library, names[1])
+
+
+@contextmanager
+def blas_threads(count: int) -> Iterator[None]:
+    """numpy's OpenBLAS on `count` threads inside the block (its threads spin for a core on a busy machine)."""
+    access = openblas_threads()
+    previous = access[0]() if access else 0
+    if access:
+        access[1](count)
+    try:
+        yield
+    finally:
+        if access:
+            access[1](previous)

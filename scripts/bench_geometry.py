@@ -14,11 +14,9 @@ that round's (with warp - without) / without, so a slow spell on a shared machin
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import statistics
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,30 +91,6 @@ def shape_model_file(weights: Path, given: Path | None) -> Path:
 # ---------------------------------------------------------------- numpy's BLAS threads
 
 
-def openblas_threads() -> tuple[Callable[[], int], Callable[[int], None]] | None:
-    """Get and set numpy's bundled OpenBLAS thread count (numpy has no API for it); None where it is not found."""
-    found = sorted((Path(np.__file__).parent.parent / "numpy.libs").glob("libscipy_openblas*.so"))
-    library = ctypes.CDLL(str(found[0])) if found else None
-    names = ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_")
-    if library is None or not all(hasattr(library, name) for name in names):
-        return None
-    return getattr(library, names[0]), getattr(library, names[1])
-
-
-@contextlib.contextmanager
-def blas_threads(count: int) -> Iterator[None]:
-    """numpy's OpenBLAS on `count` threads inside the block (its threads spin for a core on a busy machine)."""
-    access = openblas_threads()
-    previous = access[0]() if access else 0
-    if access:
-        access[1](count)
-    try:
-        yield
-    finally:
-        if access:
-            access[1](previous)
-
-
 # ---------------------------------------------------------------- what is timed
 
 Calls = dict[str, Callable[[], object]]
@@ -158,7 +132,7 @@ def geometry_calls(geometry: Geometry, faces: Faces, default_blas: int) -> Calls
     times = [0.0] * len(faces.aligned)
 
     def field_on_default_blas() -> None:
-        with blas_threads(default_blas):
+        with bc.blas_threads(default_blas):
             coarse_field(source, target)
     return {"landmarks": lambda: crop_landmarks(geometry.landmarks, faces.aligned),
             "fit": lambda: blended_targets(model, points, faces.targets, intensity, fit_expression(model, points)),
@@ -285,12 +259,12 @@ def main(batch: int, rounds: int, threads: int, weights: Path, shape_model: Path
          no_write: bool) -> None:
     """Time the warp against the generator per face (see the module docstring); e.g. --rounds 3 --no-write."""
     clock = bc.RunClock()
-    access = openblas_threads()
+    access = bc.openblas_threads()
     settings = Settings(weights, shape_model_file(weights, shape_model), rounds, threads, access[0]() if access else 0)
     torch.set_num_threads(threads)
     faces = real_faces(players_photo(), batch, threads)
     geometry = load_geometry(load_model(settings.shape_model), DetectorConfig(threads=threads))
-    with blas_threads(threads):
+    with bc.blas_threads(threads):
         fields, failed = warp_fields(geometry, faces.aligned, faces.targets, faces.intensity, [0.0] * batch)
         times = measure(faces, fields, geometry, settings)
     parts = ["### Cost per face", cost_table(times, batch), "### The warp's share of the generator's time",

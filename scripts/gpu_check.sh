@@ -1,26 +1,26 @@
 #!/usr/bin/env bash
-# The prepared GPU run: three generators trained side by side on one GPU, for as long as the device allows, each
-# exported as small generator files to judge on a CPU afterwards.
+# A GPU run: three generators trained side by side on one GPU, for a set time, each exported as small
+# generator files to judge on a CPU afterwards.
 #
 #   refiner    configs/train/faces_128_refiner.yaml from weights/usgan_tfeid.safetensors: the generator trained on
 #              the product's warped and textured input, paired with the real photo (fresh critic, its warm-up)
 #   pair20     the same with loss.lambda_pair=20 (the paired photo weighs more than the critic)
 #   warp       configs/train/faces_128_warp.yaml from the same generator: warped input without the texture
 #
-# It needs the 128-px training set (prepare-data's OUT/128 of TFEID + London, with landmarks.npz) in a git-ignored
-# folder that travels with the checkout:
-#   mkdir -p carry && cp -r ~/.cache/usgan/data/faces/128 carry/faces_128
-# Device call: run `bash scripts/gpu_check.sh` with carry ["carry"] and timeout_s 600. Its files come back in $OUT:
-# machine.txt, train_<variant>.log (iterations per second, losses) and gen_<variant>.tar (fp16 generator files of
-# the newest 3 checkpoints, 5 MB each: a file that comes back is at most 16 MiB). Then, on the CPU, per file:
+# It needs the 128-px training set (prepare-data's OUT/128 of TFEID + London, with landmarks.npz) on the GPU machine,
+# by default in data/faces_128 of the checkout:
+#   mkdir -p data && cp -r ~/.cache/usgan/data/faces/128 data/faces_128
+# Run it as `bash scripts/gpu_check.sh OUT_DIR` on any machine with a CUDA GPU. It writes into OUT_DIR: machine.txt,
+# train_<variant>.log (iterations per second, losses) and gen_<variant>.tar (fp16 generator files of the newest 3
+# checkpoints, about 5 MB each, small enough to copy back). Then, on a CPU, per file:
 #   python cli.py evaluate --weights gen_step_N.safetensors --geometry weights/geometry.safetensors \
 #       --texture weights/texture.safetensors ...
 # A smoke run on any machine: STEPS=4 TRAIN_ARGS=--cpu TRAIN_SECONDS=300 bash scripts/gpu_check.sh /tmp/gpu_out
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-OUT=${1:-${OUT:?give an output folder (the device sets OUT)}}
-DATA=${DATA:-carry/faces_128}
+OUT=${1:-${OUT:?give an output folder}}
+DATA=${DATA:-data/faces_128}
 STEPS=${STEPS:-6000}                 # the schedule's length; the learning rate decays over its second half
 TRAIN_SECONDS=${TRAIN_SECONDS:-420}  # then every run is stopped (SIGTERM saves a checkpoint); leaves time to export
 BATCH=${BATCH:-16}

@@ -21,10 +21,8 @@ import cli as cli_module
 import pipeline.batch
 import pipeline.config
 import pipeline.process
-from pipeline.options import ConfigOption, config_value
-from pipeline.config import TorchPrecision
-from pipeline.types import Backend, BlendMode, FaceSelection
-from pipeline.video.codecs import X264_PRESETS, VideoCodec
+from cli_options import ConfigOption, config_value
+from pipeline.choices import X264_PRESETS, Backend, BlendMode, FaceSelection, TorchPrecision, VideoCodec
 from usgan.checkpoint import WeightsInfo, save_generator
 from usgan.errors import UserError
 from usgan.model import Generator, GeneratorConfig
@@ -127,6 +125,20 @@ def test_prepare_and_evaluate_defaults_are_their_dataclass_values():
 def test_nan_intensity_is_blamed_on_the_option(tmp_path):
     result = invoke("process", tmp_path / "in.png", "-e", "sad", "--intensity", "nan")
     assert result.exit_code == 2 and "--intensity" in result.output and "default.yaml" not in result.output
+
+
+@pytest.mark.parametrize("args, line", [
+    (["process", "in.png", "-e", "sad", "--intensity", "2"],
+     "error: Invalid value for '--intensity': 2.0 is not in the range 0.0<=x<=1.0 (see cli process -h)"),
+    (["process", "in.png"], "error: Missing option '-e' / '--expression' (see cli process -h)"),
+    (["convert", "in", "out", "-e", "sad", "--ray-address", "auto"],
+     "error: --ray-address needs --engine ray (see cli convert -h)"),
+])
+def test_option_errors_are_one_line_as_the_readme_promises(tmp_path, args, line):
+    (tmp_path / "in").mkdir()
+    result = CliRunner().invoke(cli_module.cli, [str(tmp_path / a) if a in ("in", "out") else a for a in args])
+    assert result.exit_code == 2
+    assert result.output.replace(str(tmp_path) + "/", "") == line + "\n"
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:
@@ -248,3 +260,18 @@ def test_no_progress_reaches_the_config(tmp_path, monkeypatch, command):
     assert one_line(result) == "error: captured" and result.exit_code == 1
     assert [config.progress for config in seen] == [False]
 
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_examples_use_paths_a_user_has(command):
+    result = invoke(command, "--help")
+    assert result.exit_code == 0 and "../shared" not in result.output and "Examples:" in result.output
+
+
+def test_readme_and_setup_cfg_name_the_same_python():
+    import configparser
+
+    setup = configparser.ConfigParser()
+    setup.read(REPO / "setup.cfg")
+    lowest = setup["options"]["python_requires"].removeprefix(">=")
+    assert f"Python {lowest} or newer" in (REPO / "README.md").read_text()

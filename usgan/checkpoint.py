@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from usgan.config import ConfigError, from_mapping
 from usgan.expressions import EXPRESSIONS, parse_expression
-from usgan.files import atomic_write
+from usgan.files import atomic_write, safetensors_write
 from usgan.model import Generator, GeneratorConfig
 
 FORMAT_GENERATOR = "usgan-generator"
@@ -109,7 +109,7 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
     """Write tensors plus a JSON metadata header atomically."""
     header = {METADATA_KEY: json.dumps(metadata, sort_keys=True)}
     contiguous = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(contiguous, str(tmp), metadata=header))
+    atomic_write(path, lambda tmp: safetensors_write(save_file, contiguous, tmp, header))
 
 
 def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -170,9 +170,10 @@ def read_weights_info(path: Path, metadata: dict[str, Any]) -> WeightsInfo:
         raise CheckpointError(f"{path}: not a US-GAN generator file (format {metadata.get('format')!r})")
     fields = {k: v for k, v in metadata.items() if k not in ("format", "version")}
     try:
-        return from_mapping(WeightsInfo, fields, str(path))
-    except (ConfigError, TypeError) as error:
-        raise CheckpointError(f"{path}: bad metadata: {error}") from error
+        return from_mapping(WeightsInfo, fields, f"{path}: bad metadata")
+    except ConfigError as error:
+        raise CheckpointError(str(error) if str(error).startswith(str(path)) else f"{path}: bad metadata: {error}") \
+            from error
 
 
 def strip_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -209,8 +210,19 @@ def load_generator(path: Path, device: str | torch.device = "cpu") -> tuple[Gene
     try:
         generator.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        raise CheckpointError(f"{path}: weights do not fit the generator: {str(error).splitlines()[0]}") from error
+        raise CheckpointError(f"{path}: weights do not fit the generator {info.generator}: "
+                              f"{state_dict_problem(error)}") from error
+    broken = [name for name, value in state.items() if value.is_floating_point() and not torch.isfinite(value).all()]
+    if broken:
+        raise CheckpointError(f"{path}: weights contain NaN or infinite values ({', '.join(broken[:3])}); "
+                              "the file is damaged")
     return generator.to(device).eval(), info
+
+
+def state_dict_problem(error: RuntimeError) -> str:
+    """The first concrete problem of load_state_dict's message ('size mismatch for main.0.weight: ...'), one line."""
+    details = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
+    return (details or [str(error).splitlines()[0]])[0].rstrip(".")
 
 
 def average_generators(paths: list[Path]) -> tuple[Generator, WeightsInfo]:

@@ -130,6 +130,8 @@ def export_onnx(weights_path: Path, out_path: Path, fp16: bool = False, opset: i
     if not lowest <= opset <= MAX_OPSET:
         raise ExportError(f"{out_path}: opset {opset} unsupported; use {lowest}..{MAX_OPSET}")
     refuse_overwrite(weights_path, out_path)
+    if out_path.suffix.lower() != ".onnx":
+        logger.warning("%s: an ONNX model written under a name that does not end in .onnx", out_path)
     generator, info = load_generator(weights_path)
     model = trace_generator(generator, fp16, opset, warp, texture)
     embed_weights_info(model, info, fp16)
@@ -301,11 +303,6 @@ def run_generator(session: ort.InferenceSession, image: np.ndarray, expression: 
         raise ValueError(f"expected image (N, 3, H, W) and expression (N, 7); got {image.shape} and {expression.shape}")
     feeds = {INPUT_IMAGE: image, INPUT_EXPRESSION: expression}
     return session.run([OUTPUT], {name: array.astype(np.float32, copy=False) for name, array in feeds.items()})[0]
-
-
-def is_warp_session(session: ort.InferenceSession) -> bool:
-    """True for a session of the warp graph (export_onnx(warp=True))."""
-    return [i.name for i in session.get_inputs()] == INTERFACES[True][0]
 
 
 def run_warped_generator(session: ort.InferenceSession, crop: np.ndarray, image: np.ndarray, expression: np.ndarray,

@@ -23,7 +23,7 @@ from safetensors.numpy import load_file, save_file
 
 from usgan.errors import UserError
 from usgan.expressions import EXPRESSIONS
-from usgan.files import atomic_write
+from usgan.files import atomic_write, check_arrays, safetensors_write
 
 FORMAT = "usgan-geometry"
 POINTS = 106
@@ -36,7 +36,12 @@ CONTOUR = tuple(range(33))
 MOUTH_CORNERS = (52, 61)
 NEUTRAL = EXPRESSIONS.index("neutral")
 OPENING_EXPRESSIONS = (EXPRESSIONS.index("happy"), EXPRESSIONS.index("surprised"))  # their opening is theirs
-ARRAYS = ("mean", "nuisance_modes", "nuisance_var", "speech", "style_modes", "style_var", "displacements")
+ARRAY_SHAPES: dict[str, tuple[str | int, ...]] = {
+    "mean": (212,), "nuisance_modes": ("K", 212), "nuisance_var": ("K",), "speech": (212,),
+    "style_modes": ("M", 212), "style_var": ("M",), "displacements": (len(EXPRESSIONS), 212),
+}
+"""The arrays of a geometry file and their shapes; letters are counts that must agree between arrays."""
+ARRAYS = tuple(ARRAY_SHAPES)
 
 
 @dataclass(frozen=True)
@@ -140,7 +145,7 @@ def save_model(path: Path, model: ShapeModel) -> None:
     header = {"format": FORMAT, "version": "1", "expressions": json.dumps(list(EXPRESSIONS)),
               "noise_floor": repr(model.noise_floor), "settings": json.dumps(asdict(model.settings)),
               "sources": json.dumps(model.sources)}
-    atomic_write(Path(path), lambda tmp: save_file(arrays, str(tmp), metadata=header))
+    atomic_write(Path(path), lambda tmp: safetensors_write(save_file, arrays, tmp, header))
 
 
 class GeometryError(UserError):
@@ -153,13 +158,15 @@ def load_model(path: str | Path) -> ShapeModel:
 
     path = Path(path).expanduser()
     if not path.is_file():
-        raise GeometryError(f"{path}: no such geometry file (build one with `python cli.py build-geometry`)")
+        problem = "a folder, not a geometry file" if path.is_dir() else "no such geometry file"
+        raise GeometryError(f"{path}: {problem} (build one with `python cli.py build-geometry`)")
     try:
         with safe_open(str(path), "np") as handle:
             header = handle.metadata() or {}
         if header.get("format") != FORMAT or json.loads(header.get("expressions", "[]")) != list(EXPRESSIONS):
             raise GeometryError(f"{path}: not a {FORMAT} file for expressions {', '.join(EXPRESSIONS)}")
         arrays = {name: value.astype(np.float64) for name, value in load_file(str(path)).items()}
+        check_arrays(arrays, ARRAY_SHAPES, path, GeometryError)
         return ShapeModel(**arrays, noise_floor=float(header["noise_floor"]),
                           settings=FitSettings(**json.loads(header["settings"])),
                           sources=json.loads(header["sources"]))

@@ -32,11 +32,29 @@ def _summarise_load_error(error: Exception) -> str:
     return f"{type(error).__name__}: {first.split('. ')[0][:160]}" if first else type(error).__name__
 
 
+TORCH_SAVE_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save's zip archive, or its legacy pickle (protocol 2+)
+
+
+def check_torch_save_file(path: Path) -> None:
+    """Refuse anything that is not a torch.save file before torch.load sees it (torch.load also reads safetensors
+    files, which would be relabelled as if their expressions were in the official order)."""
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if len(head) == 8 and head[:1] != b"\x80" and int.from_bytes(head, "little") < 1 << 32:
+        with open(path, "rb") as handle:
+            if handle.read(9)[8:9] == b"{":
+                raise CheckpointError(f"{path}: a safetensors file, not the official checkpoint (a torch.save file); "
+                                      "files made by this tool are used with --weights as they are")
+    if not head.startswith(TORCH_SAVE_MAGIC):
+        raise CheckpointError(f"{path}: not the official US-GAN checkpoint (a torch.save file)")
+
+
 def read_official_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read a torch.save'd generator state_dict without running pickled code (weights_only=True)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
+    check_torch_save_file(path)
     try:
         loaded = torch.load(path, weights_only=True, map_location="cpu")
     # torch.load raises many unrelated types on malformed input (EOFError, KeyError, UnpicklingError, miniz

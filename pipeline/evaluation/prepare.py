@@ -269,6 +269,9 @@ def prepare_data(sources: Path | Sequence[Path], out: Path, config: PrepareConfi
     items = list_sources(sources)
     skipped = [item for item in items if isinstance(item, Skipped)]
     images = [item for item in items if isinstance(item, SourceImage)]
+    if not images:
+        logger.warning("%s: no labelled face images found (TFEID names or one folder per expression)",
+                       ", ".join(map(str, sources)))
     todo = [item for item in images if not _outputs_exist(item, out, config.sizes)]
     logger.info("%d labelled images, %d already aligned, %d to do", len(images), len(images) - len(todo), len(todo))
     failed = {item.source: reason for item, reason in zip(todo, _align_all(todo, config, out)) if reason}

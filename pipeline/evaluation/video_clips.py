@@ -37,6 +37,7 @@ from pipeline.faces.tracking import TrackerConfig, track_faces
 from pipeline.process import ProcessResult, decode_stage, default_output, input_kind, process_video
 from pipeline.types import Face, Frame, Mask
 from pipeline.video.probe import probe_video
+from usgan.files import output_folder
 
 log = logging.getLogger(__name__)
 
@@ -169,14 +170,15 @@ def evaluate_clips(clips: Sequence[Path], out: Path, config: ProcessConfig) -> d
     models = load_models(config, edit)
     settings = ClipSettings(config.tracker, config.crop_size, models.mask)
     landmarks = LandmarkDetector()
-    (out / "clips").mkdir(parents=True, exist_ok=True)
     rows = []
-    for clip in clips:
-        result = process_video(clip, out / "clips" / default_output(Path(clip), edit.schedule).name, config, models)
-        rows.append(clip_summary(clip, result, measure_clip(clip, result.output, models.finder.detector, landmarks,
-                                                            settings)))
-        log.info("%s: flicker ratio %s, mouth correlation %s", clip, rows[-1]["flicker"]["ratio"],
-                 rows[-1]["mouth"]["correlation"])
+    with output_folder(out / "clips"):  # a failure leaves no empty folder behind
+        for clip in clips:
+            result = process_video(clip, out / "clips" / default_output(Path(clip), edit.schedule).name, config,
+                                   models)
+            rows.append(clip_summary(clip, result, measure_clip(clip, result.output, models.finder.detector,
+                                                                landmarks, settings)))
+            log.info("%s: flicker ratio %s, mouth correlation %s", clip, rows[-1]["flicker"]["ratio"],
+                     rows[-1]["mouth"]["correlation"])
     process = {"expression": config.expression, "intensity": config.intensity, "weights": str(edit.weights),
                "crop_size": config.crop_size, "blend": config.blend, "detect_every": config.tracker.detect_every}
     metrics = {"process": process, "clips": rows}

@@ -55,12 +55,6 @@ def estimate_affine(landmarks: Landmarks5, size: int) -> Affine:
     return estimate_similarity(landmarks, crop_template(size))
 
 
-def transform_points(points: NDArray, affine: Affine) -> NDArray[np.float64]:
-    """Apply a (2, 3) affine to (N, 2) points."""
-    points = np.asarray(points, dtype=np.float64)
-    return points @ affine[:, :2].T + affine[:, 2]
-
-
 def align_face(frame: Frame, face: Face, size: int) -> AlignedCrop:
     """Warp a face to the generator's size x size crop; replicated edges keep crops near a border free of black."""
     check_frame(frame)
@@ -85,4 +79,3 @@ def select_faces(faces: Sequence[Face], mode: FaceSelection) -> list[Face]:
     if mode == "largest":
         return [max(faces, key=face_area)] if faces else []
     raise ValueError(f"unknown face selection {mode!r}")
-

@@ -8,10 +8,9 @@ import logging
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Literal, get_args
-
 import av
 
+from pipeline.choices import VIDEO_CODECS, X264_PRESETS, VideoCodec  # noqa: F401 - re-exported
 from pipeline.errors import OutputError
 from pipeline.types import StreamInfo, VideoFrame
 
@@ -22,16 +21,11 @@ VIDEO_SUFFIXES: tuple[str, ...] = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".av
 OUTPUT_CONTAINERS: dict[str, str] = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm"}
 """Output extension -> FFmpeg muxer."""
 
-VideoCodec = Literal["libx264", "h264_nvenc", "libx265", "hevc_nvenc", "libvpx-vp9"]
-VIDEO_CODECS: tuple[VideoCodec, ...] = get_args(VideoCodec)
 WEBM_CODECS: frozenset[str] = frozenset({"libvpx-vp9"})
 FULL_CHROMA_CODECS: frozenset[str] = frozenset({"libx264", "libx265", "libvpx-vp9"})
 """Encoders that take yuv444p on every machine (H.264 High 4:4:4, HEVC 4:4:4, VP9 profile 1)."""
 CHROMA_SAMPLES: dict[str, int] = {"4:4:4": 16, "4:2:2": 8, "4:2:0": 4, "4:1:1": 4}
 """Colour samples per 4x4 pixels, to compare subsamplings."""
-X264_PRESETS: tuple[str, ...] = (
-    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
-)
 NVENC_PRESETS: dict[str, str] = dict(zip(X264_PRESETS, ("p1", "p1", "p2", "p3", "p4", "p5", "p6", "p7", "p7")))
 VP9_CPU_USED: dict[str, str] = dict(zip(X264_PRESETS, ("5", "5", "5", "4", "3", "2", "1", "0", "0")))
 

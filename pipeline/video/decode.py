@@ -31,7 +31,11 @@ def to_bgr(frame: av.VideoFrame, reformatter: VideoReformatter) -> Frame:
 
 def decode_video(path: Path) -> Iterator[VideoFrame]:
     """Yield the video's frames one at a time as BGR VideoFrames, in presentation order, with original pts."""
-    path = check_input_file(Path(path))
+    yield from decode_checked(check_input_file(Path(path)))
+
+
+def decode_checked(path: Path) -> Iterator[VideoFrame]:
+    """decode_video of a file its caller has checked already."""
     with open_input(path) as container:
         stream = video_stream(container, path)
         stream.thread_type = "AUTO"  # frame + slice threads; the decoder holds only a few frames

@@ -159,7 +159,12 @@ def encode_video(frames: Iterable[VideoFrame], source: Path, output: Path, confi
     """
     source, output = Path(source), Path(output)
     check_output_path(output, source)
-    info = info or probe_video(source)
+    return encode_checked(frames, source, output, config, info or probe_video(source))
+
+
+def encode_checked(frames: Iterable[VideoFrame], source: Path, output: Path, config: EncoderConfig,
+                   info: StreamInfo) -> EncodeSummary:
+    """encode_video to an output its caller has checked already."""
     plan = plan_encode(output, info, config)
     written: list[tuple[int, AudioMuxer]] = []
     try:

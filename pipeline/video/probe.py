@@ -94,13 +94,20 @@ def audio_infos(container: av.container.InputContainer) -> tuple[AudioStreamInfo
 
 def probe_video(path: Path) -> StreamInfo:
     """Read a video's stream info; decodes one frame for rotation and to prove the file is decodable."""
-    path = check_input_file(Path(path))
+    return probe_checked(check_input_file(Path(path)))
+
+
+def probe_checked(path: Path) -> StreamInfo:
+    """probe_video of a file its caller has checked already."""
     with open_input(path) as container:
         stream = video_stream(container, path)
         first = next(decoded_frames(container, stream, path), None)
         if first is None:
             raise InputError(f"{path}: contains no decodable video frame")
         info = stream_info(path, container, stream, first)
+        subtitles = len(container.streams.subtitles)
+    if subtitles:
+        log.warning("%s: %d subtitle stream(s) are not carried to the output (video and audio are)", path, subtitles)
     if info.truncated:
         log.warning("%s: file is truncated; only the frames present will be decoded", path)
     return info

@@ -143,14 +143,16 @@ def test_workers_that_cannot_load_the_models_fail_every_file_with_the_reason(wei
 def test_a_full_disk_under_the_manifest_is_one_error_naming_it(weights, tmp_path, monkeypatch):
     import pipeline.manifest
 
-    def full_disk(path, write):
+    def full_disk(path, data):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "notes.txt").write_text("nothing to convert")
-    monkeypatch.setattr(pipeline.manifest, "atomic_write", full_disk)
-    with pytest.raises(UserError, match=r"manifest\.json: cannot write it \(No space left on device\)"):
+    monkeypatch.setattr(pipeline.manifest, "atomic_write_bytes", full_disk)
+    with pytest.raises(UserError, match=r"manifest\.json: cannot write it: no space left on the device; .* free some "
+                                       r"space and run the same command again"):
         convert_dir(tmp_path / "in", tmp_path / "out", config_for(weights["identity"]))
+    assert not (tmp_path / "out").exists()  # the folder this run created, left empty, is removed
 
 
 def test_outputs_written_while_stopping_but_not_reported_are_removed(tmp_path):

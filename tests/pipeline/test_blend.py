@@ -1,4 +1,5 @@
-"""Tests for the blend stage: the face mask, exact identity paste-back, mask containment, frame borders, geometry."""
+"""Tests for the blend stage: exact identity paste-back, mask containment, frame borders, geometry (the face mask:
+test_blend_mask.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import pytest
 
 from clips import psnr
 from pipeline.blend import FaceEdit, blend_faces, build_face_mask, clone_region, face_region, paste_back
-from pipeline.faces.align import crop_template
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 MODES = ("feather", "seamless")
@@ -41,37 +41,6 @@ def warped_support(mask: np.ndarray, affine: np.ndarray, shape: tuple[int, ...],
     support = cv2.dilate((mask > 0).astype(np.uint8), np.ones((2 * grow + 1, 2 * grow + 1), np.uint8))
     flags = cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP
     return cv2.warpAffine(support, affine, (shape[1], shape[0]), flags=flags).astype(bool)
-
-
-# ---------------------------------------------------------------- build_face_mask
-
-
-@pytest.mark.parametrize("size", [64, 128, 256])
-def test_face_mask_range_border_and_landmarks(size):
-    mask = build_face_mask(size)
-    assert mask.shape == (size, size) and mask.dtype == np.float32
-    assert mask.min() >= 0.0 and mask.max() <= 1.0
-    border = np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]])
-    assert np.all(border == 0.0)
-    for x, y in np.rint(crop_template(size)).astype(int):
-        assert mask[y, x] == pytest.approx(1.0), (x, y)
-
-
-def test_face_mask_is_smooth_symmetric_and_feather_stays_inside():
-    narrow, wide = build_face_mask(128, feather=0.04), build_face_mask(128, feather=0.15)
-    # The feather eats inward: a wider feather has fewer full pixels but never a larger support.
-    assert (wide == 1).sum() < (narrow == 1).sum()
-    assert (wide > 0).sum() <= (narrow > 0).sum()
-    # Smooth edge: no jump between neighbours larger than a feather step allows.
-    assert np.abs(np.diff(wide, axis=1)).max() < 0.1
-    # The template is left-right symmetric about x = 64 to within a fraction of a pixel.
-    assert np.abs(narrow[:, 1:] - narrow[:, 1:][:, ::-1]).max() < 0.25
-
-
-@pytest.mark.parametrize("kwargs", [{"size": 4}, {"size": 128, "feather": 0.0}, {"size": 128, "scale": 3.0}])
-def test_face_mask_rejects_bad_arguments(kwargs):
-    with pytest.raises(ValueError):
-        build_face_mask(**kwargs)
 
 
 # ---------------------------------------------------------------- exact identity and containment

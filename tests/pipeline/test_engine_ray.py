@@ -23,7 +23,7 @@ from clips import decode_frames, face_frame, make_clip, portrait, psnr, tight_cr
 from pipeline.batch import convert_dir  # noqa: E402
 from pipeline.engines import engine_for  # noqa: E402
 from test_batch import config_for, fingerprints  # noqa: E402
-from test_cli_process import REPO, done_in_manifest, interrupt, start_cli, wait_for  # noqa: E402
+from test_signals import REPO, done_in_manifest, interrupt, start_cli, wait_for  # noqa: E402
 
 PHOTOS = [f"p{index}.png" for index in range(6)]
 
@@ -165,3 +165,39 @@ def test_ray_address_needs_the_ray_engine(tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "cli.py"), *map(str, command)], capture_output=True,
                             text=True, cwd=REPO)
     assert result.returncode == 2 and "--ray-address needs --engine ray" in result.stderr
+
+
+def run_cli(*args: object) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "cli.py"), *map(str, args)], capture_output=True, text=True,
+                          cwd=REPO, timeout=300)
+
+
+def test_an_unreachable_ray_address_fails_at_once_in_one_line_and_leaves_nothing(weights, tmp_path):
+    import socket
+
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), portrait())
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    started = time.monotonic()
+    result = run_cli("convert", folder, out, "-e", "happy", "--weights", weights["identity"], "--engine", "ray",
+                     "--ray-address", address, "--no-progress")
+    assert time.monotonic() - started < 30
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: --ray-address {address}: no Ray cluster answers there (connection refused); start one with "
+        "`ray start --head`, or leave --ray-address out for a Ray of this run's own"]
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_local_ray_run_prints_no_ray_notices(weights, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), portrait())
+    result = run_cli("convert", folder, tmp_path / "out", "-e", "happy", "--weights", weights["identity"],
+                     "--engine", "ray", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "Token authentication" not in result.stderr

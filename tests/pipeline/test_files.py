@@ -54,5 +54,7 @@ def test_check_output_path_refuses_the_input_a_folder_and_a_file_as_parent(tmp_p
         check_output_path(source, source)
     with pytest.raises(OutputError, match="is a folder"):
         check_output_path(tmp_path, source)
-    with pytest.raises(OutputError, match="exists but is not a folder"):
+    with pytest.raises(OutputError, match=r"^/dev/null/x\.jpg: cannot be created, /dev/null is not a folder$"):
+        check_output_path(Path("/dev/null/x.jpg"), source)
+    with pytest.raises(OutputError, match=r"in\.mp4/out\.mp4: cannot be created, \S+in\.mp4 is not a folder"):
         check_output_path(source / "out.mp4", None)

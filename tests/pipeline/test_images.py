@@ -261,11 +261,11 @@ def test_write_refuses_input_path_and_unknown_extension(tmp_path):
 
 def test_write_failure_leaves_no_file(tmp_path, monkeypatch):
     def broken_save(self, fp, format=None, **options):
-        Path(fp).write_bytes(b"partial")
-        raise OSError("disk full")
+        fp.write(b"partial")
+        raise OSError("encoder failed")
     monkeypatch.setattr(Image.Image, "save", broken_save)
     output = tmp_path / "out.png"
-    with pytest.raises(OutputError, match=r"out\.png: cannot write PNG image \(disk full\)"):
+    with pytest.raises(OutputError, match=r"out\.png: cannot encode PNG image \(encoder failed\)"):
         write_image(output, bgr(RGB))
     assert os.listdir(tmp_path) == []
 

@@ -218,3 +218,19 @@ def test_video_whose_schedule_covers_no_frame_warns(weights, clip, tmp_path, cap
         result = process_video(clip, tmp_path / "out.mp4", process_config(weights["random"], expression="sad@100-"))
     assert result.faces_found == 10 and result.faces_edited == 0
     assert f"{clip}: faces found but none edited: expression 'sad@100-'" in caplog.text
+
+
+@pytest.mark.parametrize("name", ["in.mp4", "in.png"])
+def test_an_input_and_its_output_are_checked_once(weights, tmp_path, monkeypatch, name):
+    import os
+
+    clip = make_clip(tmp_path / name, frames=4) if name.endswith(".mp4") else tmp_path / name
+    if name.endswith(".png"):
+        cv2.imwrite(str(clip), face_frame(96, 72, 0))
+    config = process_config(weights["identity"], encoder=FAST)
+    models = load_models(config)
+    calls, access = [], os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: calls.append((str(path), mode)) or access(path, mode))
+    process_file(clip, tmp_path / f"out{clip.suffix}", config, models)
+    assert [mode for path, mode in calls if path == str(clip)] == [os.R_OK]
+    assert [mode for _, mode in calls if mode == os.W_OK | os.X_OK] == [os.W_OK | os.X_OK]

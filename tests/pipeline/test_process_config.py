@@ -3,6 +3,7 @@ came from."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import cv2
@@ -12,7 +13,7 @@ from click.testing import CliRunner
 from cli import cli
 from clips import face_frame
 from pipeline.config import (
-    DEFAULT_CONFIG, FAST_PRESET, ProcessConfig, check_config, default_process_config, load_process_config,
+    DEFAULT_CONFIG, FAST_PRESET, ProcessConfig, check_config, load_process_config,
     parse_edit, share_threads,
 )
 from pipeline.faces.detector import DetectorConfig
@@ -21,7 +22,7 @@ from usgan.config import ConfigError
 
 
 def test_default_yaml_is_the_dataclass_defaults_and_overrides_apply():
-    assert load_process_config() == ProcessConfig() == default_process_config()
+    assert load_process_config() == ProcessConfig()
     config = load_process_config(overrides={"blend": "feather", "tracker.detect_every": 3, "encoder.crf": 23})
     assert (config.blend, config.tracker.detect_every, config.encoder.crf) == ("feather", 3, 23)
 
@@ -40,7 +41,7 @@ def test_fast_preset_sits_between_the_config_file_and_explicit_options():
 def test_preset_with_an_unknown_key_is_a_config_error_naming_the_preset(tmp_path):
     preset = tmp_path / "preset.yaml"
     preset.write_text("detector:\n  size: 320\n")
-    with pytest.raises(ConfigError, match=r"preset.yaml.detector: unknown key\(s\) size"):
+    with pytest.raises(ConfigError, match=r"preset.yaml: unknown key\(s\) detector.size; valid: detector.model_pack"):
         load_process_config(preset=preset)
     preset.write_text("- just a list\n")
     with pytest.raises(ConfigError, match="preset.yaml: a preset must be a mapping"):
@@ -75,14 +76,17 @@ def test_a_bad_override_names_its_option_not_the_file():
     with pytest.raises(ConfigError) as caught:
         load_process_config(overrides={"intensity": float("nan")}, option_names={"intensity": "--intensity"})
     assert str(caught.value) == "--intensity: must be a finite number in [0, 1], got nan"
-    with pytest.raises(ConfigError, match=r"^override batch_size: must be a whole number >= 1, got 0$"):
+    with pytest.raises(ConfigError, match=r"^override batch_size: must be a whole number in \[1, 512\], got 0$"):
         load_process_config(overrides={"batch_size": 0})
 
 
 def test_a_bad_value_names_the_file_or_preset_it_came_from(tmp_path):
     config = tmp_path / "mine.yaml"
     config.write_text("intensity: high\n")
-    with pytest.raises(ConfigError, match=r"mine.yaml: intensity must be a finite number in \[0, 1\], got 'high'"):
+    with pytest.raises(ConfigError, match=r"^\S*mine.yaml: intensity must be a number, got 'high'$"):
+        load_process_config(config)
+    config.write_text("intensity: 1.5\n")
+    with pytest.raises(ConfigError, match=r"mine.yaml: intensity must be a finite number in \[0, 1\], got 1.5"):
         load_process_config(config)
     preset = tmp_path / "preset.yaml"
     preset.write_text("clone_scale: 5\n")
@@ -115,3 +119,31 @@ def test_share_threads_fills_only_automatic_counts():
     automatic = share_threads(ProcessConfig(), cpus=2)  # the heavier generator gets the detector's idle core
     assert (automatic.detector.threads, automatic.synthesizer.threads) == (1, 2)
     assert share_threads(ProcessConfig(), cpus=1).synthesizer.threads == 1
+
+
+MALFORMED = {  # config text -> the error after "FILE: "
+    "- a\n- list\n": "expected a mapping of settings, got a list",
+    "batch_size: four\n": "batch_size must be a whole number, got 'four'",
+    "detector:\n  providers: CUDAExecutionProvider\n": "detector.providers must be a list",
+    "encoder:\n  crf: x\n": "encoder.crf must be a whole number, got 'x'",
+    "synthesizer:\n  threads: -3\n": "synthesizer.threads must be a whole number in [0, 1024], got -3",
+    "synthesizer: 3\n": "synthesizer must be a mapping of settings, got a number",
+    "synthesizer:\n  onnx:\n    fp16: maybe\n": "synthesizer.onnx.fp16 must be true or false or null",
+    "fade: 120\n": "fade must be a finite number in [0, 60], got 120",
+    "tracker:\n  detect_every: 500\n": "tracker.detect_every must be a whole number in [1, 100], got 500",
+}
+
+
+@pytest.mark.parametrize("text, message", MALFORMED.items())
+def test_a_malformed_config_is_one_line_naming_the_file_and_the_key(tmp_path, text, message):
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    pytest.raises(ConfigError, load_process_config, config).match(f"^{re.escape(f'{config}: {message}')}[^\n]*$")
+
+
+def test_a_binary_config_file_is_one_line_from_the_cli(tmp_path):
+    config = tmp_path / "weights.bin"
+    config.write_bytes(bytes(range(256)) * 4)
+    result = CliRunner().invoke(cli, ["process", str(tmp_path / "in.png"), "-e", "sad", "--config", str(config)])
+    assert result.exit_code == 1
+    assert result.output.strip() == f"error: {config}: not a text (YAML) config file"

@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from clips import CountingSynthesizer, face_frame, process_config
+from clips import CountingSynthesizer, face_frame, portrait, process_config
 from pipeline.edit import load_models
 from pipeline.stills import process_images
 
@@ -76,3 +76,21 @@ def test_a_schedule_that_edits_no_still_warns_once(weights, tmp_path, caplog):
         outcomes = list(process_images(image_pairs(tmp_path, 3), config))
     assert [o.result.faces_edited for o in outcomes] == [0, 0, 0]
     assert caplog.text.count("edits nothing at 0 s, the only moment of a still image") == 1
+
+
+def test_one_photo_goes_through_the_still_image_workflow(weights, tmp_path, monkeypatch):
+    """process on a photo runs the same stages as convert's photos (no copy of the workflow)."""
+    import pipeline.stills
+    from pipeline.process import process_file
+
+    calls = []
+    original = pipeline.stills.plan_tasks
+
+    def counted(tasks, models, config):
+        calls.append(1)
+        return original(tasks, models, config)
+    monkeypatch.setattr(pipeline.stills, "plan_tasks", counted)
+    source = tmp_path / "in.png"
+    cv2.imwrite(str(source), portrait())
+    result = process_file(source, tmp_path / "out.png", process_config(weights["identity"]))
+    assert calls == [1] and result.kind == "image" and (tmp_path / "out.png").is_file()

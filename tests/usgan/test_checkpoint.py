@@ -125,6 +125,7 @@ BAD_FILES: dict[str, Callable[[Path], object]] = {
     "missing-key": _without_key,
     "extra-key": _with_extra_key,
     "nan-weights": _with_nan,
+    "our-own-safetensors": lambda p: save_generator(p, _random_generator(), WeightsInfo()),
 }
 
 
@@ -269,3 +270,27 @@ def test_cli_import_official_bad_file_is_a_one_line_error(tmp_path, kind):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {bad}")
     assert "Traceback" not in result.output
+
+
+def test_a_damaged_generator_file_is_one_line_naming_the_problem(tmp_path):
+    save_generator(tmp_path / "g.safetensors", _random_generator(), WeightsInfo())
+    tensors, metadata = load_tensors(tmp_path / "g.safetensors")
+    tensors["main.0.weight"][0, 0, 0, 0] = float("nan")
+    save_tensors(tmp_path / "nan.safetensors", tensors, metadata)
+    with pytest.raises(CheckpointError, match=r"nan\.safetensors: weights contain NaN or infinite values "
+                                              r"\(main\.0\.weight\); the file is damaged$"):
+        load_generator(tmp_path / "nan.safetensors")
+    wider = {**metadata, "generator": {**metadata["generator"], "conv_dim": metadata["generator"]["conv_dim"] * 2}}
+    save_tensors(tmp_path / "shape.safetensors", load_tensors(tmp_path / "g.safetensors")[0], wider)
+    with pytest.raises(CheckpointError) as raised:
+        load_generator(tmp_path / "shape.safetensors")
+    assert "size mismatch for main.0.weight: copying a param with shape" in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+def test_cli_import_official_into_a_read_only_folder_names_the_output(tmp_path, read_only_disk):
+    official_path = save_official(tmp_path / "usgan_87_G.ckpt")
+    out = read_only_disk / "g.safetensors"
+    result = CliRunner().invoke(cli, ["import-official", str(official_path), str(out)])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"error: {out}: read-only file system"

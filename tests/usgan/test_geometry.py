@@ -136,3 +136,23 @@ def test_pair_error_of_a_model_is_well_under_leaving_the_source_unchanged(model)
     assert checked.pairs == 3 * 7 * 6
     assert checked.predicted < 0.5 * checked.unchanged
     assert pair_error(model, points[:1], labels[:1], groups[:1]).pairs == 0
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("mean", np.zeros(210, np.float32), r"array mean has shape \(210,\), expected \(212,\)"),
+    ("style_var", np.zeros(5, np.float32), r"array style_var has shape \(5,\), expected \('M',\)"),
+    ("speech", np.full(212, np.nan, np.float32), "array speech contains NaN"),
+])
+def test_a_damaged_geometry_file_is_one_line_naming_the_array(model, tmp_path, name, value, message):
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    save_model(tmp_path / "shape.safetensors", model)
+    with safe_open(str(tmp_path / "shape.safetensors"), "np") as handle:
+        header = handle.metadata()
+    save_file({**load_file(str(tmp_path / "shape.safetensors")), name: value}, str(tmp_path / "bad.safetensors"),
+              metadata=header)
+    with pytest.raises(GeometryError, match=message):
+        load_model(tmp_path / "bad.safetensors")
+    with pytest.raises(GeometryError, match=r": a folder, not a geometry file"):
+        load_model(tmp_path)

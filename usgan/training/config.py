@@ -205,9 +205,16 @@ def parse_scalar(text: str) -> Any:
     return value
 
 
-def load_train_config(path: Path | None, overrides: dict[str, Any]) -> TrainConfig:
-    """The config of a YAML file (the paper's defaults when path is None) with dotted-key overrides applied."""
-    return load_config(TrainConfig, path, overrides)
+def load_train_config(path: Path | None, settings: dict[str, Any],
+                      options: dict[str, Any] | None = None) -> TrainConfig:
+    """The config of a YAML file (the paper's defaults when path is None), then `--set` settings, then the values of
+    options that set a key (None: not given, the file's or --set's value stays); errors name where a value came from."""
+    given = {key: value for key, value in (options or {}).items() if value is not None}
+    where = str(path) if path else "TrainConfig"
+
+    def blame(key: str) -> str:
+        return f"--set {key}" if key in settings and key not in given else f"{where}: {key}"
+    return load_config(TrainConfig, path, {**settings, **given}, blame)
 
 
 def config_yaml(config: TrainConfig) -> str:

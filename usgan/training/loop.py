@@ -7,6 +7,7 @@ are usgan.training.state's; this module wires them into a run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -21,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from usgan.expressions import EXPRESSIONS
-from usgan.files import atomic_write
+from usgan.files import atomic_write, output_folder
 from usgan.model import Discriminator, Generator
 from usgan.training.config import RunOptions, TrainConfig, config_yaml
 from usgan.training.data import DataBundle, setup_data
@@ -128,6 +129,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int | None = None  # the signal that asked to stop
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopRequest:
@@ -143,7 +145,7 @@ class StopRequest:
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self.signum = True, self.signum or signum
         log.warning("%s received: finishing this step, saving a checkpoint, then exiting", signal.Signals(signum).name)
 
 
@@ -228,8 +230,9 @@ def after_step(state: TrainState, terms: dict, config: TrainConfig, ctx: RunCont
         save_checkpoint(state, config, ctx.run_dir, ctx.info, ctx.data.name)
 
 
-def run_loop(state: TrainState, config: TrainConfig, ctx: RunContext, end: int) -> None:
-    """Train until step `end` or a stop signal; always leaves a checkpoint of the last finished step."""
+def run_loop(state: TrainState, config: TrainConfig, ctx: RunContext, end: int) -> int | None:
+    """Train until step `end` or a stop signal; always leaves a checkpoint of the last finished step. Returns the
+    stop signal, if one came."""
     start = state.step
     stream = batches(ctx.data, state, config.optim.batch_size)
     with StopRequest() as stop:
@@ -245,6 +248,7 @@ def run_loop(state: TrainState, config: TrainConfig, ctx: RunContext, end: int) 
     if ctx.info.is_main and state.step > start and not due(state.step, config.logging.sample_every):
         write_sample_grid(state, ctx.data, ctx.run_dir, ctx.logger.writer)  # so every stop leaves a grid to look at
     barrier(ctx.info)
+    return stop.signum
 
 
 @dataclass(frozen=True)
@@ -252,22 +256,29 @@ class TrainResult:
     step: int  # the last finished step
     weights: Path  # RUN_DIR/generator.safetensors
     is_main: bool  # whether this process is rank 0 (the one that reports)
+    stopped_by: int | None = None  # the signal (SIGINT, SIGTERM) that stopped the run early
 
 
 def train(config: TrainConfig, options: RunOptions) -> TrainResult:
     """Train (or resume) a run in options.run_dir, until optim.total_steps, --max-steps or a stop signal."""
     info = init_distributed(use_cuda=options.use_cuda)
     try:
-        resume_from = find_resume_checkpoint(options.run_dir, options.resume)
-        data = setup_data(config, options.data_dir, info)
-        state = start_state(config, options, resume_from, info)
-        write_run_config(config, options.run_dir, info)
-        end = min(config.optim.total_steps, options.max_steps or config.optim.total_steps)
-        logger = RunLogger.open(options.run_dir, info, state.step, end)
-        try:
-            run_loop(state, config, RunContext(info, data, Path(options.run_dir), logger), end)
-        finally:
-            logger.close()
-        return TrainResult(state.step, Path(options.run_dir) / "generator.safetensors", info.is_main)
+        with output_folder(options.run_dir) if info.is_main else contextlib.nullcontext():
+            return train_run(config, options, info)
     finally:
         shutdown_distributed(info)
+
+
+def train_run(config: TrainConfig, options: RunOptions, info: DistInfo) -> TrainResult:
+    """train's work, in its run folder."""
+    resume_from = find_resume_checkpoint(options.run_dir, options.resume)
+    data = setup_data(config, options.data_dir, info)
+    state = start_state(config, options, resume_from, info)
+    write_run_config(config, options.run_dir, info)
+    end = min(config.optim.total_steps, options.max_steps or config.optim.total_steps)
+    logger = RunLogger.open(options.run_dir, info, state.step, end)
+    try:
+        signum = run_loop(state, config, RunContext(info, data, Path(options.run_dir), logger), end)
+    finally:
+        logger.close()
+    return TrainResult(state.step, Path(options.run_dir) / "generator.safetensors", info.is_main, signum)

@@ -120,3 +120,13 @@ def test_evaluate_video_refuses_a_photo(tmp_path, weights):
     result = CliRunner().invoke(cli, ["evaluate-video", str(photo), "-e", "happy", "--weights",
                                       str(weights["identity"]), "--out", str(tmp_path / "r")])
     assert result.exit_code == 1 and f"{photo}: not a video clip" in result.output
+
+
+def test_a_failed_evaluate_video_leaves_no_empty_folder(weights, tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_text("not a video")
+    out = tmp_path / "reports" / "video"
+    result = CliRunner().invoke(cli, ["evaluate-video", str(bad), "-e", "sad", "--weights", str(weights["identity"]),
+                                      "--out", str(out), "--no-progress"])
+    assert result.exit_code == 1 and result.output.startswith(f"error: {bad}: ")
+    assert not (tmp_path / "reports").exists()

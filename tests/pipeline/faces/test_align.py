@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 from clips import make_face
-from pipeline.faces.align import align_face, crop_template, estimate_affine, select_faces, transform_points
+from pipeline.faces.align import align_face, crop_template, estimate_affine, select_faces
+
+
+def transform_points(points, affine) -> np.ndarray:
+    """Apply a (2, 3) affine to (N, 2) points."""
+    return np.asarray(points, dtype=np.float64) @ affine[:, :2].T + affine[:, 2]
 
 
 def similarity(angle_deg: float, scale: float, shift: tuple[float, float]) -> np.ndarray:

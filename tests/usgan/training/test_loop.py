@@ -163,6 +163,19 @@ def test_cli_bad_data_is_one_line_error(tiny_faces: Path, tmp_path: Path) -> Non
     assert result.output.startswith("error: ") and result.output.count("\n") == 1 and "whatever" in result.output
 
 
+def test_cli_train_onto_a_full_disk_is_one_line_and_leaves_no_empty_folder(tiny_faces: Path, small_disk: Path) -> None:
+    run = small_disk / "runs" / "tiny"
+    result = CliRunner().invoke(cli, ["train", "--config", str(SMOKE), "--data", str(tiny_faces), "--out", str(run),
+                                      "--max-steps", "2", "--set", "logging.checkpoint_every=1"])
+    assert result.exit_code == 1, result.output
+    last = result.output.strip().splitlines()[-1]  # after the progress bar
+    assert last.startswith("error: ") and last.endswith(": no space left on the device"), result.output
+    assert "Traceback" not in result.output and ".tmp" not in last
+    folders = [path for path in small_disk.rglob("*") if path.is_dir()]
+    assert [folder for folder in folders if not any(folder.iterdir())] == []  # no empty folder left behind
+    assert not [path for path in small_disk.rglob("*.tmp")] and not (run / "checkpoints").exists()
+
+
 def test_cli_init_critic_from_a_generator_file_is_one_line_error(tiny_config, tiny_faces: Path, tmp_path: Path) -> None:
     train(tiny_config(), RunOptions(tiny_faces, tmp_path / "source", max_steps=1))
     weights = tmp_path / "source" / "generator.safetensors"
@@ -196,7 +209,8 @@ def test_stop_signal_finishes_the_step_and_saves(
     else:
         os.kill(process.pid, signum)
     stdout, stderr = process.communicate(timeout=60)
-    assert process.returncode == 0, stderr
+    assert process.returncode == 128 + signum, stderr  # a stopped run says so, after saving
+    assert stderr.strip().splitlines()[-1].startswith(("interrupted: ", "terminated: "))
     last_step, last_path = list_checkpoints(run)[-1]
     assert last_step >= 10 and f"stopped at step {last_step}" in stdout
     assert load_tensors(last_path)[1]["step"] == last_step
@@ -210,3 +224,13 @@ def test_cuda_amp_training_steps(tiny_config, tiny_faces: Path, tmp_path: Path, 
     tensors, metadata = load_tensors(list_checkpoints(tmp_path / "run")[-1][1])
     assert result.step == 4 and all(torch.isfinite(v).all() for k, v in tensors.items() if k.startswith("G."))
     assert (metadata["scalers"]["g"] is not None) == (amp == "fp16")
+
+
+def test_cli_set_batch_size_is_honoured_and_a_bad_one_refused(tiny_faces: Path, tmp_path: Path) -> None:
+    args = ["train", "--config", str(SMOKE), "--data", str(tiny_faces), "--out", str(tmp_path / "run"), "--dry-run"]
+    result = CliRunner().invoke(cli, [*args, "--set", "optim.batch_size=3"])
+    assert result.exit_code == 0, result.output
+    assert "batch_size: 3" in result.output
+    result = CliRunner().invoke(cli, [*args, "--set", "optim.batch_size=four"])
+    assert result.exit_code == 1
+    assert result.output == "error: --set optim.batch_size must be a whole number, got 'four'\n"
