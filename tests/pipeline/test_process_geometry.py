@@ -14,32 +14,19 @@ import pytest
 from click.testing import CliRunner
 
 from cli import cli
-from clips import make_clip, portrait, process_config, psnr
+from clips import make_clip, naming_weights, portrait, psnr, with_geometry
 from pipeline.batch import convert_dir, summary_lines
-from pipeline.config import SynthesizerConfig, parse_edit
+from pipeline.config import parse_edit
 from pipeline.edit import load_models
 from pipeline.faces.align import align_face, select_faces
 from pipeline.faces.tracking import TrackerConfig
 from pipeline.geometry import LandmarkSmoother, blended_targets, landmarks_found, resolve_geometry, warp_fields
 from pipeline.process import process_image, process_result_line, process_video
-from usgan.checkpoint import load_tensors, save_tensors
 from usgan.expressions import EXPRESSIONS
 from usgan.geometry import MOUTH_CORNERS, GeometryError, ShapeModel, fit_expression, load_model, target_landmarks
 from usgan.tps import FIELD_GRID
 
 HAPPY, SAD = EXPRESSIONS.index("happy"), EXPRESSIONS.index("sad")
-
-
-def with_geometry(weights: Path, geometry: str | Path, **changes):
-    """The test ProcessConfig with this generator and --geometry setting."""
-    return process_config(weights, synthesizer=SynthesizerConfig(weights=weights, geometry=str(geometry)), **changes)
-
-
-def naming_weights(source: Path, path: Path, geometry: str | None) -> Path:
-    """A copy of generator weights whose header names a geometry file (or none)."""
-    tensors, metadata = load_tensors(source)
-    save_tensors(path, tensors, {**metadata, **({"geometry": geometry} if geometry else {})})
-    return path
 
 
 # ---------------------------------------------------------------- --geometry
@@ -261,49 +248,3 @@ def test_a_video_smile_adds_no_mouth_opening_of_its_own():
     corners = list(MOUTH_CORNERS)
     np.testing.assert_allclose(video[corners, 0] - neutral[0, corners, 0], still[corners, 0] - neutral[0, corners, 0])
     assert np.abs(video[corners] - neutral[0, corners]).max() > 0.005
-
-
-# ---------------------------------------------------------------- texture
-
-SHIPPED_TEXTURE = Path(__file__).resolve().parents[2] / "weights" / "texture.safetensors"
-
-
-@pytest.mark.parametrize("backend", ["torch", "onnx"])
-def test_the_texture_step_changes_the_warped_face_only_inside_it(weights, shape_models, tmp_path, backend):
-    photo = tmp_path / "p.png"
-    cv2.imwrite(str(photo), portrait())
-
-    def run(texture: str, name: str):
-        config = with_geometry(weights["identity"], shape_models["face"], expression="surprised")
-        synthesizer = replace(config.synthesizer, texture=texture, backend=backend,
-                              onnx=replace(config.synthesizer.onnx, preference="cpu", cache_dir=str(tmp_path / "o")))
-        process_image(photo, tmp_path / name, replace(config, synthesizer=synthesizer))
-        return cv2.imread(str(tmp_path / name)).astype(int)
-
-    textured, plain = run(str(SHIPPED_TEXTURE), "t.png"), run("off", "w.png")
-    changed = np.abs(textured - plain).max(2) > 8
-    x1, y1, x2, y2 = select_faces(load_models(with_geometry(weights["random"], "off")).finder.image_faces(portrait()),
-                                  "largest")[0].bbox
-    inside = changed[int(y1):int(y2), int(x1):int(x2)].sum()
-    changed[int(y1):int(y2), int(x1):int(x2)] = False
-    assert inside > 200 and not changed.any()
-
-
-def test_texture_auto_takes_the_file_the_weights_name_and_a_bad_one_is_one_line(weights, shape_models, tmp_path):
-    import shutil
-
-    from usgan.texture import TextureError
-
-    shutil.copy(SHIPPED_TEXTURE, tmp_path / "texture.safetensors")
-    shutil.copy(shape_models["face"], tmp_path / "geometry.safetensors")
-    named = naming_weights(weights["random"], tmp_path / "w.safetensors", "geometry.safetensors")
-    tensors, metadata = load_tensors(named)
-    save_tensors(named, tensors, {**metadata, "texture": "texture.safetensors"})
-    edit = parse_edit(with_geometry(named, "auto"))
-    assert edit.geometry is not None and edit.texture is not None
-    assert parse_edit(replace(with_geometry(named, "auto"), synthesizer=SynthesizerConfig(
-        weights=named, texture="off"))).texture is None
-    assert parse_edit(with_geometry(named, "off")).texture is None  # no warp, no texture
-    (tmp_path / "texture.safetensors").write_bytes(b"not a texture")
-    with pytest.raises(TextureError, match=r"texture.safetensors: not a readable texture file"):
-        parse_edit(with_geometry(named, "auto"))

@@ -17,9 +17,8 @@ from official_reference import canonical_to_official, make_official, official_te
 from usgan.checkpoint import CheckpointError, WeightsInfo, load_generator, save_generator
 from usgan.official import import_official
 from usgan.model import Generator, GeneratorConfig
-from usgan.export import (
-    PARITY_TOLERANCE, PRECISION_KEY, ExportError, create_session, export_onnx, run_generator, session_weights_info,
-)
+from usgan.export import PARITY_TOLERANCE, PRECISION_KEY, ExportError, export_onnx
+from usgan.sessions import create_session, run_generator, session_weights_info
 from usgan.providers import CPU, CUDA, TENSORRT, SessionError, build_providers, usable_providers
 
 IMAGE_SIZE = 32  # small crops keep the CPU parity runs fast; H and W are dynamic in the graph anyway
@@ -131,7 +130,7 @@ def test_session_rejects_foreign_and_broken_onnx(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU fallback")
 def test_auto_session_without_gpu_uses_cpu_quietly(exported, caplog):
-    with caplog.at_level(logging.INFO, logger="usgan.export"):
+    with caplog.at_level(logging.INFO, logger="usgan.sessions"):
         session = create_session(exported["fp32"], "auto", fp16=False, cache_dir=exported["fp32"].parent / "trt")
     assert session.get_providers() == [CPU]
     assert [r.levelno for r in caplog.records] == [logging.INFO] and CPU in caplog.records[0].getMessage()
@@ -204,7 +203,7 @@ def test_residual_blur_is_in_the_exported_graph(tmp_path):
 
 
 def test_the_warp_graph_takes_crops_and_fields_and_matches_torch_at_any_crop_size(exported, tmp_path):
-    from usgan.export import INTERFACES, run_warped_generator
+    from usgan.sessions import INTERFACES, run_warped_generator
     from usgan.inference import warped_residual
 
     result = export_onnx(exported["weights"], tmp_path / "warp.onnx", warp=True)
@@ -232,7 +231,8 @@ def test_the_warp_graph_needs_opset_16(exported, tmp_path):
 
 
 def test_the_texture_graph_stores_the_texture_and_matches_torch(exported, tmp_path):
-    from usgan.export import TEXTURE_INTERFACE, parity_inputs, run_warped_generator
+    from usgan.export import parity_inputs
+    from usgan.sessions import TEXTURE_INTERFACE, run_warped_generator
     from usgan.inference import warped_residual
     from usgan.texture import TextureInputs, TextureLayer, load_texture
 
