@@ -20,6 +20,7 @@ from pathlib import Path
 from pipeline.config import ProcessConfig, parse_edit
 from pipeline.engines import ConvertFiles, convert_locally
 from pipeline.files import nearest_existing_folder
+from pipeline.hooks import RunHooks
 from pipeline.images import is_image_path
 from pipeline.manifest import (
     COMPLETE_REASON, MANIFEST_NAME, UNSUPPORTED_REASON, FileResult, Source, is_complete, read_manifest, settings_key,
@@ -118,9 +119,10 @@ def earlier_results(files: Sequence[Source], out_dir: Path, settings: str) -> di
 
 
 def convert_dir(in_dir: Path, out_dir: Path, config: ProcessConfig, recursive: bool = False, jobs: int = 1,
-                engine: ConvertFiles = convert_locally) -> BatchSummary:
+                engine: ConvertFiles = convert_locally, hooks: RunHooks | None = None) -> BatchSummary:
     """Convert every image and video of IN_DIR into OUT_DIR with engine (pipeline.engines); see the module
-    docstring for layout and resume."""
+    docstring for layout and resume. hooks (pipeline.hooks) hear of every file finished; cancelling stops as
+    Ctrl-C does, with the finished files in the manifest."""
     started = time.perf_counter()
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     check_folders(in_dir, out_dir, recursive)
@@ -133,7 +135,7 @@ def convert_dir(in_dir: Path, out_dir: Path, config: ProcessConfig, recursive: b
     todo = [source for source in files if source.relative not in results]
     try:
         with contextlib.closing(engine(todo, out_dir, config, settings, jobs)) as finished:
-            for result in progress(finished, len(todo), config):
+            for result in progress(finished, len(todo), config, hooks):
                 results[result.source] = result
                 write_manifest(manifest, results, config)
     finally:
@@ -142,15 +144,18 @@ def convert_dir(in_dir: Path, out_dir: Path, config: ProcessConfig, recursive: b
     return BatchSummary(ordered, manifest, time.perf_counter() - started, edit.geometry is not None)
 
 
-def progress(results: Iterable[FileResult], total: int, config: ProcessConfig) -> Iterator[FileResult]:
-    """results, advancing a tqdm bar (files) on stderr."""
+def progress(results: Iterable[FileResult], total: int, config: ProcessConfig,
+             hooks: RunHooks | None = None) -> Iterator[FileResult]:
+    """results, advancing a tqdm bar (files) on stderr and telling hooks after each file is recorded."""
     from tqdm import tqdm
 
     with tqdm(total=total, unit="file", file=sys.stderr, disable=not config.progress or total == 0,
               dynamic_ncols=True, leave=False) as bar:
-        for result in results:
+        for done, result in enumerate(results, start=1):
             yield result
             bar.update(1)
+            if hooks is not None:
+                hooks.advance(done, total)
 
 
 def summary_lines(summary: BatchSummary) -> list[str]:

@@ -26,6 +26,7 @@ from pipeline.errors import InputError, OutputError
 from pipeline.faces.tracking import track_faces
 from pipeline.files import check_input_file, check_output_path
 from pipeline.geometry import Geometry, LandmarkSmoother
+from pipeline.hooks import RunHooks
 from pipeline.images import image_format, is_image_path, read_image, write_image
 from pipeline.schedule import Schedule
 from pipeline.stages import StageChain, batched
@@ -81,16 +82,18 @@ def without_geometry_text(count: int) -> str:
 
 
 def process_file(input_path: Path, output: Path | None, config: ProcessConfig,
-                 models: Models | None = None) -> ProcessResult:
-    """process_video or process_image, chosen by INPUT's extension; output None: default_output."""
+                 models: Models | None = None, hooks: RunHooks | None = None) -> ProcessResult:
+    """process_video or process_image, chosen by INPUT's extension; output None: default_output. hooks: a video's
+    progress and cancel (pipeline.hooks)."""
     input_path = Path(input_path)
     edit = parse_edit(config) if models is None else None  # option errors before anything else
     output = Path(output) if output is not None else default_output(input_path, (models or edit).schedule)
     kind = input_kind(check_input_file(input_path))
     check_paths(input_path, output, kind)  # path errors before the slow model loads
     models = models or load_models(config, edit)
-    workflow = process_video if kind == "video" else process_image
-    return workflow(input_path, output, config, models)
+    if kind == "video":
+        return process_video(input_path, output, config, models, hooks)
+    return process_image(input_path, output, config, models)
 
 
 def default_output(input_path: Path, schedule: Schedule) -> Path:
@@ -169,8 +172,10 @@ class RunCounts:
     align_seconds: float = 0.0
 
 
-def process_video(input_path: Path, output: Path, config: ProcessConfig, models: Models | None = None) -> ProcessResult:
-    """Edit every scheduled face of a video and encode it to output with the input's timing, rotation and audio."""
+def process_video(input_path: Path, output: Path, config: ProcessConfig, models: Models | None = None,
+                  hooks: RunHooks | None = None) -> ProcessResult:
+    """Edit every scheduled face of a video and encode it to output with the input's timing, rotation and audio;
+    hooks (pipeline.hooks) hear of every frame encoded, and cancelling leaves no output."""
     started = time.perf_counter()
     input_path, output = check_paths(Path(input_path), Path(output), "video")
     info = probe_video(input_path)
@@ -180,8 +185,8 @@ def process_video(input_path: Path, output: Path, config: ProcessConfig, models:
     chain = video_stages(input_path, info, models, config, counts)
     with chain.running() as frames:
         encode_started = time.perf_counter()
-        summary = encode_video(progress_frames(frames, info.frames, config, input_path.name), input_path, output,
-                               encoder, info)
+        summary = encode_video(progress_frames(frames, info.frames, config, input_path.name, hooks), input_path,
+                               output, encoder, info)
     encode_busy = time.perf_counter() - encode_started - chain.consumer_wait()
     warn_if_faceless(input_path, counts.faces_found, "the output is the input re-encoded")
     if counts.faces_found and not counts.faces_edited:
@@ -261,15 +266,17 @@ def encoder_config(config: ProcessConfig, output: Path) -> EncoderConfig:
 
 
 def progress_frames(frames: Iterable[VideoFrame], total: int | None, config: ProcessConfig,
-                    name: str) -> Iterator[VideoFrame]:
-    """frames, advancing a tqdm bar on stderr (frames, fps, ETA)."""
+                    name: str, hooks: RunHooks | None = None) -> Iterator[VideoFrame]:
+    """frames, advancing a tqdm bar on stderr (frames, fps, ETA) and telling hooks after each frame is encoded."""
     from tqdm import tqdm
 
     with tqdm(total=total, unit="frame", desc=name, file=sys.stderr, disable=not config.progress,
               dynamic_ncols=True, leave=False) as bar:
-        for frame in frames:
+        for done, frame in enumerate(frames, start=1):
             yield frame
             bar.update(1)
+            if hooks is not None:
+                hooks.advance(done, total)
 
 
 def stage_times(busy: dict[str, float], counts: RunCounts, encode_busy: float) -> dict[str, float]:
