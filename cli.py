@@ -40,6 +40,7 @@ from pipeline.files import check_output_path  # noqa: E402
 from pipeline.options import (  # noqa: E402
     FiniteRange, given_values, options_from, process_config, processing_options, with_values,
 )
+from pipeline.studio.command import studio_command  # noqa: E402
 from usgan.errors import UserError  # noqa: E402
 
 NOTHING_WRITTEN = "no output was written"
@@ -454,6 +455,8 @@ def convert_command(in_dir: Path, out_dir: Path, config_path: Path | None, fast:
     if summary.failed:
         sys.exit(1)
 
+
+cli.add_command(studio_command)  # the studio's page: pipeline/studio
 
 if __name__ == "__main__":
     cli()
