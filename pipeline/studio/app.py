@@ -124,8 +124,7 @@ def build_app(studio: Studio, weights_folders: tuple[Path, ...], defaults: Proce
                         bulk_status = gr.HTML(status_html(""), elem_id="bulk-status")
                         table = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, elem_id="bulk-table")
 
-        def settings_of(values: tuple) -> StudioSettings:
-            expression, intensity, schedule, geometry, faces, blend, weights = values
+        def settings_of(expression, intensity, schedule, geometry, faces, blend, weights) -> StudioSettings:
             return StudioSettings(expression, float(intensity), schedule or "", geometry, faces, blend,
                                   weights or "")
 
@@ -146,19 +145,20 @@ def build_app(studio: Studio, weights_folders: tuple[Path, ...], defaults: Proce
                 return gr.ImageSlider(), status_html("error: upload a photo or a video first")
             try:
                 if upload.kind == "image":
-                    result = studio.preview_photo(upload, settings_of(values), preview_dir)
+                    result = studio.preview_photo(upload, settings_of(*values), preview_dir)
                     line = f"preview: {result.faces_edited} of {result.faces_found} face(s) edited"
                     return (rgb(upload.image), str(result.output)), status_html(line)
-                before, after = studio.preview_frame(upload, settings_of(values), int(index))
+                before, after = studio.preview_frame(upload, settings_of(*values), int(index))
                 return (rgb(before), rgb(after)), status_html(f"preview of frame {int(index)}")
             except (UserError, OSError) as error:
                 return gr.ImageSlider(), status_html(user_error(error, upload.path))
 
-        def on_render(upload: Upload | None, *values, request: gr.Request) -> Iterator[tuple]:
+        def on_render(upload: Upload | None, expression, intensity, schedule, geometry, faces, blend, weights,
+                      request: gr.Request) -> Iterator[tuple]:
             if upload is None:
                 yield message_html(""), status_html("error: upload a photo or a video first"), gr.Video(), None
                 return
-            settings = settings_of(values)
+            settings = settings_of(expression, intensity, schedule, geometry, faces, blend, weights)
             run = BackgroundRun(lambda hooks: studio.render(upload, settings, hooks))
             cancels.start(request.session_hash, run)
             try:
@@ -183,12 +183,12 @@ def build_app(studio: Studio, weights_folders: tuple[Path, ...], defaults: Proce
                 return message_html("nothing to cancel")
             return message_html("cancelling...")
 
-        def on_bulk(source: str, target: str, subfolders: bool, workers: float, *values,
-                    request: gr.Request) -> Iterator[tuple]:
+        def on_bulk(source: str, target: str, subfolders: bool, workers: float, expression, intensity, schedule,
+                    geometry, faces, blend, weights, request: gr.Request) -> Iterator[tuple]:
             if not source or not target:
                 yield message_html(""), status_html("error: give an input folder and an output folder"), None
                 return
-            settings = settings_of(values)
+            settings = settings_of(expression, intensity, schedule, geometry, faces, blend, weights)
             manifest = Path(target).expanduser() / MANIFEST_NAME
             run = BackgroundRun(lambda hooks: studio.convert(Path(source), Path(target), settings, subfolders,
                                                              int(workers), hooks))
