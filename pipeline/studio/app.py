@@ -16,13 +16,13 @@ from typing import Any
 
 import gradio as gr
 
+from pipeline.batch import summary_lines
 from pipeline.config import ProcessConfig
 from pipeline.hooks import RunCancelled
 from pipeline.manifest import MANIFEST_NAME, read_manifest
 from pipeline.process import process_result_line
-from pipeline.batch import summary_lines
 from pipeline.studio.progress import BackgroundRun, message_html, progress_html
-from pipeline.studio.settings import STUDIO_GEOMETRIES, StudioSettings, weights_choices
+from pipeline.studio.settings import STUDIO_GEOMETRIES, StudioSettings, shown_path, weights_choices
 from pipeline.studio.work import Studio, Upload, check_upload, error_line
 from pipeline.types import BLEND_MODES, FACE_SELECTIONS
 from usgan.errors import UserError
@@ -90,8 +90,8 @@ def build_app(studio: Studio, weights_folders: tuple[Path, ...], defaults: Proce
                                     info="auto: the weights' own; on: weights/geometry.safetensors; off: generator alone")
                 faces = gr.Radio(list(FACE_SELECTIONS), value=defaults.faces, label="Faces", elem_id="faces")
                 blend = gr.Radio(list(BLEND_MODES), value=defaults.blend, label="Blend", elem_id="blend")
-                weights = gr.Dropdown(choices, value=choices[0] if choices else None, label="Weights",
-                                      elem_id="weights")
+                weights = gr.Dropdown([(shown_path(path), path) for path in choices],
+                                      value=choices[0] if choices else None, label="Weights", elem_id="weights")
             controls = [expression, intensity, schedule, geometry, faces, blend, weights]
             with gr.Column(scale=2):
                 with gr.Tabs():
@@ -108,7 +108,7 @@ def build_app(studio: Studio, weights_folders: tuple[Path, ...], defaults: Proce
                         compare = gr.ImageSlider(label="Before / after", format="png", elem_id="compare",
                                                  interactive=False)
                         result_video = gr.Video(label="Result", elem_id="result-video", interactive=False,
-                                                visible=False)
+                                                visible=False, height=400)
                         download = gr.File(label="Download", elem_id="download", interactive=False)
                     with gr.Tab("Folder (bulk)", id="bulk"):
                         gr.Markdown("`convert` on folders of this server's disk: resumable, with a manifest.")

@@ -66,6 +66,12 @@ def weights_choices(folders: Iterable[Path] = ()) -> list[str]:
     return [str(path) for path in ordered]
 
 
+def shown_path(path: str) -> str:
+    """A weights file as the page lists it: relative to the checkout when inside it."""
+    root = WEIGHTS_DIR.parent
+    return str(Path(path).relative_to(root)) if Path(path).is_relative_to(root) else str(path)
+
+
 def is_generator_file(path: Path) -> bool:
     """A safetensors file whose US-GAN header says generator or training checkpoint (not a shape model)."""
     from safetensors import safe_open

@@ -175,7 +175,8 @@ def test_video_frame_preview_then_render_gives_a_download_with_every_frame_and_t
     page.locator("#render").click()
     wait_for_download(page)
     assert re.search(rf"{frames} / {frames} frames, [\d.]+ fps", page.locator("#progress").inner_text())
-    page.wait_for_selector("#result-video video", timeout=30_000)  # playable in the page
+    page.wait_for_function("document.querySelector('#result-video video')?.readyState >= 2",  # playable here
+                           timeout=30_000)
     screenshot = shots.take(page, "rendered")
     href = page.locator("#download a[href]").first.get_attribute("href")
     rendered = tmp_path / "rendered.mp4"
@@ -205,3 +206,24 @@ def save_small_png(screenshot: Path, target: Path, width: int = 900) -> None:
     image = Image.open(screenshot).convert("RGB")
     image = image.resize((width, round(image.height * width / image.width)), Image.LANCZOS)
     image.quantize(128).save(target, optimize=True)
+
+
+def test_bulk_tab_converts_a_folder_with_its_manifest_and_resumes(page, shots, tmp_path):
+    source, target = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    shutil.copy(PORTRAIT, source / "portrait.jpg")
+    (source / "notes.jpg").write_text("not a photo\n")
+    page.get_by_role("tab", name="Folder (bulk)").click()
+    page.locator("#in-dir textarea").fill(str(source))
+    page.locator("#out-dir textarea").fill(str(target))
+    shots.take(page, "folders")
+    for run in ("first", "again"):
+        page.locator("#bulk-run").click()
+        page.wait_for_function("document.querySelector('#bulk-status').innerText.includes('manifest:')",
+                               timeout=RENDER_TIMEOUT_MS)
+        shots.take(page, f"converted_{run}")
+        table = page.locator("#bulk-table").inner_text()
+        assert "notes.jpg" in table and "portrait.jpg" in table and "failed" in table, table
+    status = page.locator("#bulk-status").inner_text()
+    assert "1 skipped (1 already complete" in status and "failed: notes.jpg: " in status
+    assert (target / "portrait.jpg").is_file() and (target / "manifest.json").is_file()
