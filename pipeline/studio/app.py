@@ -8,6 +8,7 @@ one-line messages, shown in the page. Renders and folder conversions share one q
 from __future__ import annotations
 
 import html
+import logging
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from pipeline.types import BLEND_MODES, FACE_SELECTIONS
 from usgan.errors import UserError
 from usgan.expressions import EXPRESSIONS
 
+log = logging.getLogger(__name__)
 POLL_S = 0.5  # how often a running render's progress reaches the page
 TABLE_HEADERS = ["file", "status", "reason", "faces", "seconds"]
 CSS = ".status-line {font-family: monospace; white-space: pre-wrap} .run-progress progress {width: 100%}"
@@ -61,7 +63,11 @@ def status_html(text: str) -> str:
 
 
 def user_error(error: BaseException, upload_path: Path | None = None) -> str:
-    """The CLI's one-line message, with the server's upload folder left out of the file's name."""
+    """The CLI's one-line message (the upload folder left out of the file's name); an unexpected error is one line
+    too, and its traceback goes to the server's log."""
+    if not isinstance(error, (UserError, OSError)):
+        log.error("unexpected error in the studio", exc_info=error)
+        return f"error: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'see the server log'}"
     line = error_line(error)
     return line.replace(str(upload_path), upload_path.name) if upload_path is not None else line
 
@@ -87,7 +93,8 @@ def build_app(studio: Studio, weights_folders: tuple[Path, ...], defaults: Proce
                 schedule = gr.Textbox(label="Schedule (video)", elem_id="schedule",
                                       placeholder="happy@0-3,sad:0.8@3-6 (seconds); empty: the expression throughout")
                 geometry = gr.Radio(list(STUDIO_GEOMETRIES), value="auto", label="Geometry",
-                                    info="auto: the weights' own; on: weights/geometry.safetensors; off: generator alone")
+                                    info="auto: the weights' own; on: weights/geometry.safetensors; "
+                                         "off: the generator alone")
                 faces = gr.Radio(list(FACE_SELECTIONS), value=defaults.faces, label="Faces", elem_id="faces")
                 blend = gr.Radio(list(BLEND_MODES), value=defaults.blend, label="Blend", elem_id="blend")
                 weights = gr.Dropdown([(shown_path(path), path) for path in choices],
@@ -133,7 +140,7 @@ def build_app(studio: Studio, weights_folders: tuple[Path, ...], defaults: Proce
                 return None, status_html(""), gr.Slider(visible=False), None, gr.Video(visible=False), None
             try:
                 upload = check_upload(Path(path))
-            except (UserError, OSError) as error:
+            except Exception as error:  # noqa: BLE001 - one line in the page; the server goes on
                 return (None, status_html(user_error(error, Path(path))), gr.Slider(visible=False), None,
                         gr.Video(visible=False), None)
             slider = (gr.Slider(0, max(1, (upload.info.frames or 1) - 1), value=0, step=1, visible=True)
@@ -150,7 +157,7 @@ def build_app(studio: Studio, weights_folders: tuple[Path, ...], defaults: Proce
                     return (rgb(upload.image), str(result.output)), status_html(line)
                 before, after = studio.preview_frame(upload, settings_of(*values), int(index))
                 return (rgb(before), rgb(after)), status_html(f"preview of frame {int(index)}")
-            except (UserError, OSError) as error:
+            except Exception as error:  # noqa: BLE001 - one line in the page; the server goes on
                 return gr.ImageSlider(), status_html(user_error(error, upload.path))
 
         def on_render(upload: Upload | None, expression, intensity, schedule, geometry, faces, blend, weights,
@@ -168,14 +175,17 @@ def build_app(studio: Studio, weights_folders: tuple[Path, ...], defaults: Proce
             except RunCancelled:
                 yield message_html("cancelled: no output was written"), gr.HTML(), gr.Video(visible=False), None
                 return
-            except (UserError, OSError) as error:
+            except Exception as error:  # noqa: BLE001 - one line in the page; the server goes on
                 yield message_html(""), status_html(user_error(error, upload.path)), gr.Video(visible=False), None
                 return
             finally:
                 run.cancel()  # the page went away (or the run ended): stop it, leaving no half-written file
                 cancels.finish(request.session_hash)
-            video = gr.Video(str(result.output), visible=True) if result.kind == "video" else gr.Video(visible=False)
             line = process_result_line(result).replace(str(result.output), result.output.name)
+            if result.kind == "image":
+                yield message_html("done"), status_html(line), gr.Video(visible=False), str(result.output)
+                return
+            video = gr.Video(str(result.output), visible=True)
             yield progress_html(run.progress(), "frames"), status_html(line), video, str(result.output)
 
         def on_cancel(request: gr.Request):
@@ -200,8 +210,8 @@ def build_app(studio: Studio, weights_folders: tuple[Path, ...], defaults: Proce
             except RunCancelled:
                 lines = ["cancelled: finished files are kept in the output folder and listed in its manifest.json; "
                          "Convert again skips them"]
-            except (UserError, OSError) as error:
-                lines = [error_line(error)]
+            except Exception as error:  # noqa: BLE001 - one line in the page; the server goes on
+                lines = [user_error(error)]
             finally:
                 run.cancel()
                 cancels.finish(request.session_hash)

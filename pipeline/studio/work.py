@@ -28,7 +28,6 @@ from pipeline.schedule import parse_schedule
 from pipeline.studio.settings import StudioSettings, studio_config
 from pipeline.types import Frame, StreamInfo, VideoFrame
 from pipeline.video.probe import probe_video
-from usgan.errors import UserError
 
 Kind = Literal["video", "image"]
 
@@ -139,6 +138,3 @@ def edit_frame(frame: VideoFrame, info: StreamInfo, models: Models, config: Proc
         jobs = geometry_stage(jobs, models.geometry, config, counts)
     edited = synthesize_stage(jobs, models.synthesizer, config.batch_size)
     return next(iter(blend_stage(edited, models.mask, config, 0, counts))).image
-
-
-__all__ = ["Studio", "Upload", "UserError", "check_upload", "edit_frame", "error_line", "read_frame"]
