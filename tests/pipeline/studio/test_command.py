@@ -58,3 +58,15 @@ def test_importing_the_cli_imports_no_gradio():
 
     code = "import sys, cli; sys.exit('gradio' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
+
+
+def test_renders_and_conversions_share_one_queue_of_one(tmp_path):
+    pytest.importorskip("gradio", reason="the studio extra is not installed")
+    from pipeline.config import load_process_config
+    from pipeline.studio.app import build_app
+    from pipeline.studio.work import Studio
+
+    app = build_app(Studio(tmp_path), (), load_process_config())
+    heavy = [fn for fn in app.fns.values() if fn.name in ("on_render", "on_bulk")]
+    assert len(heavy) == 2 and {(fn.concurrency_id, fn.concurrency_limit) for fn in heavy} == {("render", 1)}
+    assert app.analytics_enabled is False
