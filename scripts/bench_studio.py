@@ -71,7 +71,8 @@ def open_clip(page, url: str, clip: Path) -> None:
     page.goto(url, wait_until="load")
     page.wait_for_selector("#expression")
     page.locator("#upload input[type=file]").set_input_files(str(clip))
-    page.wait_for_function("(n) => document.querySelector('#status').innerText.includes(n)", arg=clip.name)
+    page.wait_for_function("(n) => (document.querySelector('#status .status-line')?.innerText ?? '').includes(n)",
+                           arg=clip.name)
     page.locator("#expression input").click()
     page.get_by_role("option", name="sad", exact=True).click()
 
@@ -85,8 +86,8 @@ def page_preview_seconds(page, url: str, clip: Path) -> list[float]:
         page.locator("#frame input[type=number]").press("Enter")
         started = time.perf_counter()
         page.locator("#preview").click()
-        page.wait_for_function("(n) => document.querySelector('#status').innerText === 'preview of frame ' + n",
-                               arg=str(index), timeout=60_000)
+        page.wait_for_function("(n) => (document.querySelector('#status .status-line')?.innerText ?? '') === "
+                               "'preview of frame ' + n", arg=str(index), timeout=60_000)
         times.append(time.perf_counter() - started)
     return times[1:]
 
@@ -98,7 +99,7 @@ def page_render(page, url: str, clip: Path) -> tuple[float, float]:
     page.locator("#render").click()
     page.wait_for_selector("#download a[href]", timeout=600_000)
     wall = time.perf_counter() - started
-    return float(FPS.search(page.locator("#status").inner_text()).group(1)), wall
+    return float(FPS.search(page.locator("#status .status-line").inner_text()).group(1)), wall
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ import logging
 import tempfile
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,138 @@ log = logging.getLogger(__name__)
 POLL_S = 0.5  # how often a running render's progress reaches the page
 TABLE_HEADERS = ["file", "status", "reason", "faces", "seconds"]
 CSS = ".status-line {font-family: monospace; white-space: pre-wrap} .run-progress progress {width: 100%}"
+NO_UPLOAD = "error: upload a photo or a video first"
+CANCELLED_RENDER = "cancelled: no output was written"
+CANCELLED_BULK = ("cancelled: finished files are kept in the output folder and listed in its manifest.json; Convert "
+                  "again skips them")
+
+
+@dataclass(frozen=True)
+class Controls:
+    """The settings column, one control per `process` option."""
+
+    expression: gr.Dropdown
+    intensity: gr.Slider
+    schedule: gr.Textbox
+    geometry: gr.Radio
+    faces: gr.Radio
+    blend: gr.Radio
+    weights: gr.Dropdown
+
+    def settings(self, values: dict) -> StudioSettings:
+        """The controls' values (from a handler's input dict) as StudioSettings."""
+        return StudioSettings(values[self.expression], float(values[self.intensity]), values[self.schedule] or "",
+                              values[self.geometry], values[self.faces], values[self.blend],
+                              values[self.weights] or "")
+
+    def all(self) -> set[gr.components.Component]:
+        return {self.expression, self.intensity, self.schedule, self.geometry, self.faces, self.blend, self.weights}
+
+
+@dataclass(frozen=True)
+class EditTab:
+    """The photo or video tab; state holds the checked Upload."""
+
+    state: gr.State
+    upload: gr.File
+    status: gr.HTML
+    frame: gr.Slider
+    preview: gr.Button
+    render: gr.Button
+    cancel: gr.Button
+    progress: gr.HTML
+    compare: gr.ImageSlider
+    video: gr.Video
+    download: gr.File
+
+
+@dataclass(frozen=True)
+class BulkTab:
+    """The folder tab."""
+
+    in_dir: gr.Textbox
+    out_dir: gr.Textbox
+    recursive: gr.Checkbox
+    jobs: gr.Slider
+    run: gr.Button
+    cancel: gr.Button
+    progress: gr.HTML
+    status: gr.HTML
+    table: gr.Dataframe
+
+
+def status_html(text: str) -> str:
+    return f'<div class="status-line">{html.escape(text)}</div>'
+
+
+def user_error(error: BaseException, upload_path: Path | None = None) -> str:
+    """The CLI's one-line message (the upload folder left out of the file's name); an unexpected error is one line
+    too, and its traceback goes to the server's log."""
+    if not isinstance(error, (UserError, OSError)):
+        log.error("unexpected error in the studio", exc_info=error)
+        return f"error: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'see the server log'}"
+    line = error_line(error)
+    return line.replace(str(upload_path), upload_path.name) if upload_path is not None else line
+
+
+def rgb(image: Any) -> Any:
+    """A BGR image as the page shows it (RGB)."""
+    return image[..., ::-1]
+
+
+def manifest_rows(manifest: Path) -> list[list[Any]]:
+    """The manifest's entries as the Bulk tab's table rows (empty until the first file is recorded)."""
+    return [[entry.source, entry.status, entry.reason, entry.faces, round(entry.seconds, 1)]
+            for entry in read_manifest(manifest).values()]
+
+
+# ---------------------------------------------------------------- layout
+
+
+def controls_column(defaults: ProcessConfig, weights: list[str]) -> Controls:
+    expression = defaults.expression if defaults.expression in EXPRESSIONS else "happy"
+    return Controls(
+        gr.Dropdown(list(EXPRESSIONS), value=expression, label="Expression", elem_id="expression"),
+        gr.Slider(0.0, 1.0, value=defaults.intensity, step=0.05, label="Intensity", elem_id="intensity"),
+        gr.Textbox(label="Schedule (video)", elem_id="schedule",
+                   placeholder="happy@0-3,sad:0.8@3-6 (seconds); empty: the expression throughout"),
+        gr.Radio(list(STUDIO_GEOMETRIES), value="auto", label="Geometry", elem_id="geometry",
+                 info="auto: the weights' own; on: weights/geometry.safetensors; off: the generator alone"),
+        gr.Radio(list(FACE_SELECTIONS), value=defaults.faces, label="Faces", elem_id="faces"),
+        gr.Radio(list(BLEND_MODES), value=defaults.blend, label="Blend", elem_id="blend"),
+        gr.Dropdown([(shown_path(path), path) for path in weights], value=weights[0] if weights else None,
+                    label="Weights", elem_id="weights"))
+
+
+def edit_tab() -> EditTab:
+    state = gr.State(None)
+    upload = gr.File(label="Photo or video", elem_id="upload")  # any type: process's own check names a wrong one
+    status = gr.HTML(status_html(""), elem_id="status")
+    frame = gr.Slider(0, 1, value=0, step=1, label="Frame", visible=False, elem_id="frame")
+    with gr.Row():
+        buttons = (gr.Button("Preview", elem_id="preview"), gr.Button("Render", variant="primary", elem_id="render"),
+                   gr.Button("Cancel", variant="stop", elem_id="cancel"))
+    return EditTab(state, upload, status, frame, *buttons, gr.HTML(elem_id="progress"),
+                   gr.ImageSlider(label="Before / after", format="png", elem_id="compare", interactive=False),
+                   gr.Video(label="Result", elem_id="result-video", interactive=False, visible=False, height=400),
+                   gr.File(label="Download", elem_id="download", interactive=False))
+
+
+def bulk_tab() -> BulkTab:
+    gr.Markdown("`convert` on folders of this server's disk: resumable, with a manifest.")
+    folders = gr.Textbox(label="Input folder", elem_id="in-dir"), gr.Textbox(label="Output folder", elem_id="out-dir")
+    with gr.Row():
+        options = (gr.Checkbox(label="Subfolders too", elem_id="recursive"),
+                   gr.Slider(1, 8, value=1, step=1, label="Worker processes", elem_id="jobs"))
+    with gr.Row():
+        buttons = (gr.Button("Convert", variant="primary", elem_id="bulk-run"),
+                   gr.Button("Cancel", variant="stop", elem_id="bulk-cancel"))
+    return BulkTab(*folders, *options, *buttons, gr.HTML(elem_id="bulk-progress"),
+                   gr.HTML(status_html(""), elem_id="bulk-status"),
+                   gr.Dataframe(headers=TABLE_HEADERS, interactive=False, elem_id="bulk-table"))
+
+
+# ---------------------------------------------------------------- handlers
 
 
 class Cancels:
@@ -58,180 +191,136 @@ class Cancels:
         return run is not None
 
 
-def status_html(text: str) -> str:
-    return f'<div class="status-line">{html.escape(text)}</div>'
+def follow(run: BackgroundRun, cancels: Cancels, session: str, update: Any) -> Iterator[Any]:
+    """update(run) every POLL_S while run works; run is cancelled if the page goes away (no half-written file)."""
+    cancels.start(session, run)
+    try:
+        while run.wait(POLL_S):
+            yield update(run)
+    finally:
+        run.cancel()
+        cancels.finish(session)
 
 
-def user_error(error: BaseException, upload_path: Path | None = None) -> str:
-    """The CLI's one-line message (the upload folder left out of the file's name); an unexpected error is one line
-    too, and its traceback goes to the server's log."""
-    if not isinstance(error, (UserError, OSError)):
-        log.error("unexpected error in the studio", exc_info=error)
-        return f"error: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'see the server log'}"
-    line = error_line(error)
-    return line.replace(str(upload_path), upload_path.name) if upload_path is not None else line
+class Handlers:
+    """What the page's events do: each calls one method of Studio and shows its outcome."""
+
+    def __init__(self, studio: Studio, controls: Controls, edit: EditTab, bulk: BulkTab):
+        self.studio, self.controls, self.edit, self.bulk = studio, controls, edit, bulk
+        self.cancels = Cancels()
+        self.preview_dir = Path(tempfile.mkdtemp(prefix="usgan-studio-preview-"))
+
+    def on_upload(self, path: str | None) -> tuple:
+        """The file checked as process checks it: its description (or the error), and the frame slider."""
+        cleared = (gr.Slider(visible=False), None, gr.Video(visible=False), None)
+        if not path:
+            return None, status_html(""), *cleared
+        try:
+            upload = check_upload(Path(path))
+        except Exception as error:  # noqa: BLE001 - one line in the page; the server goes on
+            return None, status_html(user_error(error, Path(path))), *cleared
+        if upload.kind == "video":
+            cleared = (gr.Slider(0, max(1, (upload.info.frames or 1) - 1), value=0, visible=True), *cleared[1:])
+        return upload, status_html(upload.describe()), *cleared
+
+    def on_preview(self, values: dict) -> tuple:
+        """(before, after) of the photo, or of the video's chosen frame, and a status line."""
+        upload: Upload | None = values[self.edit.state]
+        if upload is None:
+            return gr.ImageSlider(), status_html(NO_UPLOAD)
+        settings = self.controls.settings(values)
+        try:
+            if upload.kind == "image":
+                result = self.studio.preview_photo(upload, settings, self.preview_dir)
+                line = f"preview: {result.faces_edited} of {result.faces_found} face(s) edited"
+                return (rgb(upload.image), str(result.output)), status_html(line)
+            index = int(values[self.edit.frame])
+            before, after = self.studio.preview_frame(upload, settings, index)
+            return (rgb(before), rgb(after)), status_html(f"preview of frame {index}")
+        except Exception as error:  # noqa: BLE001 - one line in the page; the server goes on
+            return gr.ImageSlider(), status_html(user_error(error, upload.path))
+
+    def on_render(self, values: dict, request: gr.Request) -> Iterator[tuple]:
+        """Progress while the file renders; then the result to play and download, or why there is none."""
+        upload: Upload | None = values[self.edit.state]
+        if upload is None:
+            yield message_html(""), status_html(NO_UPLOAD), gr.Video(), None
+            return
+        settings = self.controls.settings(values)
+        run = BackgroundRun(lambda hooks: self.studio.render(upload, settings, hooks))
+        yield from follow(run, self.cancels, request.session_hash,
+                          lambda run: (progress_html(run.progress(), "frames"), gr.HTML(), gr.Video(), None))
+        try:
+            result = run.result()
+        except RunCancelled:
+            yield message_html(CANCELLED_RENDER), gr.HTML(), gr.Video(visible=False), None
+            return
+        except Exception as error:  # noqa: BLE001 - one line in the page; the server goes on
+            yield message_html(""), status_html(user_error(error, upload.path)), gr.Video(visible=False), None
+            return
+        line = status_html(process_result_line(result).replace(str(result.output), result.output.name))
+        if result.kind == "image":
+            yield message_html("done"), line, gr.Video(visible=False), str(result.output)
+            return
+        yield progress_html(run.progress(), "frames"), line, gr.Video(str(result.output), visible=True), \
+            str(result.output)
+
+    def on_cancel(self, request: gr.Request) -> str:
+        if not self.cancels.cancel(request.session_hash):
+            return message_html("nothing to cancel")
+        return message_html("cancelling...")
+
+    def on_bulk(self, values: dict, request: gr.Request) -> Iterator[tuple]:
+        """convert on the given folders: progress and the manifest's table while it runs, then its summary."""
+        bulk = self.bulk
+        source, target = values[bulk.in_dir].strip(), values[bulk.out_dir].strip()
+        if not source or not target:
+            yield message_html(""), status_html("error: give an input folder and an output folder"), None
+            return
+        settings, manifest = self.controls.settings(values), Path(target).expanduser() / MANIFEST_NAME
+        run = BackgroundRun(lambda hooks: self.studio.convert(Path(source), Path(target), settings,
+                                                              values[bulk.recursive], int(values[bulk.jobs]), hooks))
+        yield from follow(run, self.cancels, request.session_hash,
+                          lambda run: (progress_html(run.progress(), "files"), gr.HTML(), manifest_rows(manifest)))
+        try:
+            lines = summary_lines(run.result())
+        except RunCancelled:
+            lines = [CANCELLED_BULK]
+        except Exception as error:  # noqa: BLE001 - one line in the page; the server goes on
+            lines = [user_error(error)]
+        yield progress_html(run.progress(), "files"), status_html("\n".join(lines)), manifest_rows(manifest)
 
 
-def rgb(image) -> Any:
-    return image[..., ::-1]
+def wire(handlers: Handlers) -> None:
+    """The page's events. Renders and conversions share the "render" queue: one at a time per server."""
+    controls, edit, bulk = handlers.controls, handlers.edit, handlers.bulk
+    edit.upload.change(handlers.on_upload, [edit.upload],
+                       [edit.state, edit.status, edit.frame, edit.compare, edit.video, edit.download],
+                       concurrency_id="upload", concurrency_limit=None)
+    preview_inputs = {edit.state, edit.frame, *controls.all()}
+    for trigger in (edit.preview.click, edit.frame.release):
+        trigger(handlers.on_preview, preview_inputs, [edit.compare, edit.status], concurrency_id="preview")
+    edit.render.click(handlers.on_render, {edit.state, *controls.all()},
+                      [edit.progress, edit.status, edit.video, edit.download], concurrency_id="render",
+                      concurrency_limit=1, show_progress="hidden")
+    for button, shown in ((edit.cancel, edit.progress), (bulk.cancel, bulk.progress)):
+        button.click(handlers.on_cancel, None, [shown], concurrency_id="cancel", concurrency_limit=None)
+    bulk.run.click(handlers.on_bulk, {bulk.in_dir, bulk.out_dir, bulk.recursive, bulk.jobs, *controls.all()},
+                   [bulk.progress, bulk.status, bulk.table], concurrency_id="render", concurrency_limit=1,
+                   show_progress="hidden")
 
 
 def build_app(studio: Studio, weights_folders: tuple[Path, ...], defaults: ProcessConfig) -> gr.Blocks:
     """The page, wired to studio."""
-    cancels = Cancels()
-    preview_dir = Path(tempfile.mkdtemp(prefix="usgan-studio-preview-"))
-    choices = weights_choices(weights_folders)
     with gr.Blocks(title="US-GAN expression studio", analytics_enabled=False) as app:
-        upload_state = gr.State(None)
         gr.Markdown("## US-GAN expression studio\nUpload a photo or a video, choose an expression, preview, render.")
         with gr.Row():
             with gr.Column(scale=1, min_width=260):
-                expression = gr.Dropdown(list(EXPRESSIONS), value=defaults.expression if defaults.expression in
-                                         EXPRESSIONS else "happy", label="Expression", elem_id="expression")
-                intensity = gr.Slider(0.0, 1.0, value=defaults.intensity, step=0.05, label="Intensity",
-                                      elem_id="intensity")
-                schedule = gr.Textbox(label="Schedule (video)", elem_id="schedule",
-                                      placeholder="happy@0-3,sad:0.8@3-6 (seconds); empty: the expression throughout")
-                geometry = gr.Radio(list(STUDIO_GEOMETRIES), value="auto", label="Geometry",
-                                    info="auto: the weights' own; on: weights/geometry.safetensors; "
-                                         "off: the generator alone")
-                faces = gr.Radio(list(FACE_SELECTIONS), value=defaults.faces, label="Faces", elem_id="faces")
-                blend = gr.Radio(list(BLEND_MODES), value=defaults.blend, label="Blend", elem_id="blend")
-                weights = gr.Dropdown([(shown_path(path), path) for path in choices],
-                                      value=choices[0] if choices else None, label="Weights", elem_id="weights")
-            controls = [expression, intensity, schedule, geometry, faces, blend, weights]
-            with gr.Column(scale=2):
-                with gr.Tabs():
-                    with gr.Tab("Photo or video", id="edit"):
-                        # every type accepted: process's own check names a wrong one in the page
-                        file = gr.File(label="Photo or video", elem_id="upload", file_count="single")
-                        status = gr.HTML(status_html(""), elem_id="status")
-                        frame = gr.Slider(0, 1, value=0, step=1, label="Frame", visible=False, elem_id="frame")
-                        with gr.Row():
-                            preview_button = gr.Button("Preview", variant="secondary", elem_id="preview")
-                            render_button = gr.Button("Render", variant="primary", elem_id="render")
-                            cancel_button = gr.Button("Cancel", variant="stop", elem_id="cancel")
-                        progress = gr.HTML(elem_id="progress")
-                        compare = gr.ImageSlider(label="Before / after", format="png", elem_id="compare",
-                                                 interactive=False)
-                        result_video = gr.Video(label="Result", elem_id="result-video", interactive=False,
-                                                visible=False, height=400)
-                        download = gr.File(label="Download", elem_id="download", interactive=False)
-                    with gr.Tab("Folder (bulk)", id="bulk"):
-                        gr.Markdown("`convert` on folders of this server's disk: resumable, with a manifest.")
-                        in_dir = gr.Textbox(label="Input folder", elem_id="in-dir")
-                        out_dir = gr.Textbox(label="Output folder", elem_id="out-dir")
-                        with gr.Row():
-                            recursive = gr.Checkbox(label="Subfolders too", elem_id="recursive")
-                            jobs = gr.Slider(1, 8, value=1, step=1, label="Worker processes", elem_id="jobs")
-                        with gr.Row():
-                            bulk_button = gr.Button("Convert", variant="primary", elem_id="bulk-run")
-                            bulk_cancel = gr.Button("Cancel", variant="stop", elem_id="bulk-cancel")
-                        bulk_progress = gr.HTML(elem_id="bulk-progress")
-                        bulk_status = gr.HTML(status_html(""), elem_id="bulk-status")
-                        table = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, elem_id="bulk-table")
-
-        def settings_of(expression, intensity, schedule, geometry, faces, blend, weights) -> StudioSettings:
-            return StudioSettings(expression, float(intensity), schedule or "", geometry, faces, blend,
-                                  weights or "")
-
-        def on_upload(path: str | None):
-            if not path:
-                return None, status_html(""), gr.Slider(visible=False), None, gr.Video(visible=False), None
-            try:
-                upload = check_upload(Path(path))
-            except Exception as error:  # noqa: BLE001 - one line in the page; the server goes on
-                return (None, status_html(user_error(error, Path(path))), gr.Slider(visible=False), None,
-                        gr.Video(visible=False), None)
-            slider = (gr.Slider(0, max(1, (upload.info.frames or 1) - 1), value=0, step=1, visible=True)
-                      if upload.kind == "video" else gr.Slider(visible=False))
-            return upload, status_html(upload.describe()), slider, None, gr.Video(visible=False), None
-
-        def on_preview(upload: Upload | None, index: float, *values):
-            if upload is None:
-                return gr.ImageSlider(), status_html("error: upload a photo or a video first")
-            try:
-                if upload.kind == "image":
-                    result = studio.preview_photo(upload, settings_of(*values), preview_dir)
-                    line = f"preview: {result.faces_edited} of {result.faces_found} face(s) edited"
-                    return (rgb(upload.image), str(result.output)), status_html(line)
-                before, after = studio.preview_frame(upload, settings_of(*values), int(index))
-                return (rgb(before), rgb(after)), status_html(f"preview of frame {int(index)}")
-            except Exception as error:  # noqa: BLE001 - one line in the page; the server goes on
-                return gr.ImageSlider(), status_html(user_error(error, upload.path))
-
-        def on_render(upload: Upload | None, expression, intensity, schedule, geometry, faces, blend, weights,
-                      request: gr.Request) -> Iterator[tuple]:
-            if upload is None:
-                yield message_html(""), status_html("error: upload a photo or a video first"), gr.Video(), None
-                return
-            settings = settings_of(expression, intensity, schedule, geometry, faces, blend, weights)
-            run = BackgroundRun(lambda hooks: studio.render(upload, settings, hooks))
-            cancels.start(request.session_hash, run)
-            try:
-                while run.wait(POLL_S):
-                    yield progress_html(run.progress(), "frames"), gr.HTML(), gr.Video(), None
-                result = run.result()
-            except RunCancelled:
-                yield message_html("cancelled: no output was written"), gr.HTML(), gr.Video(visible=False), None
-                return
-            except Exception as error:  # noqa: BLE001 - one line in the page; the server goes on
-                yield message_html(""), status_html(user_error(error, upload.path)), gr.Video(visible=False), None
-                return
-            finally:
-                run.cancel()  # the page went away (or the run ended): stop it, leaving no half-written file
-                cancels.finish(request.session_hash)
-            line = process_result_line(result).replace(str(result.output), result.output.name)
-            if result.kind == "image":
-                yield message_html("done"), status_html(line), gr.Video(visible=False), str(result.output)
-                return
-            video = gr.Video(str(result.output), visible=True)
-            yield progress_html(run.progress(), "frames"), status_html(line), video, str(result.output)
-
-        def on_cancel(request: gr.Request):
-            if not cancels.cancel(request.session_hash):
-                return message_html("nothing to cancel")
-            return message_html("cancelling...")
-
-        def on_bulk(source: str, target: str, subfolders: bool, workers: float, expression, intensity, schedule,
-                    geometry, faces, blend, weights, request: gr.Request) -> Iterator[tuple]:
-            if not source or not target:
-                yield message_html(""), status_html("error: give an input folder and an output folder"), None
-                return
-            settings = settings_of(expression, intensity, schedule, geometry, faces, blend, weights)
-            manifest = Path(target).expanduser() / MANIFEST_NAME
-            run = BackgroundRun(lambda hooks: studio.convert(Path(source), Path(target), settings, subfolders,
-                                                             int(workers), hooks))
-            cancels.start(request.session_hash, run)
-            try:
-                while run.wait(POLL_S):
-                    yield progress_html(run.progress(), "files"), gr.HTML(), manifest_rows(manifest)
-                lines = summary_lines(run.result())
-            except RunCancelled:
-                lines = ["cancelled: finished files are kept in the output folder and listed in its manifest.json; "
-                         "Convert again skips them"]
-            except Exception as error:  # noqa: BLE001 - one line in the page; the server goes on
-                lines = [user_error(error)]
-            finally:
-                run.cancel()
-                cancels.finish(request.session_hash)
-            yield progress_html(run.progress(), "files"), status_html("\n".join(lines)), manifest_rows(manifest)
-
-        file.change(on_upload, [file], [upload_state, status, frame, compare, result_video, download],
-                    concurrency_id="upload", concurrency_limit=None)
-        preview_inputs = [upload_state, frame, *controls]
-        preview_button.click(on_preview, preview_inputs, [compare, status], concurrency_id="preview")
-        frame.release(on_preview, preview_inputs, [compare, status], concurrency_id="preview")
-        render_button.click(on_render, [upload_state, *controls], [progress, status, result_video, download],
-                            concurrency_id="render", concurrency_limit=1, show_progress="hidden")
-        for button, shown in ((cancel_button, progress), (bulk_cancel, bulk_progress)):
-            button.click(on_cancel, None, [shown], concurrency_id="cancel", concurrency_limit=None)
-        bulk_button.click(on_bulk, [in_dir, out_dir, recursive, jobs, *controls], [bulk_progress, bulk_status, table],
-                          concurrency_id="render", concurrency_limit=1, show_progress="hidden")
+                controls = controls_column(defaults, weights_choices(weights_folders))
+            with gr.Column(scale=2), gr.Tabs():
+                with gr.Tab("Photo or video", id="edit"):
+                    edit = edit_tab()
+                with gr.Tab("Folder (bulk)", id="bulk"):
+                    bulk = bulk_tab()
+        wire(Handlers(studio, controls, edit, bulk))
     return app
-
-
-def manifest_rows(manifest: Path) -> list[list[Any]]:
-    """The manifest's entries as the Bulk tab's table rows (empty until the first file is recorded)."""
-    return [[entry.source, entry.status, entry.reason, entry.faces, round(entry.seconds, 1)]
-            for entry in read_manifest(manifest).values()]

@@ -24,23 +24,26 @@ RENDER_TIMEOUT_MS = 240_000
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[3] / "docs" / "studio.png"
 
 
+STATUS, PROGRESS, BULK_STATUS = "#status .status-line", "#progress .run-progress", "#bulk-status .status-line"
+
+
+def wait_for_text(page, selector: str, pattern: str, timeout_ms: int = 120_000) -> str:
+    """Until the text of selector's element matches the regular expression pattern; that text."""
+    page.wait_for_function("([selector, pattern]) => new RegExp(pattern).test("
+                           "document.querySelector(selector)?.innerText ?? '')", arg=[selector, pattern],
+                           timeout=timeout_ms)
+    return page.locator(selector).inner_text().strip()
+
+
 def upload(page, path: Path) -> str:
     """Upload path and return the status line once the page has checked the file."""
     page.locator("#upload input[type=file]").set_input_files(str(path))
-    page.wait_for_function("(name) => document.querySelector('#status').innerText.includes(name)", arg=path.name,
-                           timeout=60_000)
-    return page.locator("#status").inner_text().strip()
+    return wait_for_text(page, STATUS, re.escape(path.name), 60_000)
 
 
 def choose_expression(page, name: str) -> None:
     page.locator("#expression input").click()
     page.get_by_role("option", name=name, exact=True).click()
-
-
-def wait_for_status(page, text: str, timeout_ms: int = 120_000) -> str:
-    page.wait_for_function("(text) => document.querySelector('#status').innerText.includes(text)", arg=text,
-                           timeout=timeout_ms)
-    return page.locator("#status").inner_text().strip()
 
 
 def fetch(page, url: str) -> bytes:
@@ -100,8 +103,9 @@ def short_clip(source: Path, target: Path, seconds: float) -> Path:
 def wait_for_download(page) -> None:
     """Until the page offers a download, failing at once when it shows an error instead."""
     page.wait_for_function("document.querySelector('#download a[href]') || "
-                           "document.querySelector('#status').innerText.startsWith('error')", timeout=RENDER_TIMEOUT_MS)
-    assert page.locator("#download a[href]").count(), page.locator("#status").inner_text()
+                           "(document.querySelector('#status .status-line')?.innerText ?? '').startsWith('error')",
+                           timeout=RENDER_TIMEOUT_MS)
+    assert page.locator("#download a[href]").count(), page.locator(STATUS).inner_text()
 
 
 def frames_and_audio(path: Path) -> tuple[int, int]:
@@ -130,7 +134,7 @@ def test_a_text_file_named_jpg_gets_the_one_line_error_and_the_server_goes_on(pa
         check_upload(bad)
     status = upload(page, bad)
     shots.take(page, "bad_upload")
-    assert status == error_line(expected.value).replace(str(bad), bad.name)
+    assert status == error_line(expected.value).replace(str(bad), bad.name), status
     assert status.startswith("error: notes.jpg: ") and "\n" not in status
     assert "Traceback" not in page.content()
     page.goto(studio_server.url, wait_until="load")
@@ -146,7 +150,7 @@ def test_photo_preview_changes_the_face_and_nothing_outside_it(page, shots):
     shots.take(page, "uploaded")
     choose_expression(page, "sad")
     page.locator("#preview").click()
-    assert wait_for_status(page, "preview:") == "preview: 1 of 1 face(s) edited"
+    assert wait_for_text(page, STATUS, "^preview:") == "preview: 1 of 1 face(s) edited"
     shots.take(page, "preview_sad")
     before, after = shown_images(page)
     source = np.ascontiguousarray(read_image(PORTRAIT)[0][..., ::-1])
@@ -168,13 +172,13 @@ def test_video_frame_preview_then_render_gives_a_download_with_every_frame_and_t
     page.locator("#frame input[type=number]").fill("20")
     page.locator("#frame input[type=number]").press("Enter")
     page.locator("#preview").click()
-    wait_for_status(page, "preview of frame 20")
+    wait_for_text(page, STATUS, "^preview of frame 20$")
     before, after = shown_images(page)
     assert before.shape == after.shape == (480, 480, 3) and not np.array_equal(before, after)
     shots.take(page, "frame_preview")
     page.locator("#render").click()
     wait_for_download(page)
-    assert re.search(rf"{frames} / {frames} frames, [\d.]+ fps", page.locator("#progress").inner_text())
+    assert re.search(rf"{frames} / {frames} frames, [\d.]+ fps", page.locator(PROGRESS).inner_text())
     page.wait_for_function("document.querySelector('#result-video video')?.readyState >= 2",  # playable here
                            timeout=30_000)
     screenshot = shots.take(page, "rendered")
@@ -190,13 +194,11 @@ def test_cancel_stops_the_render_and_leaves_no_file(page, shots, shared_dir, stu
     earlier = files_under(studio_server.renders)
     upload(page, shared_dir / "media" / "video" / "d18.mp4")
     page.locator("#render").click()
-    page.wait_for_function("/[1-9]\\d* \\/ 216 frames/.test(document.querySelector('#progress').innerText)",
-                           timeout=RENDER_TIMEOUT_MS)
+    wait_for_text(page, PROGRESS, r"^[1-9]\d* / 216 frames", RENDER_TIMEOUT_MS)
     shots.take(page, "rendering")
     page.locator("#cancel").click()
-    page.wait_for_function("document.querySelector('#progress').innerText.includes('cancelled')", timeout=60_000)
+    assert wait_for_text(page, PROGRESS, "^cancelled", 60_000) == "cancelled: no output was written"
     shots.take(page, "cancelled")
-    assert page.locator("#progress").inner_text().strip() == "cancelled: no output was written"
     assert files_under(studio_server.renders) == earlier
     assert page.locator("#download a[href]").count() == 0
 
@@ -219,11 +221,10 @@ def test_bulk_tab_converts_a_folder_with_its_manifest_and_resumes(page, shots, t
     shots.take(page, "folders")
     for run in ("first", "again"):
         page.locator("#bulk-run").click()
-        page.wait_for_function("document.querySelector('#bulk-status').innerText.includes('manifest:')",
-                               timeout=RENDER_TIMEOUT_MS)
+        wait_for_text(page, BULK_STATUS, "manifest:", RENDER_TIMEOUT_MS)
         shots.take(page, f"converted_{run}")
         table = page.locator("#bulk-table").inner_text()
         assert "notes.jpg" in table and "portrait.jpg" in table and "failed" in table, table
-    status = page.locator("#bulk-status").inner_text()
+    status = page.locator(BULK_STATUS).inner_text()
     assert "1 skipped (1 already complete" in status and "failed: notes.jpg: " in status
     assert (target / "portrait.jpg").is_file() and (target / "manifest.json").is_file()
