@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 POLL_S = 0.5  # how often a running render's progress reaches the page
 TABLE_HEADERS = ["file", "status", "reason", "faces", "seconds"]
 CSS = ".status-line {font-family: monospace; white-space: pre-wrap} .run-progress progress {width: 100%}"
+QUEUED = "waiting for the server's queue (one render or conversion at a time)..."
 NO_UPLOAD = "error: upload a photo or a video first"
 CANCELLED_RENDER = "cancelled: no output was written"
 CANCELLED_BULK = ("cancelled: finished files are kept in the output folder and listed in its manifest.json; Convert "
@@ -300,14 +301,15 @@ def wire(handlers: Handlers) -> None:
     preview_inputs = {edit.state, edit.frame, *controls.all()}
     for trigger in (edit.preview.click, edit.frame.release):
         trigger(handlers.on_preview, preview_inputs, [edit.compare, edit.status], concurrency_id="preview")
-    edit.render.click(handlers.on_render, {edit.state, *controls.all()},
-                      [edit.progress, edit.status, edit.video, edit.download], concurrency_id="render",
-                      concurrency_limit=1, show_progress="hidden")
+    queued = message_html(QUEUED)  # shown at once; replaced by the progress when this run's turn comes
+    edit.render.click(lambda: queued, None, [edit.progress], concurrency_id="cancel", concurrency_limit=None).then(
+        handlers.on_render, {edit.state, *controls.all()}, [edit.progress, edit.status, edit.video, edit.download],
+        concurrency_id="render", concurrency_limit=1, show_progress="hidden")
     for button, shown in ((edit.cancel, edit.progress), (bulk.cancel, bulk.progress)):
         button.click(handlers.on_cancel, None, [shown], concurrency_id="cancel", concurrency_limit=None)
-    bulk.run.click(handlers.on_bulk, {bulk.in_dir, bulk.out_dir, bulk.recursive, bulk.jobs, *controls.all()},
-                   [bulk.progress, bulk.status, bulk.table], concurrency_id="render", concurrency_limit=1,
-                   show_progress="hidden")
+    bulk.run.click(lambda: queued, None, [bulk.progress], concurrency_id="cancel", concurrency_limit=None).then(
+        handlers.on_bulk, {bulk.in_dir, bulk.out_dir, bulk.recursive, bulk.jobs, *controls.all()},
+        [bulk.progress, bulk.status, bulk.table], concurrency_id="render", concurrency_limit=1, show_progress="hidden")
 
 
 def build_app(studio: Studio, weights_folders: tuple[Path, ...], defaults: ProcessConfig) -> gr.Blocks:
