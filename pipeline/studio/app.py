@@ -31,7 +31,7 @@ from usgan.errors import UserError
 from usgan.expressions import EXPRESSIONS
 
 log = logging.getLogger(__name__)
-POLL_S = 0.5  # how often a running render's progress reaches the page
+POLL_S = 1.0  # how often a running render's progress reaches the page (each update costs the browser some CPU)
 TABLE_HEADERS = ["file", "status", "reason", "faces", "seconds"]
 CSS = ".status-line {font-family: monospace; white-space: pre-wrap} .run-progress progress {width: 100%}"
 QUEUED = "waiting for the server's queue (one render or conversion at a time)..."
@@ -250,11 +250,11 @@ class Handlers:
         settings = self.controls.settings(values)
         run = BackgroundRun(lambda hooks: self.studio.render(upload, settings, hooks))
         yield from follow(run, self.cancels, request.session_hash,
-                          lambda run: (progress_html(run.progress(), "frames"), gr.HTML(), gr.Video(), None))
+                          lambda run: (progress_html(run.progress(), "frames"), gr.skip(), gr.skip(), gr.skip()))
         try:
             result = run.result()
         except RunCancelled:
-            yield message_html(CANCELLED_RENDER), gr.HTML(), gr.Video(visible=False), None
+            yield message_html(CANCELLED_RENDER), gr.skip(), gr.Video(visible=False), None
             return
         except Exception as error:  # noqa: BLE001 - one line in the page; the server goes on
             yield message_html(""), status_html(user_error(error, upload.path)), gr.Video(visible=False), None
@@ -282,7 +282,7 @@ class Handlers:
         run = BackgroundRun(lambda hooks: self.studio.convert(Path(source), Path(target), settings,
                                                               values[bulk.recursive], int(values[bulk.jobs]), hooks))
         yield from follow(run, self.cancels, request.session_hash,
-                          lambda run: (progress_html(run.progress(), "files"), gr.HTML(), manifest_rows(manifest)))
+                          lambda run: (progress_html(run.progress(), "files"), gr.skip(), manifest_rows(manifest)))
         try:
             lines = summary_lines(run.result())
         except RunCancelled:
