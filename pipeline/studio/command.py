@@ -65,12 +65,12 @@ def serve(host: str, port: int, weights_dirs: tuple[Path, ...], out_dir: Path, c
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # gradio reads it at import too; set before the import
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from pipeline.config import DEFAULT_CONFIG, load_process_config
-    from pipeline.studio.app import CSS, build_app
+    from pipeline.studio.app import CSS, build_app, calm_queue
     from pipeline.studio.work import Studio
 
     config_path = config_path or DEFAULT_CONFIG
     app = build_app(Studio(out_dir, config_path), weights_dirs, load_process_config(config_path))
     click.echo(f"studio on http://{host}:{port} (renders in {out_dir}; Ctrl-C stops it)", err=True)
-    app.queue(default_concurrency_limit=1).launch(
+    calm_queue(app.queue(default_concurrency_limit=1)).launch(
         server_name=host, server_port=port, share=False, inbrowser=False, show_error=False, quiet=True,
         ssr_mode=False, pwa=False, mcp_server=False, enable_monitoring=False, css=CSS, footer_links=[])

@@ -63,10 +63,11 @@ def test_importing_the_cli_imports_no_gradio():
 def test_renders_and_conversions_share_one_queue_of_one(tmp_path):
     pytest.importorskip("gradio", reason="the studio extra is not installed")
     from pipeline.config import load_process_config
-    from pipeline.studio.app import build_app
+    from pipeline.studio.app import IDLE_POLL_S, build_app, calm_queue
     from pipeline.studio.work import Studio
 
-    app = build_app(Studio(tmp_path), (), load_process_config())
+    app = calm_queue(build_app(Studio(tmp_path), (), load_process_config()).queue())
     heavy = [fn for fn in app.fns.values() if fn.name in ("on_render", "on_bulk")]
     assert len(heavy) == 2 and {(fn.concurrency_id, fn.concurrency_limit) for fn in heavy} == {("render", 1)}
     assert app.analytics_enabled is False
+    assert app._queue.sleep_when_free == app._queue.progress_update_sleep_when_free == IDLE_POLL_S  # no 1 ms spin
