@@ -42,6 +42,7 @@ from cli_options import (  # noqa: E402
 from pipeline.errors import describe_os_error  # noqa: E402
 from pipeline.files import check_output_path  # noqa: E402
 from usgan.config import with_values  # noqa: E402
+from pipeline.studio.command import studio_command  # noqa: E402
 from usgan.errors import UserError  # noqa: E402
 
 NOTHING_WRITTEN = "no output was written"
@@ -371,6 +372,8 @@ def convert_command(in_dir: Path, out_dir: Path, config_path: Path | None, fast:
     if summary.failed:
         sys.exit(1)
 
+
+cli.add_command(studio_command)  # the studio's page: pipeline/studio
 
 if __name__ == "__main__":
     cli()

@@ -23,6 +23,7 @@ from pipeline.config import ProcessConfig, parse_edit
 from pipeline.engines import ConvertFiles, convert_locally
 from pipeline.errors import os_reason
 from pipeline.files import nearest_existing_folder
+from pipeline.hooks import RunHooks
 from pipeline.images import is_image_path
 from pipeline.manifest import (
     COMPLETE_REASON, MANIFEST_NAME, UNSUPPORTED_REASON, FileResult, ManifestError, Source, is_complete, read_manifest,
@@ -158,9 +159,10 @@ def earlier_results(files: Sequence[Source], out_dir: Path, settings: str) -> di
 
 
 def convert_dir(in_dir: Path, out_dir: Path, config: ProcessConfig, recursive: bool = False, jobs: int = 1,
-                engine: ConvertFiles = convert_locally) -> BatchSummary:
+                engine: ConvertFiles = convert_locally, hooks: RunHooks | None = None) -> BatchSummary:
     """Convert every image and video of IN_DIR into OUT_DIR with engine (pipeline.engines); see the module
-    docstring for layout and resume."""
+    docstring for layout and resume. hooks (pipeline.hooks) hear of every file finished; cancelling stops as
+    Ctrl-C does, with the finished files in the manifest."""
     started = time.perf_counter()
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     check_folders(in_dir, out_dir, recursive)
@@ -171,19 +173,19 @@ def convert_dir(in_dir: Path, out_dir: Path, config: ProcessConfig, recursive: b
     with output_folder(out_dir):
         results = {**earlier_results(files, out_dir, settings), **{entry.source: entry for entry in unusable}}
         todo = [source for source in files if source.relative not in results]
-        record_results(engine(todo, out_dir, config, settings, jobs), len(todo), results, manifest, config)
+        record_results(engine(todo, out_dir, config, settings, jobs), len(todo), results, manifest, config, hooks)
     ordered = tuple(sorted(results.values(), key=lambda result: result.source))
     return BatchSummary(ordered, manifest, time.perf_counter() - started, edit.geometry is not None)
 
 
 def record_results(finished: Iterator[FileResult], total: int, results: dict[str, FileResult], manifest: Path,
-                   config: ProcessConfig) -> None:
+                   config: ProcessConfig, hooks: RunHooks | None = None) -> None:
     """Each result into results and the manifest as it comes; on Ctrl-C or an engine's failure, what finished is
     recorded for the resume (nothing is written when nothing finished, or when the manifest itself failed)."""
     before = len(results)
     try:
         with contextlib.closing(finished):
-            for result in progress(finished, total, config):
+            for result in progress(finished, total, config, hooks):
                 results[result.source] = result
                 write_manifest(manifest, results, config)
     except ManifestError:
@@ -195,15 +197,18 @@ def record_results(finished: Iterator[FileResult], total: int, results: dict[str
     write_manifest(manifest, results, config)
 
 
-def progress(results: Iterable[FileResult], total: int, config: ProcessConfig) -> Iterator[FileResult]:
-    """results, advancing a tqdm bar (files) on stderr."""
+def progress(results: Iterable[FileResult], total: int, config: ProcessConfig,
+             hooks: RunHooks | None = None) -> Iterator[FileResult]:
+    """results, advancing a tqdm bar (files) on stderr and telling hooks after each file is recorded."""
     from tqdm import tqdm
 
     with tqdm(total=total, unit="file", file=sys.stderr, disable=not config.progress or total == 0,
               dynamic_ncols=True, leave=False) as bar:
-        for result in results:
+        for done, result in enumerate(results, start=1):
             yield result
             bar.update(1)
+            if hooks is not None:
+                hooks.advance(done, total)
 
 
 def unusable_text(count: int) -> str:

@@ -24,6 +24,7 @@ from pipeline.results import (  # noqa: F401 - the workflows' shared vocabulary,
     ProcessResult, check_paths, default_output, geometry_count, input_kind, process_result_line, warn_if_faceless,
     without_geometry_text,
 )
+from pipeline.hooks import RunHooks
 from pipeline.stages import StageChain, batched
 from pipeline.stills import process_image
 from pipeline.synthesize import FaceSynthesizer
@@ -43,8 +44,9 @@ STAGES: tuple[str, ...] = ("decode", "detect", "align", "geometry", "synthesize"
 
 
 def process_file(input_path: Path, output: Path | None, config: ProcessConfig,
-                 models: Models | None = None) -> ProcessResult:
-    """process_video or process_image, chosen by INPUT's extension; output None: default_output."""
+                 models: Models | None = None, hooks: RunHooks | None = None) -> ProcessResult:
+    """process_video or process_image, chosen by INPUT's extension; output None: default_output. hooks: a video's
+    progress and cancel (pipeline.hooks)."""
     input_path = Path(input_path)
     edit = parse_edit(config) if models is None else None  # option errors before anything else
     output = Path(output) if output is not None else default_output(input_path, (models or edit).schedule)
@@ -53,7 +55,7 @@ def process_file(input_path: Path, output: Path | None, config: ProcessConfig,
     models = models or load_models(config, edit)
     if kind == "image":
         return process_image(input_path, output, config, models, checked=True)
-    return run_video(input_path, output, config, models)
+    return run_video(input_path, output, config, models, hooks)
 
 
 # ---------------------------------------------------------------- one video
@@ -69,13 +71,16 @@ class RunCounts:
     align_seconds: float = 0.0
 
 
-def process_video(input_path: Path, output: Path, config: ProcessConfig, models: Models | None = None) -> ProcessResult:
-    """Edit every scheduled face of a video and encode it to output with the input's timing, rotation and audio."""
+def process_video(input_path: Path, output: Path, config: ProcessConfig, models: Models | None = None,
+                  hooks: RunHooks | None = None) -> ProcessResult:
+    """Edit every scheduled face of a video and encode it to output with the input's timing, rotation and audio;
+    hooks (pipeline.hooks) hear of every frame encoded, and cancelling leaves no output."""
     input_path, output = check_paths(Path(input_path), Path(output), "video")
-    return run_video(input_path, output, config, models or load_models(config))
+    return run_video(input_path, output, config, models or load_models(config), hooks)
 
 
-def run_video(input_path: Path, output: Path, config: ProcessConfig, models: Models) -> ProcessResult:
+def run_video(input_path: Path, output: Path, config: ProcessConfig, models: Models,
+              hooks: RunHooks | None = None) -> ProcessResult:
     """process_video's work, on paths checked already."""
     started = time.perf_counter()
     info = probe_checked(input_path)  # the paths were checked once, by the caller
@@ -84,8 +89,8 @@ def run_video(input_path: Path, output: Path, config: ProcessConfig, models: Mod
     chain = video_stages(input_path, info, models, config, counts)
     with chain.running() as frames:
         encode_started = time.perf_counter()
-        summary = encode_checked(progress_frames(frames, info.frames, config, input_path.name), input_path, output,
-                                 encoder, info)
+        summary = encode_checked(progress_frames(frames, info.frames, config, input_path.name, hooks), input_path,
+                                 output, encoder, info)
     encode_busy = time.perf_counter() - encode_started - chain.consumer_wait()
     warn_if_faceless(input_path, counts.faces_found, "the output is the input re-encoded")
     if counts.faces_found and not counts.faces_edited:
@@ -165,15 +170,17 @@ def encoder_config(config: ProcessConfig, output: Path) -> EncoderConfig:
 
 
 def progress_frames(frames: Iterable[VideoFrame], total: int | None, config: ProcessConfig,
-                    name: str) -> Iterator[VideoFrame]:
-    """frames, advancing a tqdm bar on stderr (frames, fps, ETA)."""
+                    name: str, hooks: RunHooks | None = None) -> Iterator[VideoFrame]:
+    """frames, advancing a tqdm bar on stderr (frames, fps, ETA) and telling hooks after each frame is encoded."""
     from tqdm import tqdm
 
     with tqdm(total=total, unit="frame", desc=name, file=sys.stderr, disable=not config.progress,
               dynamic_ncols=True, leave=False) as bar:
-        for frame in frames:
+        for done, frame in enumerate(frames, start=1):
             yield frame
             bar.update(1)
+            if hooks is not None:
+                hooks.advance(done, total)
 
 
 def stage_times(busy: dict[str, float], counts: RunCounts, encode_busy: float) -> dict[str, float]:

@@ -1,0 +1,7 @@
+"""The studio: a local Gradio page over the same workflows as the CLI (`cli.py studio`).
+
+settings: the page's controls as a typed value and the ProcessConfig they make; work: models loaded once, uploads
+checked, previews, renders and folder conversions, each through pipeline.process / pipeline.batch; progress: what
+the page shows while a render runs; app: the page itself; command: the `studio` CLI command that serves it.
+Only app and command import gradio or click.
+"""
