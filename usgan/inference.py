@@ -53,16 +53,19 @@ def apply_generator(
     x = crops.to(device=device, dtype=torch.float32)
     c = target_vectors(targets, x.shape[0]).to(device)
     small = resize_to_generator(x, info.image_size)
+    refine = texture is not None if refine is None else refine
+    needed = bool((edit_gains(info, c, refine) != 0).any())  # a refine gain of 0: the texture alone, no generator
     if fields is None:
-        base, residual = x, generator.residual(small, c)
+        base, residual = x, generator.residual(small, c) if needed else torch.zeros_like(small)
     else:  # the crops warped by (N, g, g, 2) coarse fields (usgan.tps.coarse_field), the residual for them
-        base, residual = warped_residual(generator, x, small, c, fields.to(device=device, dtype=torch.float32),
+        base, residual = warped_residual(generator if needed else None, x, small, c,
+                                         fields.to(device=device, dtype=torch.float32),
                                          None if texture is None else (texture[0], texture[1].to(device)))
     return add_residual(base, resize_residual(residual, tuple(x.shape[2:])), intensity, info, c,
-                        refine=texture is not None if refine is None else refine).to(crops.device)
+                        refine=refine).to(crops.device)
 
 
-def warped_residual(generator: Generator, crops: torch.Tensor, small: torch.Tensor, targets: torch.Tensor,
+def warped_residual(generator: Generator | None, crops: torch.Tensor, small: torch.Tensor, targets: torch.Tensor,
                     fields: torch.Tensor, texture: tuple[TextureLayer, TextureInputs] | None = None,
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """The warp and the generator as one batched step (the ONNX warp graph is exactly this): the crops (N, 3, H, W)
@@ -73,6 +76,8 @@ def warped_residual(generator: Generator, crops: torch.Tensor, small: torch.Tens
     if texture is not None:  # the texture at both sizes: the generator refines the textured face
         layer, inputs = texture
         warped, warped_small = layer(warped, warped_small, *inputs)
+    if generator is None:  # its gains are all 0
+        return warped, torch.zeros_like(warped_small)
     dtype = next(generator.parameters()).dtype
     residual = generator.residual(warped_small.to(dtype), targets.to(dtype))
     return warped, residual.float()

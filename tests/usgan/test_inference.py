@@ -100,3 +100,18 @@ def test_a_negative_refine_gain_is_refused():
 
     with pytest.raises(ConfigError, match="refine_gains.sad"):
         WeightsInfo(refine_gains={"sad": -1.0})
+
+
+def test_refine_gains_of_zero_skip_the_generator(monkeypatch):
+    generator = Generator(GeneratorConfig(conv_dim=8)).eval()
+    info = WeightsInfo(image_size=16, refine_gains={name: 0.0 for name in ("happy", "sad")})
+    crops = torch.rand(2, 3, 32, 32) * 2 - 1
+
+    def refuse(*args):
+        raise AssertionError("the generator ran")
+
+    monkeypatch.setattr(generator, "residual", refuse)
+    out = apply_generator(generator, info, crops, ["happy", "sad"], refine=True)
+    torch.testing.assert_close(out, crops)
+    with pytest.raises(AssertionError, match="the generator ran"):
+        apply_generator(generator, info, crops, ["happy", "sad"])  # plain crops: the gains above apply
