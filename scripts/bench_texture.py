@@ -4,8 +4,8 @@
 Timed side by side, interleaved round by round on the same real faces (bench_geometry's players.jpg batch): the
 torch synthesizer with the warp, the same with the warp and the texture step (the in-graph part: the maps warped
 onto each face, the ratio and the donor mouth, at the crop's and at the generator's size), the texture step's CPU
-part (pipeline.geometry.warp_inputs with and without a texture model: the canonical -> target field, solved with the
-warp's, and the per-face weights), and the generator alone. The share is the median over rounds of the time the
+part (the canonical -> target field, solved with the warp's in one spline system, and the per-face weights, against
+the warp's field alone), and the generator alone. The share is the median over rounds of the time the
 texture adds (graph and CPU) over the generator alone's.
 
     .venv/bin/python scripts/bench_texture.py
@@ -22,12 +22,13 @@ import click
 import numpy as np
 import torch
 
-from bench_geometry import GOAL, blas_threads, median_ms_per_face, players_photo, real_faces
+from bench_geometry import GOAL, median_ms_per_face, players_photo, real_faces
 from pipeline.faces.detector import DetectorConfig
-from pipeline.geometry import load_geometry, warp_inputs
+from pipeline.geometry import blended_targets, crop_landmarks, load_geometry, warp_inputs
 from pipeline.synthesize import TorchSynthesizer
-from usgan.geometry import load_model
-from usgan.texture import load_texture
+from usgan.geometry import fit_expression, load_model
+from usgan.texture import face_weights, load_texture, mouth_opening
+from usgan.tps import coarse_fields
 
 SHIPPED_GEOMETRY = bc.REPO / "weights" / "geometry.safetensors"
 SHIPPED_TEXTURE = bc.REPO / "weights" / "texture.safetensors"
@@ -39,8 +40,16 @@ def measure(batch: int, rounds: int, threads: int, weights: Path) -> tuple[dict[
     texture = load_texture(SHIPPED_TEXTURE)
     shapes = load_model(SHIPPED_GEOMETRY)
     geometry = load_geometry(shapes, DetectorConfig(threads=threads), texture)
-    untextured = load_geometry(shapes, DetectorConfig(threads=threads))
     warp = warp_inputs(geometry, faces.aligned, faces.targets, faces.intensity, [0.0] * batch)
+    points = crop_landmarks(geometry.landmarks, faces.aligned)
+    fit = fit_expression(shapes, points)
+    goal = torch.from_numpy(blended_targets(shapes, points, faces.targets, faces.intensity.astype(float), fit))
+    canonical = torch.from_numpy(np.broadcast_to(texture.canonical, points.shape).astype(np.float64))
+
+    def texture_cpu() -> None:
+        coarse_fields([torch.from_numpy(points), canonical], goal)
+        face_weights(texture, faces.targets, faces.intensity, fit.posterior, fit.confidence, mouth_opening(points),
+                     mouth_opening(goal.numpy()), fit.validity)
     plain, textured = TorchSynthesizer(weights, "cpu", threads), TorchSynthesizer(weights, "cpu", threads,
                                                                                  texture=texture)
     crops, targets, intensity = faces.crops, faces.targets, faces.intensity
@@ -48,15 +57,15 @@ def measure(batch: int, rounds: int, threads: int, weights: Path) -> tuple[dict[
         "generator": lambda: plain.synthesize(crops, targets, intensity),
         "warp": lambda: plain.synthesize(crops, targets, intensity, warp.fields),
         "warp+texture": lambda: textured.synthesize(crops, targets, intensity, warp.fields, warp.texture),
-        "warp inputs (CPU)": lambda: warp_inputs(untextured, faces.aligned, targets, intensity, [0.0] * batch),
-        "warp+texture inputs (CPU)": lambda: warp_inputs(geometry, faces.aligned, targets, intensity, [0.0] * batch),
+        "warp field (CPU)": lambda: coarse_fields([torch.from_numpy(points)], goal),
+        "warp+texture fields and weights (CPU)": texture_cpu,
     }
     return bc.interleaved_times(calls, rounds, warmup=1), int(warp.failed.sum())
 
 
 def share(times: dict[str, list[float]]) -> float:
     """Median over rounds of the texture step's time (graph + CPU part) over the generator's."""
-    sides = ("warp+texture", "warp", "warp+texture inputs (CPU)", "warp inputs (CPU)", "generator")
+    sides = ("warp+texture", "warp", "warp+texture fields and weights (CPU)", "warp field (CPU)", "generator")
     return statistics.median((graph - warped + cpu - cpu_warp) / generator
                              for graph, warped, cpu, cpu_warp, generator in zip(*(times[s] for s in sides)))
 
@@ -73,7 +82,7 @@ def main(batch: int, rounds: int, threads: int, weights: Path, note: str, no_wri
     """Time the texture step against the generator per face (see the module docstring)."""
     clock = bc.RunClock()
     torch.set_num_threads(threads)
-    with blas_threads(threads):
+    with bc.blas_threads(threads):
         times, failed = measure(batch, rounds, threads, weights)
     rows = [(name, f"{median_ms_per_face(values, batch):.2f}") for name, values in times.items()]
     ratio = share(times)
