@@ -158,7 +158,8 @@ def warp_inputs(geometry: Geometry, crops: Sequence[AlignedCrop], targets: NDArr
 
 
 def texture_weights(texture: TextureModel, points: NDArray, goal: NDArray, fit: Fit, targets: NDArray,
-                    intensity: NDArray, failed: NDArray, talking: bool, fields: NDArray | None = None) -> TextureWeights:
+                    intensity: NDArray, failed: NDArray, talking: bool,
+                    fields: NDArray | None = None) -> TextureWeights:
     """The texture step's inputs for faces whose landmarks are points and whose target landmarks are goal. A video
     face (talking) gets no donor mouth: its opening is the speaker's. fields: the canonical -> goal coarse fields,
     when they are solved already (warp_inputs solves them with the warp's)."""

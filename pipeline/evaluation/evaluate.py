@@ -28,8 +28,8 @@ from pipeline.evaluation.artefacts import artefact_shares
 from pipeline.evaluation.flicker import video_flicker
 from pipeline.evaluation.judges import ExpressionJudge, IdentityJudge, cosine_similarity
 from pipeline.evaluation.metrics import (
-    GENERATOR, WARP_GENERATOR, WARP_TEXTURE, WARP_TEXTURE_GENERATOR, ConditionJudgements, GeometryJudgements, Judgements, change_stats,
-    concatenate_judgements, summarise_conditions, summarise_fit, summarise_judgements,
+    GENERATOR, WARP_GENERATOR, WARP_TEXTURE, WARP_TEXTURE_GENERATOR, ConditionJudgements, GeometryJudgements,
+    Judgements, change_stats, concatenate_judgements, summarise_conditions, summarise_fit, summarise_judgements,
 )
 from pipeline.evaluation.report import choose_grid_samples, grid_image, write_report
 from pipeline.evaluation.sources import EvaluateError, read_crop, read_crops, select_sources

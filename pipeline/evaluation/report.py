@@ -204,7 +204,8 @@ def evaluation_summary_lines(metrics: dict[str, Any]) -> list[str]:
     if "conditions" in metrics:
         key = metrics["conditions"]["key_targets"]
         lines.append(f"mean of {', '.join(key['targets'])}: inputs {_fmt(key['inputs'])}; "
-                     + "; ".join(f"{CONDITION_TITLES.get(n, n)} {_cell(key[n])}" for n in metrics["conditions"]["names"])
+                     + "; ".join(f"{CONDITION_TITLES.get(n, n)} {_cell(key[n])}"
+                                 for n in metrics["conditions"]["names"])
                      + " (judge / identity / p5 / artefacts)")
     if metrics.get("change"):
         change = metrics["change"]
