@@ -206,7 +206,7 @@ class OnnxSynthesizer:
             else self.unwarped(x, small, vectors)
         residual = resize_residual(residual, tuple(x.shape[2:]))
         per_crop = torch.from_numpy(np.asarray(intensity, np.float32))
-        refine = texture is not None
+        refine = False if texture is None else torch.from_numpy(np.asarray(fields).any(axis=(1, 2, 3)))
         return from_model_output(add_residual(base, residual, per_crop, self.info, torch.from_numpy(vectors),
                                               refine).numpy())
 

@@ -53,7 +53,8 @@ def apply_generator(
     x = crops.to(device=device, dtype=torch.float32)
     c = target_vectors(targets, x.shape[0]).to(device)
     small = resize_to_generator(x, info.image_size)
-    refine = texture is not None if refine is None else refine
+    if refine is None:  # a textured crop is refined; one whose landmarks failed (no field) gets the generator alone
+        refine = False if texture is None else (fields != 0).flatten(1).any(1).to(device)
     needed = bool((edit_gains(info, c, refine) != 0).any())  # a refine gain of 0: the texture alone, no generator
     if fields is None:
         base, residual = x, generator.residual(small, c) if needed else torch.zeros_like(small)
@@ -84,23 +85,29 @@ def warped_residual(generator: Generator | None, crops: torch.Tensor, small: tor
 
 
 def add_residual(x: torch.Tensor, residual: torch.Tensor, intensity: float | torch.Tensor, info: WeightsInfo,
-                 targets: torch.Tensor, refine: bool = False) -> torch.Tensor:
+                 targets: torch.Tensor, refine: bool | torch.Tensor = False) -> torch.Tensor:
     """The edit every back-end applies: x + intensity * gain * residual, clamped to [-1, 1].
 
-    gain is each crop's edit gain for its (N, 7) target vector (edit_gains); refine: x is textured (its refine gains).
+    gain is each crop's edit gain for its (N, 7) target vector (edit_gains); refine: x is textured (its refine gains),
+    for all crops or per crop ((N,) bool).
     """
     gain = edit_gains(info, targets.to(x.device), refine).to(x.dtype).reshape(-1, 1, 1, 1)
     return (x + intensity_scale(intensity, x) * gain * residual).clamp(-1.0, 1.0)
 
 
-def edit_gains(info: WeightsInfo, targets: torch.Tensor, refine: bool = False) -> torch.Tensor:
+def edit_gains(info: WeightsInfo, targets: torch.Tensor, refine: bool | torch.Tensor = False) -> torch.Tensor:
     """(N,) edit gains for (N, 7) target vectors (EXPRESSIONS order): info.gain_of(target) for a one-hot target, the
-    target-weighted mean of the expressions' gains for a mixed one, and info.edit_gain for an all-zero one."""
-    per_expression = torch.tensor([info.gain_of(name, refine) for name in EXPRESSIONS], device=targets.device)
+    target-weighted mean of the expressions' gains for a mixed one, and info.edit_gain for an all-zero one; refine
+    (all crops, or (N,) bool per crop): the refine gains of textured crops."""
     weights = targets.float().clamp_min(0.0)
     total = weights.sum(dim=1)
-    mixed = (weights * per_expression).sum(dim=1) / total.clamp_min(1e-8)
-    return torch.where(total > 0, mixed, torch.full_like(total, info.edit_gain))
+    gains = []
+    for refined in (False, True):
+        per_expression = torch.tensor([info.gain_of(name, refined) for name in EXPRESSIONS], device=targets.device)
+        mixed = (weights * per_expression).sum(dim=1) / total.clamp_min(1e-8)
+        gains.append(torch.where(total > 0, mixed, torch.full_like(total, info.edit_gain)))
+    chosen = torch.as_tensor(refine, device=targets.device).expand_as(total)
+    return torch.where(chosen, gains[1], gains[0])
 
 
 def resize_to_generator(crops: torch.Tensor, size: int) -> torch.Tensor:

@@ -19,9 +19,10 @@ StudioGeometry = Literal["auto", "on", "off"]
 """auto: the shape model the weights name (process's default); on: the shipped one; off: the generator alone."""
 STUDIO_GEOMETRIES: tuple[StudioGeometry, ...] = get_args(StudioGeometry)
 SHIPPED_GEOMETRY = DEFAULT_WEIGHTS.with_name("geometry.safetensors")
+SHIPPED_TEXTURE = DEFAULT_WEIGHTS.with_name("texture.safetensors")
 WEIGHTS_DIR = DEFAULT_WEIGHTS.parent
 CONTROL_NAMES = {"expression": "Expression", "intensity": "Intensity", "faces": "Faces", "blend": "Blend",
-                 "synthesizer.weights": "Weights", "synthesizer.geometry": "Geometry"}
+                 "synthesizer.weights": "Weights", "synthesizer.geometry": "Geometry", "synthesizer.texture": "Texture"}
 """The control that sets each config key, so that an error names it."""
 
 
@@ -36,15 +37,17 @@ class StudioSettings:
     faces: str = "all"
     blend: str = "seamless"
     weights: str = str(DEFAULT_WEIGHTS)
+    texture: StudioGeometry = "auto"  # as geometry: the texture file the weights name, the shipped one, or none
 
     def target(self, kind: Literal["video", "image"]) -> str:
         """What process's --expression gets: the schedule for a video when one is given, else the expression."""
         return self.schedule.strip() if kind == "video" and self.schedule.strip() else self.expression
 
 
-def geometry_setting(geometry: StudioGeometry) -> str:
-    """synthesizer.geometry for the Geometry control: auto, off, or the shipped shape model's path."""
-    return str(SHIPPED_GEOMETRY) if geometry == "on" else geometry
+def geometry_setting(geometry: StudioGeometry, shipped: Path = SHIPPED_GEOMETRY) -> str:
+    """synthesizer.geometry for the Geometry control (or .texture for the Texture control, with its shipped file):
+    auto, off, or the shipped file's path."""
+    return str(shipped) if geometry == "on" else geometry
 
 
 def studio_config(settings: StudioSettings, kind: Literal["video", "image"],
@@ -52,7 +55,8 @@ def studio_config(settings: StudioSettings, kind: Literal["video", "image"],
     """The ProcessConfig process would build from the same choices (no progress bar on the server's stderr)."""
     overrides = {"expression": settings.target(kind), "intensity": float(settings.intensity), "faces": settings.faces,
                  "blend": settings.blend, "synthesizer.weights": Path(settings.weights),
-                 "synthesizer.geometry": geometry_setting(settings.geometry), "progress": False}
+                 "synthesizer.geometry": geometry_setting(settings.geometry),
+                 "synthesizer.texture": geometry_setting(settings.texture, SHIPPED_TEXTURE), "progress": False}
     names = {**CONTROL_NAMES, "expression": "Schedule" if settings.target(kind) != settings.expression else
              "Expression"}
     return load_process_config(config_path, overrides, option_names=names)

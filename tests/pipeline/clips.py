@@ -151,9 +151,9 @@ class CountingSynthesizer:
         self.image_size = self.inner.image_size
         self.batches: list[int] = []
 
-    def synthesize(self, crops, targets, intensity, fields=None):
+    def synthesize(self, crops, targets, intensity, fields=None, texture=None):
         self.batches.append(len(crops))
-        return self.inner.synthesize(crops, targets, intensity, fields)
+        return self.inner.synthesize(crops, targets, intensity, fields, texture)
 
 
 def portrait_landmarks(size: int = 256) -> np.ndarray:

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from clips import naming_weights, portrait, with_geometry
+from clips import naming_weights, portrait, psnr, with_geometry
 from pipeline.config import SynthesizerConfig, parse_edit
 from pipeline.edit import load_models
 from pipeline.faces.align import select_faces
@@ -57,3 +57,18 @@ def test_texture_auto_takes_the_file_the_weights_name_and_a_bad_one_is_one_line(
     (tmp_path / "texture.safetensors").write_bytes(b"not a texture")
     with pytest.raises(TextureError, match=r"texture.safetensors: not a readable texture file"):
         parse_edit(with_geometry(named, "auto"))
+
+
+def test_a_face_without_geometry_gets_the_generator_alone_even_at_refine_gains_of_zero(weights, shape_models, tmp_path):
+    photo = tmp_path / "p.png"
+    cv2.imwrite(str(photo), portrait())
+    tensors, metadata = load_tensors(weights["random"])
+    refining = tmp_path / "w.safetensors"
+    save_tensors(refining, tensors, {**metadata, "refine_gains": {"happy": 0.0}})
+    config = with_geometry(refining, shape_models["upside"])
+    textured = replace(config, synthesizer=replace(config.synthesizer, texture=str(SHIPPED_TEXTURE)))
+    result = process_image(photo, tmp_path / "t.png", textured)
+    process_image(photo, tmp_path / "off.png", with_geometry(refining, "off"))
+    assert (result.faces_edited, result.faces_without_geometry) == (1, 1)
+    assert psnr(cv2.imread(str(tmp_path / "t.png")), cv2.imread(str(tmp_path / "off.png"))) > 45
+    assert psnr(cv2.imread(str(tmp_path / "t.png")), portrait()) < 45  # the generator did edit it

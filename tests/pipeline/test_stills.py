@@ -18,11 +18,11 @@ from pipeline.stills import process_images
 class FailingOnceSynthesizer(CountingSynthesizer):
     """A real generator whose first call fails (a batch-level error)."""
 
-    def synthesize(self, crops, targets, intensity, fields=None):
+    def synthesize(self, crops, targets, intensity, fields=None, texture=None):
         if not self.batches:
             self.batches.append(-len(crops))
             raise RuntimeError("out of memory")
-        return super().synthesize(crops, targets, intensity, fields)
+        return super().synthesize(crops, targets, intensity, fields, texture)
 
 
 def image_pairs(tmp_path: Path, count: int, bad: int | None = None) -> list[tuple[Path, Path]]:

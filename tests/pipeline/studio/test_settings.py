@@ -6,7 +6,7 @@ import pytest
 
 from pipeline.config import DEFAULT_WEIGHTS
 from pipeline.studio.settings import (
-    SHIPPED_GEOMETRY, StudioSettings, shown_path, studio_config, weights_choices,
+    SHIPPED_GEOMETRY, SHIPPED_TEXTURE, StudioSettings, shown_path, studio_config, weights_choices,
 )
 from usgan.config import ConfigError
 
@@ -22,6 +22,11 @@ def test_controls_set_the_same_keys_as_process_options():
 @pytest.mark.parametrize("geometry, setting", [("auto", "auto"), ("off", "off"), ("on", str(SHIPPED_GEOMETRY))])
 def test_geometry_control(geometry, setting):
     assert studio_config(StudioSettings(geometry=geometry), "image").synthesizer.geometry == setting
+
+
+@pytest.mark.parametrize("texture, setting", [("auto", "auto"), ("off", "off"), ("on", str(SHIPPED_TEXTURE))])
+def test_texture_control(texture, setting):
+    assert studio_config(StudioSettings(texture=texture), "image").synthesizer.texture == setting
 
 
 def test_a_schedule_applies_to_videos_only():
