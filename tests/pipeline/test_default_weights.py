@@ -44,15 +44,21 @@ def test_process_uses_the_shipped_weights_and_changes_the_face(tmp_path) -> None
     assert np.abs(outside).max() <= 3  # JPEG round-off only, away from the face
 
 
-def test_shipped_geometry_and_the_warp_trained_file_that_names_it() -> None:
+def test_shipped_geometry_and_texture_and_the_files_that_name_them() -> None:
     from pipeline.geometry import resolve_geometry
     from usgan.geometry import POINTS, load_model
+    from usgan.texture import load_texture
 
     shipped = DEFAULT_WEIGHTS.parent / "geometry.safetensors"
     model = load_model(shipped)
     assert model.mean.shape == (POINTS * 2,) and model.displacements.shape == (len(EXPRESSIONS), POINTS * 2)
     assert {"16", "17", "30"} <= set(model.sources["held_out"])  # the evaluation people are left out
-    assert resolve_geometry("auto", DEFAULT_WEIGHTS) is None  # the default generator runs without the warp
+    texture = DEFAULT_WEIGHTS.parent / "texture.safetensors"
+    assert {"16", "17", "30"} <= set(load_texture(texture).sources["held_out"])
+    # the default edit: warp + texture, the generator not run on textured faces (refine gains 0)
+    assert resolve_geometry("auto", DEFAULT_WEIGHTS).resolve() == shipped.resolve()
+    assert resolve_geometry("auto", DEFAULT_WEIGHTS, key="texture").resolve() == texture.resolve()
+    assert set(load_generator(DEFAULT_WEIGHTS)[1].refine_gains.values()) == {0.0}
     warp_trained = DEFAULT_WEIGHTS.parent / "experiments" / "usgan_warp_step356.safetensors"
     assert resolve_geometry("auto", warp_trained).resolve() == shipped.resolve()
     assert load_generator(warp_trained)[1].dataset == "tfeid+london"
