@@ -2,9 +2,9 @@
 """What the expression texture step costs per face, against the generator's own time (goal: <= 10%).
 
 Timed side by side, interleaved round by round on the same real faces (bench_geometry's players.jpg batch): the
-torch synthesizer with the warp, the same with the warp and the texture step (the in-graph part: the maps warped
-onto each face, the ratio and the donor mouth, at the crop's and at the generator's size), the texture step's CPU
-part (the canonical -> target field, solved with the warp's in one spline system, and the per-face weights, against
+generator alone (the torch synthesizer), the texture step's in-graph part (usgan.texture.TextureLayer: the maps
+warped onto each face at the generator's size, the ratio and the donor mouth, at the crop's and the generator's
+size), its CPU part (the canonical -> target field, solved with the warp's in one spline system, and the per-face weights, against
 the warp's field alone), and the generator alone. The share is the median over rounds of the time the
 texture adds (graph and CPU) over the generator alone's.
 
@@ -25,9 +25,10 @@ import torch
 from bench_geometry import GOAL, median_ms_per_face, players_photo, real_faces
 from pipeline.faces.detector import DetectorConfig
 from pipeline.geometry import blended_targets, crop_landmarks, load_geometry, warp_inputs
-from pipeline.synthesize import TorchSynthesizer
+from pipeline.synthesize import TorchSynthesizer, to_model_input, torch_threads
 from usgan.geometry import fit_expression, load_model
-from usgan.texture import face_weights, load_texture, mouth_opening
+from usgan.inference import resize_to_generator
+from usgan.texture import TextureLayer, face_weights, load_texture, mouth_opening
 from usgan.tps import coarse_fields
 
 SHIPPED_GEOMETRY = bc.REPO / "weights" / "geometry.safetensors"
@@ -50,13 +51,18 @@ def measure(batch: int, rounds: int, threads: int, weights: Path) -> tuple[dict[
         coarse_fields([torch.from_numpy(points), canonical], goal)
         face_weights(texture, faces.targets, faces.intensity, fit.posterior, fit.confidence, mouth_opening(points),
                      mouth_opening(goal.numpy()), fit.validity)
-    plain, textured = TorchSynthesizer(weights, "cpu", threads), TorchSynthesizer(weights, "cpu", threads,
-                                                                                 texture=texture)
-    crops, targets, intensity = faces.crops, faces.targets, faces.intensity
+    plain = TorchSynthesizer(weights, "cpu", threads)
+    layer = TextureLayer(texture)
+    x = torch.from_numpy(to_model_input(faces.crops))
+    small = resize_to_generator(x, plain.image_size)
+    inputs = [torch.from_numpy(a) for a in (warp.texture.fields, warp.texture.ratio, warp.texture.mouth)]
+
+    def texture_graph() -> None:
+        with torch.no_grad(), torch_threads(threads):
+            layer(x, small, *inputs)
     calls = {
-        "generator": lambda: plain.synthesize(crops, targets, intensity),
-        "warp": lambda: plain.synthesize(crops, targets, intensity, warp.fields),
-        "warp+texture": lambda: textured.synthesize(crops, targets, intensity, warp.fields, warp.texture),
+        "generator": lambda: plain.synthesize(faces.crops, faces.targets, faces.intensity),
+        "texture step (graph)": texture_graph,
         "warp field (CPU)": lambda: coarse_fields([torch.from_numpy(points)], goal),
         "warp+texture fields and weights (CPU)": texture_cpu,
     }
@@ -65,9 +71,9 @@ def measure(batch: int, rounds: int, threads: int, weights: Path) -> tuple[dict[
 
 def share(times: dict[str, list[float]]) -> float:
     """Median over rounds of the texture step's time (graph + CPU part) over the generator's."""
-    sides = ("warp+texture", "warp", "warp+texture fields and weights (CPU)", "warp field (CPU)", "generator")
-    return statistics.median((graph - warped + cpu - cpu_warp) / generator
-                             for graph, warped, cpu, cpu_warp, generator in zip(*(times[s] for s in sides)))
+    sides = ("texture step (graph)", "warp+texture fields and weights (CPU)", "warp field (CPU)", "generator")
+    return statistics.median((graph + cpu - cpu_warp) / generator
+                             for graph, cpu, cpu_warp, generator in zip(*(times[s] for s in sides)))
 
 
 @click.command()
