@@ -91,3 +91,33 @@ def check_arrays(arrays: dict[str, Any], shapes: dict[str, tuple[str | int, ...]
             raise error(f"{path}: array {name} has shape {actual}, expected {shape}")
         if not np.isfinite(arrays[name]).all():
             raise error(f"{path}: array {name} contains NaN or infinite values; the file is damaged")
+
+
+def read_model_file(path: str | Path, model_format: str, kind: str, command: str,
+                    error: type[Exception]) -> tuple[dict[str, str], dict[str, Any]]:
+    """The JSON header and numpy arrays of one of our model files (a safetensors file whose header names its format
+    and the expressions in order); error naming the file when it is missing, a folder, another format or unreadable.
+    kind names it in messages ("geometry"), command is the one that builds it."""
+    import json
+
+    import numpy as np
+    from safetensors import SafetensorError, safe_open
+
+    from usgan.expressions import EXPRESSIONS
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        problem = f"a folder, not a {kind} file" if path.is_dir() else f"no such {kind} file"
+        raise error(f"{path}: {problem} (build one with `python cli.py {command}`)")
+    try:
+        with safe_open(str(path), "np") as handle:
+            header = handle.metadata() or {}
+            if header.get("format") != model_format or json.loads(header.get("expressions", "[]")) != list(EXPRESSIONS):
+                raise error(f"{path}: not a {model_format} file for expressions {', '.join(EXPRESSIONS)}")
+            return header, {name: np.asarray(handle.get_tensor(name)) for name in handle.keys()}
+    except error:
+        raise
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as problem:
+        first = next(iter(str(problem).splitlines()), "") or type(problem).__name__
+        raise error(f"{path}: not a readable {kind} file ({first})") from problem
+

@@ -18,12 +18,11 @@ from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
-from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 from usgan.errors import UserError
 from usgan.expressions import EXPRESSIONS
-from usgan.files import atomic_write, check_arrays, safetensors_write
+from usgan.files import atomic_write, check_arrays, read_model_file, safetensors_write
 
 FORMAT = "usgan-geometry"
 POINTS = 106
@@ -154,27 +153,14 @@ class GeometryError(UserError):
 
 def load_model(path: str | Path) -> ShapeModel:
     """The model saved by save_model; GeometryError naming the file when it is missing or not one."""
-    from safetensors import safe_open
-
-    path = Path(path).expanduser()
-    if not path.is_file():
-        problem = "a folder, not a geometry file" if path.is_dir() else "no such geometry file"
-        raise GeometryError(f"{path}: {problem} (build one with `python cli.py build-geometry`)")
+    header, stored = read_model_file(path, FORMAT, "geometry", "build-geometry", GeometryError)
+    arrays = {name: value.astype(np.float64) for name, value in stored.items()}
+    check_arrays(arrays, ARRAY_SHAPES, Path(path).expanduser(), GeometryError)
     try:
-        with safe_open(str(path), "np") as handle:
-            header = handle.metadata() or {}
-        if header.get("format") != FORMAT or json.loads(header.get("expressions", "[]")) != list(EXPRESSIONS):
-            raise GeometryError(f"{path}: not a {FORMAT} file for expressions {', '.join(EXPRESSIONS)}")
-        arrays = {name: value.astype(np.float64) for name, value in load_file(str(path)).items()}
-        check_arrays(arrays, ARRAY_SHAPES, path, GeometryError)
         return ShapeModel(**arrays, noise_floor=float(header["noise_floor"]),
-                          settings=FitSettings(**json.loads(header["settings"])),
-                          sources=json.loads(header["sources"]))
-    except GeometryError:
-        raise
-    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as error:
-        first = next(iter(str(error).splitlines()), "") or type(error).__name__
-        raise GeometryError(f"{path}: not a readable geometry file ({first})") from error
+                          settings=FitSettings(**json.loads(header["settings"])), sources=json.loads(header["sources"]))
+    except (ValueError, KeyError, TypeError) as error:
+        raise GeometryError(f"{Path(path).expanduser()}: not a readable geometry file ({error})") from error
 
 
 # --- fit ----------------------------------------------------------------------------------------------------------

@@ -23,14 +23,13 @@ import cv2
 import numpy as np
 import torch
 from numpy.typing import NDArray
-from safetensors import SafetensorError, safe_open
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 import torch.nn.functional as F
 from torch import nn
 
 from usgan.errors import UserError
 from usgan.expressions import EXPRESSIONS
-from usgan.files import atomic_write
+from usgan.files import atomic_write, check_arrays, read_model_file
 from usgan.tps import field_grid, resample
 
 FORMAT = "usgan-texture"
@@ -38,7 +37,9 @@ SIZE = 192  # canonical frame side in pixels (over the whole aligned crop)
 INNER_LIP = (65, 66, 62, 70, 69, 57, 60, 54)  # 2d106det's inner lip outline, in order
 OUTER_LIP = (52, 64, 63, 71, 67, 68, 61, 58, 59, 53, 56, 55)
 MOUTH_EXPRESSIONS = ("happy", "surprised")  # the targets that open the mouth: they bring a donor mouth
-ARRAYS = ("canonical", "log_ratio", "mouth", "alpha", "ring", "ring_colour")
+ARRAY_SHAPES = {"canonical": (106, 2), "log_ratio": (7, "S", "S"), "mouth": (7, 3, "S", "S"), "alpha": (7, "S", "S"),
+                "ring": ("S", "S"), "ring_colour": (7, 3)}  # S: the canonical frame's side
+ARRAYS = tuple(ARRAY_SHAPES)
 LUMA = (0.299, 0.587, 0.114)  # RGB -> luminance (Rec. 601)
 SHADE_RANGE = (-0.7, 0.25)  # the applied log ratio's bounds: darker folds are real, a brighter patch is a glare
 
@@ -111,37 +112,13 @@ def save_texture(path: Path, model: TextureModel) -> None:
 
 def load_texture(path: str | Path) -> TextureModel:
     """The model saved by save_texture; TextureError naming the file when it is missing or not one."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise TextureError(f"{path}: no such texture file (build one with `python cli.py build-texture`)")
+    header, stored = read_model_file(path, FORMAT, "texture", "build-texture", TextureError)
+    arrays = {name: value.astype(np.float32) for name, value in stored.items()}
+    check_arrays(arrays, ARRAY_SHAPES, Path(path).expanduser(), TextureError)
     try:
-        with safe_open(str(path), "np") as handle:
-            header = handle.metadata() or {}
-        if header.get("format") != FORMAT or json.loads(header.get("expressions", "[]")) != list(EXPRESSIONS):
-            raise TextureError(f"{path}: not a {FORMAT} file for expressions {', '.join(EXPRESSIONS)}")
-        arrays = {name: value.astype(np.float32) for name, value in load_file(str(path)).items()}
-        model = TextureModel(**{name: arrays[name] for name in ARRAYS}, gains=json.loads(header["gains"]),
-                             sources=json.loads(header["sources"]))
-    except TextureError:
-        raise
-    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as error:
-        first = next(iter(str(error).splitlines()), "") or type(error).__name__
-        raise TextureError(f"{path}: not a readable texture file ({first})") from error
-    check_texture(model, path)
-    return model
-
-
-def check_texture(model: TextureModel, path: Path) -> None:
-    """TextureError naming the file when an array has the wrong shape or is not finite."""
-    count, size = len(EXPRESSIONS), model.log_ratio.shape[-1]
-    shapes = {"canonical": (106, 2), "log_ratio": (count, size, size), "mouth": (count, 3, size, size),
-              "alpha": (count, size, size), "ring": (size, size), "ring_colour": (count, 3)}
-    for name, shape in shapes.items():
-        value = getattr(model, name)
-        if value.shape != shape:
-            raise TextureError(f"{path}: {name} has shape {value.shape}, expected {shape}")
-        if not np.isfinite(value).all():
-            raise TextureError(f"{path}: {name} holds values that are not finite")
+        return TextureModel(**arrays, gains=json.loads(header["gains"]), sources=json.loads(header["sources"]))
+    except (ValueError, KeyError, TypeError) as error:
+        raise TextureError(f"{Path(path).expanduser()}: not a readable texture file ({error})") from error
 
 
 # --- per-face weights (CPU) ---------------------------------------------------------------------------------------

@@ -54,8 +54,10 @@ def test_the_file_round_trips_with_its_header(tmp_path: Path):
 
 
 @pytest.mark.parametrize("damage, message", [
-    (lambda m: replace(m, ring_colour=np.zeros((3, 3), np.float32)), "ring_colour has shape (3, 3), expected (7, 3)"),
-    (lambda m: replace(m, log_ratio=m.log_ratio * np.nan), "log_ratio holds values that are not finite"),
+    (lambda m: replace(m, ring_colour=np.zeros((3, 3), np.float32)),
+     "array ring_colour has shape (3, 3), expected (7, 3)"),
+    (lambda m: replace(m, log_ratio=m.log_ratio * np.nan),
+     "array log_ratio contains NaN or infinite values; the file is damaged"),
 ])
 def test_a_damaged_file_is_refused_with_one_line_naming_it(tmp_path: Path, damage, message: str):
     path = tmp_path / "bad.safetensors"

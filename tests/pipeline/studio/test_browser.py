@@ -84,19 +84,14 @@ def short_clip(source: Path, target: Path, seconds: float) -> Path:
         video = dst.add_stream("libx264", rate=video_in.average_rate, options={"preset": "ultrafast", "crf": "16"})
         video.width, video.height, video.pix_fmt = video_in.width, video_in.height, "yuv420p"
         audio = dst.add_stream("aac", rate=audio_in.rate, layout=audio_in.layout.name)
-        for frame in src.decode(video_in):
-            if frame.time >= seconds:
-                break
-            frame.pts = None
-            dst.mux(video.encode(frame))
-        dst.mux(video.encode(None))
-        src.seek(0)
-        for frame in src.decode(audio_in):
-            if frame.time >= seconds:
-                break
-            frame.pts = None
-            dst.mux(audio.encode(frame))
-        dst.mux(audio.encode(None))
+        for stream_in, stream_out in ((video_in, video), (audio_in, audio)):
+            src.seek(0)
+            for frame in src.decode(stream_in):
+                if frame.time >= seconds:
+                    break
+                frame.pts = None
+                dst.mux(stream_out.encode(frame))
+            dst.mux(stream_out.encode(None))
     return target
 
 
