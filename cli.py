@@ -42,7 +42,7 @@ from cli_options import (  # noqa: E402
 from pipeline.errors import describe_os_error  # noqa: E402
 from pipeline.files import check_output_path  # noqa: E402
 from usgan.config import with_values  # noqa: E402
-from pipeline.studio.command import studio_command  # noqa: E402
+from cli_studio import studio_command  # noqa: E402
 from usgan.errors import UserError  # noqa: E402
 
 NOTHING_WRITTEN = "no output was written"

@@ -1,5 +1,5 @@
 """The tree keeps its shape: no module over 300 lines (cli.py at most 400), a short model card, and the library
-(usgan/, pipeline/) never imports click: the options live beside cli.py (and the studio's command in its package)."""
+(usgan/, pipeline/) never imports click: the options live beside cli.py."""
 
 from __future__ import annotations
 
@@ -23,6 +23,5 @@ def test_the_model_card_is_short():
 
 def test_the_library_never_imports_click():
     pattern = re.compile(r"^\s*(import click|from click\b)", re.M)
-    library = [path for folder in ("usgan", "pipeline") for path in (REPO / folder).rglob("*.py")
-               if "studio" not in path.relative_to(REPO).parts]  # the studio is a front end, as cli.py is
+    library = [path for folder in ("usgan", "pipeline") for path in (REPO / folder).rglob("*.py")]
     assert [str(path) for path in library if pattern.search(path.read_text())] == []

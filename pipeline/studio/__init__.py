@@ -2,6 +2,6 @@
 
 settings: the page's controls as a typed value and the ProcessConfig they make; work: models loaded once, uploads
 checked, previews, renders and folder conversions, each through pipeline.process / pipeline.batch; progress: what
-the page shows while a render runs; app: the page itself; command: the `studio` CLI command that serves it.
-Only app and command import gradio or click.
+the page shows while a render runs; layout and app: the page itself; command: serving it (its CLI options are in
+cli_studio.py, beside cli.py). Only layout and app import gradio; nothing here imports click.
 """
