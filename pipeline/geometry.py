@@ -35,8 +35,8 @@ from usgan.checkpoint import named_geometry as checkpoint_geometry
 from usgan.errors import UserError
 from usgan.expressions import EXPRESSIONS
 from usgan.geometry import POINTS, Fit, ShapeModel, fit_expression, target_landmarks
-from usgan.texture import TextureModel, face_weights, mouth_opening
-from usgan.tps import FIELD_GRID, coarse_field, coarse_fields
+from usgan.texture import TextureModel, fitted_weights
+from usgan.tps import FIELD_GRID, coarse_fields
 
 MIN_VALIDITY = 0.01  # below this the fit's target is zero anyway (validity scales it): count the face as failed
 CROP_MARGIN = 0.25  # landmarks further outside the crop than this (crop units) are a failed detection
@@ -158,18 +158,11 @@ def warp_inputs(geometry: Geometry, crops: Sequence[AlignedCrop], targets: NDArr
 
 
 def texture_weights(texture: TextureModel, points: NDArray, goal: NDArray, fit: Fit, targets: NDArray,
-                    intensity: NDArray, failed: NDArray, talking: bool,
-                    fields: NDArray | None = None) -> TextureWeights:
-    """The texture step's inputs for faces whose landmarks are points and whose target landmarks are goal. A video
-    face (talking) gets no donor mouth: its opening is the speaker's. fields: the canonical -> goal coarse fields,
-    when they are solved already (warp_inputs solves them with the warp's)."""
-    ratio, mouth = face_weights(texture, targets, intensity, fit.posterior, fit.confidence * fit.validity,
-                                mouth_opening(points), mouth_opening(goal), fit.validity)
-    if fields is None:
-        fields = np.zeros((len(points), FIELD_GRID, FIELD_GRID, 2), np.float32)
-        if (~failed).any():
-            canonical = np.broadcast_to(texture.canonical, goal[~failed].shape).astype(np.float64)
-            fields[~failed] = coarse_field(torch.from_numpy(canonical), torch.from_numpy(goal[~failed])).numpy()
+                    intensity: NDArray, failed: NDArray, talking: bool, fields: NDArray) -> TextureWeights:
+    """The texture step's inputs for faces whose landmarks are points and whose target landmarks are goal, with their
+    canonical -> goal coarse fields (warp_inputs solves them with the warp's). A video face (talking) gets no donor
+    mouth: its opening is the speaker's."""
+    ratio, mouth = fitted_weights(texture, fit, points, goal, targets, intensity)
     ratio[failed], mouth[failed] = 0.0, 0.0
     if talking:
         mouth[:] = 0.0

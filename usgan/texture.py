@@ -30,7 +30,8 @@ from torch import nn
 from usgan.errors import UserError
 from usgan.expressions import EXPRESSIONS
 from usgan.files import atomic_write, check_arrays, read_model_file
-from usgan.tps import field_grid, resample
+from usgan.geometry import Fit
+from usgan.tps import coarse_field, field_grid, resample
 
 FORMAT = "usgan-texture"
 SIZE = 192  # canonical frame side in pixels (over the whole aligned crop)
@@ -147,6 +148,20 @@ def face_weights(model: TextureModel, targets: NDArray, intensity: NDArray, post
     return ratio.astype(np.float32), mouth.astype(np.float32)
 
 
+def fitted_weights(model: TextureModel, fit: Fit, points: NDArray, goal: NDArray, targets: NDArray,
+                   intensity: NDArray) -> tuple[NDArray, NDArray]:
+    """face_weights for faces the shape model fitted (fit), whose landmarks points (N, 106, 2) move to goal."""
+    return face_weights(model, targets, intensity, fit.posterior, fit.confidence * fit.validity,
+                        mouth_opening(np.asarray(points, np.float64)), mouth_opening(np.asarray(goal, np.float64)),
+                        fit.validity)
+
+
+def canonical_field(model: TextureModel, goal: NDArray) -> torch.Tensor:
+    """(N, g, g, 2) the coarse field from the canonical frame to the target landmarks goal (N, 106, 2)."""
+    canonical = np.broadcast_to(model.canonical, np.shape(goal)).astype(np.float64)
+    return coarse_field(torch.from_numpy(canonical), torch.from_numpy(np.asarray(goal, np.float64)))
+
+
 # --- the graph ----------------------------------------------------------------------------------------------------
 
 
@@ -175,6 +190,7 @@ class TextureLayer(nn.Module):
 
     def __init__(self, model: TextureModel):
         super().__init__()
+        self.model = model  # its gains and canonical frame, for the per-face weights (not part of the graph)
         for name in ("log_ratio", "mouth", "alpha", "ring_colour"):
             self.register_buffer(name, torch.from_numpy(np.asarray(getattr(model, name), np.float32)))
         self.register_buffer("ring", torch.from_numpy(np.asarray(model.ring, np.float32))[None, None])

@@ -23,8 +23,8 @@ from pipeline.faces.landmarks import LandmarkDetector
 from pipeline.types import Frame
 from usgan.checkpoint import CheckpointError, WeightsInfo, named_geometry
 from usgan.geometry import Fit, ShapeModel, fit_expression, load_model, target_landmarks
-from usgan.texture import TextureLayer, TextureModel, face_weights, mouth_opening
-from usgan.tps import coarse_field, warp_crops
+from usgan.texture import TextureLayer, TextureModel, canonical_field, fitted_weights
+from usgan.tps import warp_crops
 from usgan.inference import apply_generator, resize_to_generator
 from usgan.expressions import EXPRESSIONS
 from usgan.model import Generator
@@ -118,17 +118,13 @@ def warp_towards(geometry: Geometry, x: torch.Tensor, faces: FittedFaces,
 def textured(geometry: Geometry, warped: torch.Tensor, faces: FittedFaces, goal: NDArray,
              targets: Sequence[str]) -> torch.Tensor:
     """The texture step on warped crops whose landmarks are now goal (as pipeline.geometry gives it, for stills)."""
-    texture = geometry.texture
     vectors = np.eye(len(EXPRESSIONS), dtype=np.float32)[[EXPRESSIONS.index(t) for t in targets]]
-    ratio, mouth = face_weights(texture, vectors, np.full(len(targets), geometry.intensity, np.float32),
-                                faces.fit.posterior, faces.fit.confidence * faces.fit.validity,
-                                mouth_opening(faces.points.astype(np.float64)), mouth_opening(goal),
-                                faces.fit.validity)
-    canonical = np.broadcast_to(texture.canonical, goal.shape).astype(np.float64)
-    field = coarse_field(torch.from_numpy(canonical), torch.from_numpy(goal))
+    intensity = np.full(len(targets), geometry.intensity, np.float32)
+    ratio, mouth = fitted_weights(geometry.texture, faces.fit, faces.points, goal, vectors, intensity)
     small = resize_to_generator(warped, TEXTURE_MAP_SIZE)
     with torch.no_grad():
-        return TextureLayer(texture)(warped, small, field, torch.from_numpy(ratio), torch.from_numpy(mouth))[0]
+        return TextureLayer(geometry.texture)(warped, small, canonical_field(geometry.texture, goal),
+                                              torch.from_numpy(ratio), torch.from_numpy(mouth))[0]
 
 
 def edit_conditions(editor: Editor, crops: Sequence[Frame], targets: Sequence[str],

@@ -23,8 +23,8 @@ from torch import Tensor
 from usgan.dataset import Sample, read_landmarks
 from usgan.expressions import EXPRESSIONS
 from usgan.geometry import ShapeModel, fit_expression, load_model, target_landmarks
-from usgan.texture import TextureLayer, TextureModel, face_weights, load_texture, mouth_opening
-from usgan.tps import coarse_field, resample, sampling_grid
+from usgan.texture import TextureLayer, canonical_field, fitted_weights, load_texture
+from usgan.tps import resample, sampling_grid
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class WarpSource:
     model: ShapeModel
     points: Tensor    # (N, 106, 2)
     mirrored: Tensor  # (N, 106, 2), of the mirror image
-    texture: TextureModel | None = None
+    texture: TextureLayer | None = None  # the texture step (built once), with texture_model
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,9 @@ def load_warp_source(model_path: str | Path, data_dir: Path, samples: Sequence[S
                      texture_path: str | Path = "") -> WarpSource:
     """The model and the landmarks of samples, in their order; and the texture model when texture_path is set."""
     points, mirrored = read_landmarks(data_dir).lookup(Path(data_dir), samples)
-    return WarpSource(load_model(model_path), torch.from_numpy(points).float(),
-                      torch.from_numpy(mirrored).float(), load_texture(texture_path) if texture_path else None)
+    layer = TextureLayer(load_texture(texture_path)) if texture_path else None
+    return WarpSource(load_model(model_path), torch.from_numpy(points).float(), torch.from_numpy(mirrored).float(),
+                      layer)
 
 
 def batch_points(source: WarpSource, indices: Tensor, flip: Tensor) -> Tensor:
@@ -96,19 +97,16 @@ def warp_towards(source: WarpSource | ShapeModel, images: Tensor, points: Tensor
     return WarpedBatch(warped, sampling_grid(goal, points, size))
 
 
-def textured(texture: TextureModel, model: ShapeModel, warped: Tensor, points: Tensor, goal: Tensor,
+def textured(layer: TextureLayer, model: ShapeModel, warped: Tensor, points: Tensor, goal: Tensor,
              targets: Tensor) -> Tensor:
     """The product's texture step (usgan.texture) on crops warped from points to goal, at intensity 1."""
     source, aimed = points.double().numpy(), goal.double().numpy()
-    fit = fit_expression(model, source)
     one_hot = np.eye(len(EXPRESSIONS), dtype=np.float32)[targets.numpy()]
-    ratio, mouth = face_weights(texture, one_hot, np.ones(len(targets), np.float32), fit.posterior,
-                                fit.confidence * fit.validity, mouth_opening(source), mouth_opening(aimed),
-                                fit.validity)
-    canonical = torch.from_numpy(np.broadcast_to(texture.canonical, aimed.shape).astype(np.float64))
-    field = coarse_field(canonical, torch.from_numpy(aimed))
+    ratio, mouth = fitted_weights(layer.model, fit_expression(model, source), source, aimed, one_hot,
+                                  np.ones(len(targets), np.float32))
     with torch.no_grad():
-        return TextureLayer(texture)(warped, warped, field, torch.from_numpy(ratio), torch.from_numpy(mouth))[0]
+        return layer(warped, warped, canonical_field(layer.model, aimed), torch.from_numpy(ratio),
+                     torch.from_numpy(mouth))[0]
 
 
 def warp_columns(model: ShapeModel, images: Tensor, points: Tensor) -> list[Tensor]:

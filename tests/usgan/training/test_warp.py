@@ -18,7 +18,7 @@ from usgan.training.data import geometry_jitter, geometry_params
 from usgan.training.loop import train
 from usgan.training.losses import generator_loss
 from usgan.training.warp import jitter_points, load_warp_source, warp_towards
-from usgan.texture import load_texture
+from usgan.texture import TextureLayer, load_texture
 
 SHIPPED_TEXTURE = Path(__file__).resolve().parents[3] / "weights" / "texture.safetensors"
 
@@ -124,7 +124,7 @@ def test_the_refiner_warps_a_pair_to_its_partner_landmarks_and_textures_it(faces
 
     model_path = add_geometry(faces, tmp_path / "geometry.safetensors")
     plain = load_warp_source(model_path, faces, scan_dataset(faces))
-    textured = WarpSource(plain.model, plain.points, plain.mirrored, load_texture(SHIPPED_TEXTURE))
+    textured = WarpSource(plain.model, plain.points, plain.mirrored, TextureLayer(load_texture(SHIPPED_TEXTURE)))
     y, x = torch.meshgrid(torch.linspace(-1, 1, 64), torch.linspace(-1, 1, 64), indexing="ij")
     images = torch.stack([x, y, x * y]).expand(2, 3, 64, 64).contiguous() * 0.5
     targets = torch.tensor([EXPRESSIONS.index("surprised")] * 2)
