@@ -34,4 +34,4 @@ def studio_command(host: str, port: int, weights_dirs: tuple[Path, ...], out_dir
     if warning:
         click.echo(warning, err=True)
     out_dir = out_dir or Path(tempfile.mkdtemp(prefix="usgan-studio-"))
-    serve(host, port, weights_dirs, out_dir, config_path, lambda line: click.echo(line, err=True))
+    serve(host, port, weights_dirs, out_dir, config_path, announce=lambda line: click.echo(line, err=True))

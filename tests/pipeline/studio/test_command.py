@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from pipeline.studio import command
+import cli_studio
 from pipeline.studio.command import exposure_warning, is_loopback
 
 REPO = Path(__file__).resolve().parents[3]
@@ -25,14 +25,14 @@ def test_is_loopback(host, loopback):
 
 def test_studio_is_a_command_of_the_cli_with_its_defaults(monkeypatch, tmp_path):
     served = []
-    monkeypatch.setattr(command, "serve", lambda *args: served.append(args))
+    monkeypatch.setattr(cli_studio, "serve", lambda *args, **announce: served.append(args))
     result = CliRunner().invoke(cli.cli, ["studio", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert served == [("127.0.0.1", 7860, (), tmp_path, None)] and "warning" not in result.output
 
 
 def test_a_non_loopback_host_warns_in_one_line(monkeypatch, tmp_path):
-    monkeypatch.setattr(command, "serve", lambda *args: None)
+    monkeypatch.setattr(cli_studio, "serve", lambda *args, **announce: None)
     result = CliRunner().invoke(cli.cli, ["studio", "--host", "0.0.0.0", "--port", "8000", "--out", str(tmp_path)])
     warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
     assert result.exit_code == 0 and len(warnings) == 1 and "0.0.0.0" in warnings[0]
