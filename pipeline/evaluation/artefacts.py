@@ -1,8 +1,13 @@
-"""The mouth artefacts an edit can paint, measured on the edited crop itself: dark patches at the mouth corners, a
-dark band over the lips, a second mouth. All three are dark paint on skin that should be lit like the cheeks, so
-the measure reads the output's own 106 landmarks (2d106det) and counts, in the skin ring around the lips (outside
-the outer lip outline, below the nose), the pixels much darker than the face's own cheeks. An output is flagged when
-that share is above FLAG_SHARE; evaluate reports each condition's flagged rate beside the unchanged inputs'.
+"""The mouth artefacts an edit can paint: brown or grey blobs at the mouth corners, a smeared band over the lips, a
+second mouth. All three are paint, not shading: the skin around the mouth turns darker *and* changes colour. An
+expression changes that skin by shading it (a fold, a cheek's shadow: darker, same colour), and changes colour only
+inside the lips' opening (teeth, the dark of an open mouth).
+
+So each output is compared with its own source: the source is warped onto the output's landmarks (2d106det on both,
+usgan.tps), both are blurred 1.5 px, and in the region around the mouth (the outer lip outline widened by RING of
+the crop, below the nose tip, the inner lip's opening left out) the measure counts the pixels whose chromaticity
+moved by more than CHROMA while their luminance fell below DARKER of the source's. An output is flagged when that
+share is above FLAG_SHARE. The unchanged input scores 0; a pure shading of the same region scores 0.
 """
 
 from __future__ import annotations
@@ -11,49 +16,53 @@ from collections.abc import Sequence
 
 import cv2
 import numpy as np
+import torch
 from numpy.typing import NDArray
 
+from pipeline.evaluation.sources import bgr_to_tensor, tensor_to_bgr
 from pipeline.faces.landmarks import LandmarkDetector
 from pipeline.types import Frame
-from usgan.texture import OUTER_LIP, polygon_mask
+from usgan.texture import INNER_LIP, OUTER_LIP, polygon_mask
+from usgan.tps import warp_crops
 
-DARK = 0.72        # darker than this share of the cheeks' median luminance counts as dark paint
-FLAG_SHARE = 0.08  # an output with more of its lip ring dark than this is flagged
-RING = (0.025, 0.09)  # the skin ring around the outer lip outline, inner and outer distance in crop units
+CHROMA = 0.03      # L1 distance of (b, g, r) / (b + g + r) between output and aligned source that counts as paint
+DARKER = 0.9       # and the output's luminance below this share of the source's
+FLAG_SHARE = 0.05  # an output with more of its mouth region painted than this is flagged
+RING = 0.09        # how far beyond the outer lip outline the region reaches, in crop units
+OPENING = 0.01     # the inner lip's opening, widened by this (crop units), is left out
 NOSE_TIP = 80
-CHEEKS = ((12, 76), (28, 82))  # jaw-line and nose points whose midpoints sit on each cheek
+BLUR = 1.5         # pixels, on both images, so that a one-pixel misalignment of edges does not count
 
 
-def lip_ring_region(points: NDArray, size: int) -> NDArray[np.bool_]:
-    """(size, size) the skin ring around the outer lips of crop-unit landmarks (106, 2), below the nose tip."""
-    inner = polygon_mask(points, OUTER_LIP, size, dilate=RING[0] * size) > 0.5
-    outer = polygon_mask(points, OUTER_LIP, size, dilate=RING[1] * size) > 0.5
+def mouth_region(points: NDArray, size: int) -> NDArray[np.bool_]:
+    """(size, size) the skin and lips around the mouth of crop-unit landmarks (106, 2), below the nose tip, without
+    the inner lip's opening."""
+    around = polygon_mask(points, OUTER_LIP, size, dilate=RING * size) > 0.5
+    opening = polygon_mask(points, INNER_LIP, size, dilate=OPENING * size) > 0.5
     rows = (np.arange(size) + 0.5)[:, None] / size > points[NOSE_TIP, 1]
-    return outer & ~inner & rows
+    return around & ~opening & rows
 
 
-def cheek_luminance(luma: NDArray, points: NDArray) -> float:
-    """The median luminance of two small patches, one on each cheek."""
-    size, values = luma.shape[0], []
-    for a, b in CHEEKS:
-        x, y = ((points[a] + points[b]) / 2 * size).astype(int)
-        r = max(2, size // 40)
-        values.append(luma[max(y - r, 0):y + r, max(x - r, 0):x + r].ravel())
-    return float(np.median(np.concatenate(values)))
+def painted(source: Frame, output: Frame) -> NDArray[np.bool_]:
+    """Per pixel of two aligned BGR uint8 crops: darker and of another colour in output than in source."""
+    a = cv2.GaussianBlur(source.astype(np.float32) + 8.0, (0, 0), BLUR)
+    b = cv2.GaussianBlur(output.astype(np.float32) + 8.0, (0, 0), BLUR)
+    chroma = np.abs(b / b.sum(2, keepdims=True) - a / a.sum(2, keepdims=True)).sum(2)
+    return (chroma > CHROMA) & (b.mean(2) < DARKER * a.mean(2))
 
 
-def dark_share(image: Frame, points: NDArray) -> float:
-    """Share of the lip ring's pixels darker than DARK x the cheeks (BGR uint8 crop, its crop-unit landmarks)."""
-    luma = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float32)
-    region = lip_ring_region(points, image.shape[0])
-    if not region.any():
-        return 0.0
-    return float((luma[region] < DARK * cheek_luminance(luma, points)).mean())
-
-
-def artefact_shares(detector: LandmarkDetector, images: Sequence[Frame]) -> NDArray[np.float32]:
-    """(N,) dark_share of each square crop, on its own landmarks (one batched call of the net)."""
-    if not images:
+def artefact_shares(detector: LandmarkDetector, sources: Sequence[Frame],
+                    outputs: Sequence[Frame]) -> NDArray[np.float32]:
+    """(N,) the share of each output's mouth region painted (sources: the crops they were edited from, one size)."""
+    if not outputs:
         return np.zeros(0, np.float32)
-    points = detector.detect(list(images)) / np.float32(images[0].shape[0])
-    return np.array([dark_share(image, p) for image, p in zip(images, points)], np.float32)
+    size = outputs[0].shape[0]
+    source_points = detector.detect(list(sources)) / np.float32(size)
+    output_points = detector.detect(list(outputs)) / np.float32(size)
+    aligned = tensor_to_bgr(warp_crops(bgr_to_tensor(sources), torch.from_numpy(source_points),
+                                       torch.from_numpy(output_points)))
+    shares = []
+    for source, output, points in zip(aligned, outputs, output_points):
+        region = mouth_region(points, size)
+        shares.append(painted(source, output)[region].mean() if region.any() else 0.0)
+    return np.array(shares, np.float32)

@@ -24,7 +24,7 @@ class ConditionJudgements:
 
     output_probs: NDArray[np.float32]  # (m, 7)
     identity: NDArray[np.float32]  # (m,)
-    artefact: NDArray[np.float32] | None = None  # (m,) new dark paint around the lips (pipeline.evaluation.artefacts)
+    artefact: NDArray[np.float32] | None = None  # (m,) share of the mouth region painted (pipeline.evaluation.artefacts)
 
 
 @dataclass(frozen=True)
