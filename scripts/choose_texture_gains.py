@@ -3,10 +3,12 @@
 
 For every source crop and every target of angry, happy, sad and surprised: the crop is warped (the shipped shape
 model), textured at each candidate texture gain, and judged (fer: is the target named; ArcFace: identity to the
-source). Per target, the chosen texture gain is the strongest whose mean identity stays at or above
---min-identity. Then the generator runs on the chosen textured crops at each candidate generator gain, judged the
-same way, and per target the strongest gain above --min-identity-generator is reported. The people must be ones the
-shape and texture models were built from (never the held-out ones); the held-out sets measure the choice once.
+source). With --warp-scales, each texture gain is tried with the target's warp scaled by each of them too
+(FitSettings.scales: a multiple of the target's mean displacement). Per target, the chosen pair is the strongest
+whose mean identity stays at or above --min-identity. Then the generator runs on the chosen textured crops at each
+candidate generator gain, judged the same way, and per target the strongest gain above --min-identity-generator is
+reported. The people must be ones the shape and texture models were built from (never the held-out ones); the
+held-out sets measure the choice once.
 
     .venv/bin/python scripts/choose_texture_gains.py ~/.cache/usgan/data/faces/256 --identities 01,05,10,21,001,002,003
 """
@@ -29,7 +31,7 @@ from pipeline.faces.landmarks import LandmarkDetector
 from usgan.checkpoint import load_generator
 from usgan.dataset import parse_identities
 from usgan.expressions import EXPRESSIONS
-from usgan.geometry import load_model, target_landmarks
+from usgan.geometry import load_model, target_landmarks, with_settings
 from usgan.inference import apply_generator
 from usgan.texture import load_texture
 from usgan.tps import warp_crops
@@ -38,7 +40,8 @@ REPO = Path(__file__).resolve().parents[1]
 TARGETS = ("angry", "happy", "sad", "surprised")
 
 
-def judged(judges: tuple[ExpressionJudge, IdentityJudge], crops: list, outputs: list, target: str) -> tuple[float, float]:
+def judged(judges: tuple[ExpressionJudge, IdentityJudge], crops: list, outputs: list,
+           target: str) -> tuple[float, float]:
     """(share of outputs the fer judge names as target, mean ArcFace cosine to the crops)."""
     expression, identity = judges
     landmarks = [crop_template(crops[0].shape[0]).astype(np.float32)] * len(crops)
@@ -47,10 +50,11 @@ def judged(judges: tuple[ExpressionJudge, IdentityJudge], crops: list, outputs: 
     return float(named.mean()), float(cosine.mean())
 
 
-def strongest(rows: dict[float, tuple[float, float]], floor: float) -> float:
-    """The gain with the best judge rate among those whose identity is at least floor (the smallest gain if none)."""
-    allowed = [gain for gain, (_, identity) in rows.items() if identity >= floor] or [min(rows)]
-    return max(allowed, key=lambda gain: (rows[gain][0], -gain))
+def strongest(rows: dict, floor: float):
+    """The key (a gain, or a (warp scale, gain) pair) with the best judge rate among those whose identity is at
+    least floor (the smallest key if none); ties go to the smaller key."""
+    allowed = sorted(key for key, (_, identity) in rows.items() if identity >= floor) or [min(rows)]
+    return max(allowed, key=lambda key: rows[key][0])  # max keeps the first, the smallest, of ties
 
 
 @click.command()
@@ -62,11 +66,12 @@ def strongest(rows: dict[float, tuple[float, float]], floor: float) -> float:
 @click.option("--weights", default=REPO / "weights" / "usgan_tfeid.safetensors", show_default=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--texture-gains", default="1,1.5,2,2.5,3,4", show_default=True)
+@click.option("--warp-scales", default="1", show_default=True, help="Multiples of the target's warp to try.")
 @click.option("--generator-gains", default="0.25,0.5,0.75,1", show_default=True)
 @click.option("--min-identity", default=0.80, show_default=True, type=float)
 @click.option("--min-identity-generator", default=0.77, show_default=True, type=float)
 def main(data: Path, identities: str, limit: int, texture_path: Path, weights: Path, texture_gains: str,
-         generator_gains: str, min_identity: float, min_identity_generator: float) -> None:
+         warp_scales: str, generator_gains: str, min_identity: float, min_identity_generator: float) -> None:
     """Print, per target, the judge rate and identity at each gain and the chosen gains (JSON on the last line)."""
     samples = select_sources(data, parse_identities(identities), limit)
     crops = read_crops(samples)
@@ -80,23 +85,28 @@ def main(data: Path, identities: str, limit: int, texture_path: Path, weights: P
     chosen: dict[str, dict[str, float]] = {}
     for target in TARGETS:
         names = [target] * len(crops)
-        goal = target_landmarks(geometry.model, faces.points, names, fit=faces.fit)
-        warped = warp_crops(x, torch.from_numpy(faces.points), torch.from_numpy(goal).float())
         by_texture, images = {}, {}
-        for gain in (float(g) for g in texture_gains.split(",")):
-            shaded = replace(geometry, texture=replace(texture, gains={target: gain}))
-            images[gain] = textured(shaded, warped, faces, goal, names)
-            by_texture[gain] = judged(judges, crops, tensor_to_bgr(images[gain]), target)
-            click.echo(f"{target} texture gain {gain:g}: judge {by_texture[gain][0]:.2f} identity {by_texture[gain][1]:.3f}")
-        texture_gain = strongest(by_texture, min_identity)
+        for scale in (float(v) for v in warp_scales.split(",")):
+            model = with_settings(geometry.model, scales={target: scale})
+            goal = target_landmarks(model, faces.points, names, fit=faces.fit)
+            warped = warp_crops(x, torch.from_numpy(faces.points), torch.from_numpy(goal).float())
+            for gain in (float(g) for g in texture_gains.split(",")):
+                shaded = replace(geometry, model=model, texture=replace(texture, gains={target: gain}))
+                images[scale, gain] = textured(shaded, warped, faces, goal, names)
+                by_texture[scale, gain] = judged(judges, crops, tensor_to_bgr(images[scale, gain]), target)
+                rate, identity = by_texture[scale, gain]
+                click.echo(f"{target} warp scale {scale:g} texture gain {gain:g}: judge {rate:.2f} "
+                           f"identity {identity:.3f}")
+        warp_scale, texture_gain = strongest(by_texture, min_identity)
         by_generator = {}
         for gain in (float(g) for g in generator_gains.split(",")):
             edited = apply_generator(generator, replace(info, edit_gain=gain, expression_gains={}),
-                                     images[texture_gain], names)
+                                     images[warp_scale, texture_gain], names)
             by_generator[gain] = judged(judges, crops, tensor_to_bgr(edited), target)
             click.echo(f"{target} + generator gain {gain:g}: judge {by_generator[gain][0]:.2f} "
                        f"identity {by_generator[gain][1]:.3f}")
-        chosen[target] = {"texture": texture_gain, "generator": strongest(by_generator, min_identity_generator)}
+        chosen[target] = {"warp_scale": warp_scale, "texture": texture_gain,
+                          "generator": strongest(by_generator, min_identity_generator)}
     click.echo(json.dumps(chosen))
 
 
