@@ -6,8 +6,10 @@ inside the lips' opening (teeth, the dark of an open mouth).
 So each output is compared with its own source: the source is warped onto the output's landmarks (2d106det on both,
 usgan.tps), both are blurred 1.5 px, and in the region around the mouth (the outer lip outline widened by RING of
 the crop, below the nose tip, the inner lip's opening left out) the measure counts the pixels whose chromaticity
-moved by more than CHROMA while their luminance fell below DARKER of the source's. An output is flagged when that
-share is above FLAG_SHARE. The unchanged input scores 0; a pure shading of the same region scores 0.
+moved by more than CHROMA while their luminance fell below DARKER of the source's, in patches at least BLOB wide
+(thinner slivers along the lips' edges are where the two sets of landmarks disagree by a pixel or two). An output is
+flagged when that share is above FLAG_SHARE. The unchanged input scores 0; a pure shading of the same region scores
+0.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from usgan.tps import warp_crops
 
 CHROMA = 0.03      # L1 distance of (b, g, r) / (b + g + r) between output and aligned source that counts as paint
 DARKER = 0.9       # and the output's luminance below this share of the source's
-FLAG_SHARE = 0.05  # an output with more of its mouth region painted than this is flagged
+BLOB = 0.025       # painted patches narrower than this (crop units) do not count (a morphological opening)
+FLAG_SHARE = 0.02  # an output with more of its mouth region painted than this is flagged
 RING = 0.09        # how far beyond the outer lip outline the region reaches, in crop units
 OPENING = 0.01     # the inner lip's opening, widened by this (crop units), is left out
 NOSE_TIP = 80
@@ -44,11 +47,15 @@ def mouth_region(points: NDArray, size: int) -> NDArray[np.bool_]:
 
 
 def painted(source: Frame, output: Frame) -> NDArray[np.bool_]:
-    """Per pixel of two aligned BGR uint8 crops: darker and of another colour in output than in source."""
+    """Per pixel of two aligned BGR uint8 crops: darker and of another colour in output than in source, in patches
+    at least BLOB wide."""
     a = cv2.GaussianBlur(source.astype(np.float32) + 8.0, (0, 0), BLUR)
     b = cv2.GaussianBlur(output.astype(np.float32) + 8.0, (0, 0), BLUR)
     chroma = np.abs(b / b.sum(2, keepdims=True) - a / a.sum(2, keepdims=True)).sum(2)
-    return (chroma > CHROMA) & (b.mean(2) < DARKER * a.mean(2))
+    paint = ((chroma > CHROMA) & (b.mean(2) < DARKER * a.mean(2))).astype(np.uint8)
+    radius = max(1, round(BLOB * source.shape[0] / 2))
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    return cv2.morphologyEx(paint, cv2.MORPH_OPEN, disc).astype(bool)
 
 
 def artefact_shares(detector: LandmarkDetector, sources: Sequence[Frame],
