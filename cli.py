@@ -31,6 +31,12 @@ if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is signal.default_
 # spin against the generator's (geometry's busy time on a 2-core CPU: 30 s -> 11 s for a 216-frame clip). Set before
 # numpy loads; an explicit setting wins.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# torch's OpenMP threads (the generator) spin after each parallel region by default, on the cores the other stage
+# threads need. libgomp throttles that spin only while it manages more threads than there are cores: the CLI gets it
+# by chance (model loading leaves an idle pool in the main thread), a studio render (a fresh thread, models loaded
+# before) does not and its generator took 2x the CPU on a 2-core machine. Waiting OpenMP threads sleep instead, in
+# every command. Set before torch loads; an explicit setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import click  # noqa: E402 - after the Ctrl-C handler
 

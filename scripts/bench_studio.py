@@ -2,11 +2,11 @@
 """The studio's speed on d18.mp4 (480x480): a frame preview's seconds, and a render in the page against `process`.
 
 Usage: .venv/bin/python scripts/bench_studio.py [--rounds 2] [--no-write]
-Preview: Studio.preview_frame (decode to the frame, faces, synthesize, blend) on five frames, after one warm-up, and
-the page's own latency (Preview clicked to the images shown) in headless Chromium. Render: `cli.py process d18.mp4
--e sad` and the page's Render, in turns (--rounds each); both fps are the summary line's (frames / the video
-workflow's seconds, models loaded). Needs Debian's /usr/bin/chromium. The table goes into docs/BENCHMARKS.md
-(section "studio").
+Preview: Studio.preview_frame (decode to the frame, faces, synthesize, blend) on five frames, after one warm-up, in
+the environment cli.py gives the server, and the page's own latency (Preview clicked to the images shown) in headless
+Chromium. Render: `cli.py process d18.mp4 -e sad` and the page's Render, in turns (--rounds each); both fps are the
+summary line's (frames / the video workflow's seconds, models loaded). Needs Debian's /usr/bin/chromium. The table
+goes into docs/BENCHMARKS.md (section "studio").
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import urllib.request
 from pathlib import Path
 
 import bench_common as bc
+import cli  # noqa: F401 - the server's environment (OpenMP, BLAS threads), set before torch loads: previews here
 
 FRAMES = (0, 54, 108, 162, 215)
 FPS = re.compile(r"\(([\d.]+) fps\)")

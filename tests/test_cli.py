@@ -152,6 +152,19 @@ def test_the_cli_starts_without_the_heavy_modules():
     assert run_python(code).stdout.strip() == "[]"
 
 
+@pytest.mark.parametrize("given, policy, spin", [(None, "PASSIVE", "0"), ("ACTIVE", "ACTIVE", "30000000000")])
+def test_openmp_threads_sleep_while_they_wait(given, policy, spin):
+    """The generator's OpenMP threads must not spin on the cores the other stages need, whichever thread runs the
+    work: cli.py sets the wait policy before torch starts OpenMP (as libgomp reports it), unless one is given."""
+    env = {key: value for key, value in os.environ.items() if key not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update({"OMP_DISPLAY_ENV": "VERBOSE", **({"OMP_WAIT_POLICY": given} if given else {})})
+    shown = subprocess.run([sys.executable, "-c", "import cli, torch; torch.ones(2).sum()"], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=300).stderr
+    if "GOMP_SPINCOUNT" not in shown:
+        pytest.skip("torch's OpenMP runtime is not libgomp")
+    assert (f"OMP_WAIT_POLICY = '{policy}'" in shown, f"GOMP_SPINCOUNT = '{spin}'" in shown) == (True, True)
+
+
 def test_ctrl_c_while_cli_py_imports_exits_130():
     """Ctrl-C before the boundary is entered (here: as cli.py imports click) is one line and exit 130."""
     code = """if True:
