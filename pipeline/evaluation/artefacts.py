@@ -58,13 +58,16 @@ def painted(source: Frame, output: Frame) -> NDArray[np.bool_]:
     return cv2.morphologyEx(paint, cv2.MORPH_OPEN, disc).astype(bool)
 
 
-def artefact_shares(detector: LandmarkDetector, sources: Sequence[Frame],
-                    outputs: Sequence[Frame]) -> NDArray[np.float32]:
-    """(N,) the share of each output's mouth region painted (sources: the crops they were edited from, one size)."""
+def artefact_shares(detector: LandmarkDetector, sources: Sequence[Frame], outputs: Sequence[Frame],
+                    source_points: NDArray | None = None) -> NDArray[np.float32]:
+    """(N,) the share of each output's mouth region painted (sources: the crops they were edited from, one size;
+    source_points: their crop-unit landmarks (N, 106, 2) when already read, as one batch edited towards many targets
+    has them)."""
     if not outputs:
         return np.zeros(0, np.float32)
     size = outputs[0].shape[0]
-    source_points = detector.detect(list(sources)) / np.float32(size)
+    if source_points is None:
+        source_points = detector.detect(list(sources)) / np.float32(size)
     output_points = detector.detect(list(outputs)) / np.float32(size)
     aligned = tensor_to_bgr(warp_crops(bgr_to_tensor(sources), torch.from_numpy(source_points),
                                        torch.from_numpy(output_points)))

@@ -85,14 +85,14 @@ class TargetEdits:
 
 
 def judge_edits(editor: Editor, judges: Judges, crops: Sequence[Frame], embeddings: NDArray,
-                faces: FittedFaces | None, target: int) -> TargetEdits:
+                faces: FittedFaces | None, target: int, points: NDArray) -> TargetEdits:
     """The crops edited towards target under each condition, judged (identity against the sources' embeddings,
-    artefacts against the crops themselves)."""
+    artefacts against the crops themselves, whose landmarks are points)."""
     outputs = edit_conditions(editor, crops, [EXPRESSIONS[target]] * len(crops), faces)
     landmarks = [crop_template(crops[0].shape[0]).astype(np.float32)] * len(crops)  # the edits keep the template
     judged = {name: ConditionJudgements(judges.expression.predict_batch(images, landmarks),
                                         cosine_similarity(embeddings, judges.identity.embed_batch(images, landmarks)),
-                                        artefact_shares(judges.landmarks, crops, images))
+                                        artefact_shares(judges.landmarks, crops, images, points))
               for name, images in outputs.items()}
     change = np.array([change_stats(c, out) for c, out in zip(crops, outputs[GENERATOR])], np.float32)
     return TargetEdits(judged, change.reshape(-1, 2))
@@ -120,10 +120,11 @@ def judge_batch(editor: Editor, judges: Judges, samples: Sequence[Sample]) -> Ju
     landmarks = [crop_template(crops[0].shape[0]).astype(np.float32)] * len(crops)
     embeddings = judges.identity.embed_batch(crops, landmarks)
     faces = fit_faces(editor.geometry, crops) if editor.geometry is not None else None
+    points = faces.points if faces is not None else judges.landmarks.detect(crops) / np.float32(crops[0].shape[0])
     pairs = [(np.flatnonzero(labels != target), target) for target in range(len(EXPRESSIONS))]
     pairs = [(chosen, target) for chosen, target in pairs if chosen.size]
     edits = [judge_edits(editor, judges, [crops[i] for i in chosen], embeddings[chosen],
-                         faces.select(chosen) if faces is not None else None, target)
+                         faces.select(chosen) if faces is not None else None, target, points[chosen])
              for chosen, target in pairs]
     generator = joined_condition(edits, GENERATOR)
     return Judgements(labels=labels, input_probs=judges.expression.predict_batch(crops, landmarks),

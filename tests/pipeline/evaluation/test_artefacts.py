@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 
 from clips import portrait
-from pipeline.evaluation.artefacts import FLAG_SHARE, artefact_shares, mouth_region
+from pipeline.evaluation.artefacts import FLAG_SHARE, NOSE_TIP, artefact_shares, mouth_region
 from pipeline.faces.align import align_face, select_faces
 from pipeline.faces.detector import DetectorConfig, FaceDetector
 from pipeline.faces.landmarks import LandmarkDetector
+from usgan.geometry import MOUTH_CORNERS
 from usgan.texture import OUTER_LIP
 
 SIZE = 256
-CORNERS = (52, 61)
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +30,9 @@ def face() -> tuple[np.ndarray, np.ndarray, LandmarkDetector]:
 def corner_blobs(crop: np.ndarray, points: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
     """The crop with a soft blob of colour beside each mouth corner, as the generator paints them."""
     layer = np.zeros(crop.shape[:2], np.float32)
-    for index in CORNERS:
+    for index in MOUTH_CORNERS:
         x, y = (points[index] * SIZE).astype(int)
-        cv2.circle(layer, (x + (-8 if index == CORNERS[0] else 8), y), 9, 1.0, -1)
+        cv2.circle(layer, (x + (-8 if index == MOUTH_CORNERS[0] else 8), y), 9, 1.0, -1)
     alpha = cv2.GaussianBlur(layer, (0, 0), 3)[..., None] * 0.8
     return (crop * (1 - alpha) + np.array(colour, np.float32) * alpha).astype(np.uint8)
 
@@ -61,7 +61,7 @@ def test_the_region_leaves_the_opening_and_the_nose_out(face):
     _, points, _ = face
     region = mouth_region(points, SIZE)
     lips_centre = (points[list(OUTER_LIP)].mean(0) * SIZE).astype(int)
-    nose_tip = (points[80] * SIZE).astype(int)
+    nose_tip = (points[NOSE_TIP] * SIZE).astype(int)
     assert region.sum() > 0.02 * SIZE * SIZE
     assert not region[nose_tip[1] - 3, nose_tip[0]]
     assert region[lips_centre[1], lips_centre[0] - int(0.12 * SIZE)]  # beside the lips, inside the ring
@@ -70,3 +70,10 @@ def test_the_region_leaves_the_opening_and_the_nose_out(face):
 def test_no_outputs_no_shares(face):
     _, _, detector = face
     assert artefact_shares(detector, [], []).shape == (0,)
+
+
+def test_landmarks_already_read_give_the_same_shares(face):
+    crop, points, detector = face
+    painted = corner_blobs(crop, points, (40, 55, 75))
+    assert artefact_shares(detector, [crop], [painted], points[None]) == pytest.approx(
+        artefact_shares(detector, [crop], [painted]))
