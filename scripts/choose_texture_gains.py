@@ -4,17 +4,21 @@
 For every source crop and every target of angry, happy, sad and surprised: the crop is warped (the shipped shape
 model), textured at each candidate texture gain, and judged (fer: is the target named; ArcFace: identity to the
 source). With --warp-scales, each texture gain is tried with the target's warp scaled by each of them too
-(FitSettings.scales: a multiple of the target's mean displacement). Per target, the chosen pair is the strongest
-whose mean identity stays at or above --min-identity. Then the generator runs on the chosen textured crops at each
-candidate generator gain, judged the same way, and per target the strongest gain above --min-identity-generator is
-reported. The people must be ones the shape and texture models were built from (never the held-out ones); the
-held-out sets measure the choice once.
+(FitSettings.scales: a multiple of the target's mean displacement), and with --inner-brows with the vertical
+move of the brows' inner halves scaled by each of them (FitSettings.inner_brows; negative reverses it). Per target,
+the chosen combination is the strongest whose mean identity stays at or above --min-identity. Then the generator
+runs on the chosen textured crops at each candidate generator gain, judged the same way, and per target the
+strongest gain above --min-identity-generator is reported. The people must be ones the shape and texture models
+were built from (never the held-out ones); the held-out sets measure the choice once.
 
     .venv/bin/python scripts/choose_texture_gains.py ~/.cache/usgan/data/faces/256 --identities 01,05,10,21,001,002,003
+    .venv/bin/python scripts/choose_texture_gains.py ~/.cache/usgan/data/faces/256 \
+        --identities 01,05,10,21,001,002,003 --targets sad --inner-brows 1,0,-1 --texture-gains 2,3
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -40,6 +44,11 @@ REPO = Path(__file__).resolve().parents[1]
 TARGETS = ("angry", "happy", "sad", "surprised")
 
 
+def floats(values: str) -> list[float]:
+    """A comma-separated list of numbers."""
+    return [float(value) for value in values.split(",")]
+
+
 def judged(judges: tuple[ExpressionJudge, IdentityJudge], crops: list, outputs: list,
            target: str) -> tuple[float, float]:
     """(share of outputs the fer judge names as target, mean ArcFace cosine to the crops)."""
@@ -51,10 +60,12 @@ def judged(judges: tuple[ExpressionJudge, IdentityJudge], crops: list, outputs: 
 
 
 def strongest(rows: dict, floor: float):
-    """The key (a gain, or a (warp scale, gain) pair) with the best judge rate among those whose identity is at
-    least floor (the smallest key if none); ties go to the smaller key."""
-    allowed = sorted(key for key, (_, identity) in rows.items() if identity >= floor) or [min(rows)]
-    return max(allowed, key=lambda key: rows[key][0])  # max keeps the first, the smallest, of ties
+    """The key (a gain, or a (warp scale, inner brows, gain) triple) with the best judge rate among those whose
+    identity is at least floor, ties going to the higher identity; the key of the highest identity if none is."""
+    allowed = [key for key, (_, identity) in rows.items() if identity >= floor]
+    if not allowed:
+        return max(rows, key=lambda key: rows[key][1])
+    return max(allowed, key=lambda key: rows[key])
 
 
 @click.command()
@@ -65,14 +76,21 @@ def strongest(rows: dict, floor: float):
               type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--weights", default=REPO / "weights" / "usgan_tfeid.safetensors", show_default=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--targets", default=",".join(TARGETS), show_default=True, help="The targets to choose for.")
 @click.option("--texture-gains", default="1,1.5,2,2.5,3,4", show_default=True)
 @click.option("--warp-scales", default="1", show_default=True, help="Multiples of the target's warp to try.")
+@click.option("--inner-brows", default="1", show_default=True,
+              help="Multiples of the vertical move of the brows' inner halves to try (negative: the other way).")
 @click.option("--generator-gains", default="0.25,0.5,0.75,1", show_default=True)
 @click.option("--min-identity", default=0.80, show_default=True, type=float)
 @click.option("--min-identity-generator", default=0.77, show_default=True, type=float)
-def main(data: Path, identities: str, limit: int, texture_path: Path, weights: Path, texture_gains: str,
-         warp_scales: str, generator_gains: str, min_identity: float, min_identity_generator: float) -> None:
+def main(data: Path, identities: str, limit: int, texture_path: Path, weights: Path, targets: str, texture_gains: str,
+         warp_scales: str, inner_brows: str, generator_gains: str, min_identity: float,
+         min_identity_generator: float) -> None:
     """Print, per target, the judge rate and identity at each gain and the chosen gains (JSON on the last line)."""
+    unknown = sorted(set(targets.split(",")) - set(EXPRESSIONS))
+    if unknown:
+        raise click.BadParameter(f"not an expression: {', '.join(unknown)}", param_hint="--targets")
     samples = select_sources(data, parse_identities(identities), limit)
     crops = read_crops(samples)
     texture = load_texture(texture_path)
@@ -83,29 +101,29 @@ def main(data: Path, identities: str, limit: int, texture_path: Path, weights: P
     judges = (ExpressionJudge(), IdentityJudge())
     x = bgr_to_tensor(crops)
     chosen: dict[str, dict[str, float]] = {}
-    for target in TARGETS:
+    for target in targets.split(","):
         names = [target] * len(crops)
         by_texture, images = {}, {}
-        for scale in (float(v) for v in warp_scales.split(",")):
-            model = with_settings(geometry.model, scales={target: scale})
+        for scale, brows in itertools.product(floats(warp_scales), floats(inner_brows)):
+            model = with_settings(geometry.model, scales={target: scale}, inner_brows={target: brows})
             goal = target_landmarks(model, faces.points, names, fit=faces.fit)
             warped = warp_crops(x, torch.from_numpy(faces.points), torch.from_numpy(goal).float())
-            for gain in (float(g) for g in texture_gains.split(",")):
+            for gain in floats(texture_gains):
+                key = scale, brows, gain
                 shaded = replace(geometry, model=model, texture=replace(texture, gains={target: gain}))
-                images[scale, gain] = textured(shaded, warped, faces, goal, names)
-                by_texture[scale, gain] = judged(judges, crops, tensor_to_bgr(images[scale, gain]), target)
-                rate, identity = by_texture[scale, gain]
-                click.echo(f"{target} warp scale {scale:g} texture gain {gain:g}: judge {rate:.2f} "
-                           f"identity {identity:.3f}")
-        warp_scale, texture_gain = strongest(by_texture, min_identity)
+                images[key] = textured(shaded, warped, faces, goal, names)
+                by_texture[key] = judged(judges, crops, tensor_to_bgr(images[key]), target)
+                click.echo(f"{target} warp scale {scale:g} inner brows {brows:g} texture gain {gain:g}: "
+                           f"judge {by_texture[key][0]:.2f} identity {by_texture[key][1]:.3f}")
+        best = strongest(by_texture, min_identity)
         by_generator = {}
-        for gain in (float(g) for g in generator_gains.split(",")):
+        for gain in floats(generator_gains):
             edited = apply_generator(generator, replace(info, edit_gain=gain, expression_gains={}),
-                                     images[warp_scale, texture_gain], names)
+                                     images[best], names)
             by_generator[gain] = judged(judges, crops, tensor_to_bgr(edited), target)
             click.echo(f"{target} + generator gain {gain:g}: judge {by_generator[gain][0]:.2f} "
                        f"identity {by_generator[gain][1]:.3f}")
-        chosen[target] = {"warp_scale": warp_scale, "texture": texture_gain,
+        chosen[target] = {"warp_scale": best[0], "inner_brows": best[1], "texture": best[2],
                           "generator": strongest(by_generator, min_identity_generator)}
     click.echo(json.dumps(chosen))
 

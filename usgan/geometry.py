@@ -28,6 +28,7 @@ FORMAT = "usgan-geometry"
 POINTS = 106
 NOSE = tuple(range(72, 87))
 LEFT_EYE, RIGHT_EYE = tuple(range(33, 43)), tuple(range(87, 97))
+LEFT_BROW, RIGHT_BROW = tuple(range(43, 52)), tuple(range(97, 106))
 # The lower lip (outer 53, 55, 56, 58, 59; inner 54, 57, 60): with the jaw, what opens when someone talks.
 LOWER_LIP = (53, 54, 55, 56, 57, 58, 59, 60)
 UPPER_INNER_LIP = (66, 62, 70)
@@ -49,7 +50,10 @@ class FitSettings:
     floor; spread: variance of an expression's strength around its mean; bound: largest removed component, in
     units of that expression's mean displacement; the removal's confidence falls from 1 at the fit's distance
     conf_low to 0 at conf_high, the target's from 1 at conf_high to 0 at twice it (the landmarks themselves are
-    then implausible: a profile, an occlusion); scales: per-target multiple of the mean displacement."""
+    then implausible: a profile, an occlusion); scales: per-target multiple of the mean displacement;
+    inner_brows: per target, a multiple of the vertical move of the brows' inner halves (inner_brow_weights) on top
+    of scales: above 1 exaggerates it, 0 leaves them in place, below 0 moves them the other way (sad's inner brows
+    raised, the prototype's AU 1, where the photos' mean lowers them)."""
 
     noise: float = 1.0
     spread: float = 0.25
@@ -59,6 +63,7 @@ class FitSettings:
     conf_high: float = 1.0
     scales: dict[str, float] = field(default_factory=dict)
     keep_opening: bool = True
+    inner_brows: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -247,6 +252,10 @@ def target_landmarks(model: ShapeModel, points: NDArray, targets: list[str], int
     fit = fit or fit_expression(model, points, settings)
     wanted = np.stack([model.displacements[EXPRESSIONS.index(t)] * settings.scales.get(t, 1.0) for t in targets])
     wanted = wanted.reshape(-1, POINTS, 2)
+    brows = np.array([settings.inner_brows.get(t, 1.0) for t in targets], float)
+    if np.any(brows != 1.0):
+        weights = inner_brow_weights(model.mean.reshape(POINTS, 2))
+        wanted[:, :, 1] *= 1.0 + (brows[:, None] - 1.0) * weights[None]
     if talking and settings.keep_opening:
         wanted = speech_kept(model, wanted)
     change = wanted * fit.validity[:, None, None]
@@ -257,6 +266,18 @@ def target_landmarks(model: ShapeModel, points: NDArray, targets: list[str], int
     inverse = np.linalg.inv(fit.matrix)  # aligned-frame displacement -> crop frame
     scale = np.broadcast_to(np.asarray(intensity, float), (len(points),)).reshape(-1, 1, 1)
     return points + np.einsum("nij,npj->npi", inverse, change * scale)
+
+
+def inner_brow_weights(mean: NDArray) -> NDArray:
+    """(106,) per landmark of a mean shape (106, 2): 1 on each brow's inner quarter, falling to 0 at 60% of the way
+    to its outer end, 0 off the brows."""
+    weights = np.zeros(POINTS)
+    centre = mean[list(NOSE), 0].mean()
+    for brow in (LEFT_BROW, RIGHT_BROW):
+        distance = np.abs(mean[list(brow), 0] - centre)
+        along = (distance - distance.min()) / max(np.ptp(distance), 1e-9)  # 0 at the inner end, 1 at the outer
+        weights[list(brow)] = np.clip((0.6 - along) / 0.35, 0.0, 1.0)
+    return weights
 
 
 def speech_kept(model: ShapeModel, component: NDArray, posterior: NDArray | None = None) -> NDArray:
