@@ -6,10 +6,10 @@ inside the lips' opening (teeth, the dark of an open mouth).
 So each output is compared with its own source: the source is warped onto the output's landmarks (2d106det on both,
 usgan.tps), both are blurred 1.5 px, and in the region around the mouth (the outer lip outline widened by RING of
 the crop, below the nose tip, the inner lip's opening left out) the measure counts the pixels whose chromaticity
-moved by more than CHROMA while their luminance fell below DARKER of the source's, in patches at least BLOB wide
-(thinner slivers along the lips' edges are where the two sets of landmarks disagree by a pixel or two). An output is
-flagged when that share is above FLAG_SHARE. The unchanged input scores 0; a pure shading of the same region scores
-0.
+moved by more than CHROMA while their luminance fell below DARKER of the source's, against the source shifted by
+every offset up to SLACK, in patches at least BLOB wide (slivers along the lips' edges are where the two sets of
+landmarks disagree by a pixel or two). An output is flagged when that share is above FLAG_SHARE. The unchanged
+input scores 0; a pure shading of the same region scores 0.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ RING = 0.09        # how far beyond the outer lip outline the region reaches, in
 OPENING = 0.01     # the inner lip's opening, widened by this (crop units), is left out
 NOSE_TIP = 80
 BLUR = 1.5         # pixels, on both images, so that a one-pixel misalignment of edges does not count
+SLACK = 0.004      # crop units (1 px at 256): a pixel counts only if it is painted against the source shifted by
+                   # every offset up to this, so a lip's edge where two faces' landmarks disagree is not paint
 
 
 def mouth_region(points: NDArray, size: int) -> NDArray[np.bool_]:
@@ -47,15 +49,22 @@ def mouth_region(points: NDArray, size: int) -> NDArray[np.bool_]:
 
 
 def painted(source: Frame, output: Frame) -> NDArray[np.bool_]:
-    """Per pixel of two aligned BGR uint8 crops: darker and of another colour in output than in source, in patches
-    at least BLOB wide."""
+    """Per pixel of two aligned BGR uint8 crops: darker and of another colour in output than in source at every
+    offset of the source up to SLACK, in patches at least BLOB wide."""
     a = cv2.GaussianBlur(source.astype(np.float32) + 8.0, (0, 0), BLUR)
     b = cv2.GaussianBlur(output.astype(np.float32) + 8.0, (0, 0), BLUR)
-    chroma = np.abs(b / b.sum(2, keepdims=True) - a / a.sum(2, keepdims=True)).sum(2)
-    paint = ((chroma > CHROMA) & (b.mean(2) < DARKER * a.mean(2))).astype(np.uint8)
-    radius = max(1, round(BLOB * source.shape[0] / 2))
+    size = source.shape[0]
+    b_chroma, b_luma = b / b.sum(2, keepdims=True), b.mean(2)
+    reach = round(SLACK * size)
+    paint = np.ones(b_luma.shape, bool)
+    for dy, dx in ((dy, dx) for dy in range(-reach, reach + 1) for dx in range(-reach, reach + 1)
+                   if dy * dy + dx * dx <= reach * reach):
+        shifted = cv2.warpAffine(a, np.float32([[1, 0, dx], [0, 1, dy]]), (size, size), borderMode=cv2.BORDER_REPLICATE)
+        chroma = np.abs(b_chroma - shifted / shifted.sum(2, keepdims=True)).sum(2)
+        paint &= (chroma > CHROMA) & (b_luma < DARKER * shifted.mean(2))
+    radius = max(1, round(BLOB * size / 2))
     disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-    return cv2.morphologyEx(paint, cv2.MORPH_OPEN, disc).astype(bool)
+    return cv2.morphologyEx(paint.astype(np.uint8), cv2.MORPH_OPEN, disc).astype(bool)
 
 
 def artefact_shares(detector: LandmarkDetector, sources: Sequence[Frame], outputs: Sequence[Frame],

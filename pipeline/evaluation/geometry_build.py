@@ -28,8 +28,10 @@ logger = logging.getLogger(__name__)
 
 # The fit's settings stored in a built model: noise 8 gave the best leave-performers-out naming of the source's
 # expression on TFEID's training people; the confidence thresholds are the 95th and 1.5 x the 99.5th percentile
-# of the fit distance on training photos.
-BUILT_SETTINGS = FitSettings(noise=8.0, spread=0.25, neutral_prior=1.0, bound=1.5, conf_low=0.47, conf_high=1.0)
+# of the fit distance on training photos. The inner brows: angry's lowered 1.5x as far, sad's raised (the photos'
+# mean lowers them), chosen on training people by scripts/choose_texture_gains.py (docs/TRAINING_NOTES.md).
+BUILT_SETTINGS = FitSettings(noise=8.0, spread=0.25, neutral_prior=1.0, bound=1.5, conf_low=0.47, conf_high=1.0,
+                             inner_brows={"angry": 1.5, "sad": -1.5})
 
 # The landmarks an expression moves: mouth, brows and eyes (pair_error compares these).
 EXPRESSIVE_POINTS = tuple(range(52, 72)) + tuple(range(43, 52)) + tuple(range(97, 106)) + LEFT_EYE + RIGHT_EYE
@@ -48,7 +50,8 @@ class PairError:
 
 def pair_error(model: ShapeModel, points: NDArray, labels: NDArray, groups: list[str]) -> PairError:
     """Every ordered pair of one group's photos (one person, one view) with different expressions: the first's
-    target_landmarks towards the second's expression against the second's landmarks."""
+    target_landmarks towards the second's expression (the data's mean displacement, without the settings' scales
+    and inner brows) against the second's landmarks."""
     rows: dict[str, list[int]] = {}
     for index, group in enumerate(groups):
         rows.setdefault(group, []).append(index)
@@ -56,7 +59,8 @@ def pair_error(model: ShapeModel, points: NDArray, labels: NDArray, groups: list
     if not pairs:
         return PairError(0, float("nan"), float("nan"))
     source, target = (np.array(side) for side in zip(*pairs))
-    predicted = target_landmarks(model, points[source], [EXPRESSIONS[k] for k in labels[target]])
+    as_measured = replace(model.settings, scales={}, inner_brows={})
+    predicted = target_landmarks(model, points[source], [EXPRESSIONS[k] for k in labels[target]], settings=as_measured)
     reference = model.mean.reshape(POINTS, 2)
     real = similarity_to(points[target], reference)[0][:, list(EXPRESSIVE_POINTS)]
     eyes = np.linalg.norm(reference[list(LEFT_EYE)].mean(0) - reference[list(RIGHT_EYE)].mean(0))

@@ -26,7 +26,9 @@ from pipeline.evaluation.geometry_build import folder_landmarks, view_group
 from pipeline.faces.landmarks import LandmarkDetector
 from usgan.dataset import DataError, scan_dataset
 from usgan.expressions import EXPRESSIONS
-from usgan.geometry import CONTOUR, LEFT_EYE, NEUTRAL, NOSE, RIGHT_EYE, ShapeModel, similarity_to
+from usgan.geometry import (
+    CONTOUR, LEFT_BROW, LEFT_EYE, NEUTRAL, NOSE, RIGHT_BROW, RIGHT_EYE, ShapeModel, similarity_to,
+)
 from usgan.texture import (
     INNER_LIP, LUMA, MOUTH_EXPRESSIONS, SIZE, TextureModel, lip_ring, mouth_opening, polygon_mask, save_texture,
 )
@@ -39,9 +41,8 @@ BLUR = 1.5                      # px, at the crops' size
 CLAMP = (np.log(0.6), np.log(1.5))
 VALID_SHARE = 0.7               # full weight where at least this share of pairs is valid
 MIN_DONOR_OPENING = 0.15        # inner over outer lip area: a mouth open enough to donate its inside
-BROWS = tuple(range(43, 52)) + tuple(range(97, 106))
 # Chosen on training people by scripts/choose_texture_gains.py (the strongest with identity >= .80 per target).
-DEFAULT_GAINS = {"angry": 2.5, "disgusted": 1.5, "fearful": 1.5, "happy": 3.0, "sad": 3.0, "surprised": 2.5}
+DEFAULT_GAINS = {"angry": 2.5, "disgusted": 1.5, "fearful": 1.5, "happy": 3.0, "sad": 1.5, "surprised": 2.5}
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ def face_region(canonical: NDArray) -> NDArray[np.float32]:
     """(SIZE, SIZE) the skin an expression shades, in the canonical frame: the jaw line and the brows raised to
     the forehead, shrunk by 3 px and feathered, so hair, ears and background (which differ between two photos
     for reasons other than the expression) never enter the ratio."""
-    brows = canonical[list(BROWS)] - np.array([0.0, 0.08])
+    brows = canonical[list(LEFT_BROW + RIGHT_BROW)] - np.array([0.0, 0.08])
     outline = np.concatenate([canonical[list(CONTOUR)], brows])
     hull = cv2.convexHull(outline.astype(np.float32)).reshape(-1, 2)
     mask = polygon_mask(hull, tuple(range(len(hull))), SIZE)

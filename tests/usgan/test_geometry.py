@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from usgan.expressions import EXPRESSIONS
 from usgan.geometry import (
-    LEFT_EYE, NOSE, POINTS, RIGHT_EYE, FitSettings, GeometryError, build_model, fit_expression, load_model, save_model,
-    target_landmarks,
+    LEFT_BROW, LEFT_EYE, NOSE, POINTS, RIGHT_BROW, RIGHT_EYE, FitSettings, GeometryError, build_model, fit_expression,
+    inner_brow_weights, load_model, save_model, target_landmarks,
 )
 
 HAPPY, NEUTRAL = EXPRESSIONS.index("happy"), EXPRESSIONS.index("neutral")
@@ -93,8 +95,39 @@ def test_removal_keeps_the_mouth_opening(model):
     np.testing.assert_array_equal(kept[:, :, 0], component[:, :, 0])
 
 
+def test_inner_brow_weights_are_full_at_the_inner_ends_and_none_at_the_outer():
+    mean = np.full((POINTS, 2), 0.5)
+    mean[list(NOSE), 0] = 0.5
+    mean[list(LEFT_BROW), 0] = np.linspace(0.45, 0.2, len(LEFT_BROW))   # inner end first
+    mean[list(RIGHT_BROW), 0] = np.linspace(0.8, 0.55, len(RIGHT_BROW))  # outer end first
+    weights = inner_brow_weights(mean)
+    left, right = weights[list(LEFT_BROW)], weights[list(RIGHT_BROW)]
+    assert left[0] == right[-1] == 1.0 and left[-1] == right[0] == 0.0
+    assert np.all(np.diff(left) <= 0) and np.all(np.diff(right) >= 0)
+    np.testing.assert_allclose(left, right[::-1])
+    assert not np.delete(weights, list(LEFT_BROW + RIGHT_BROW)).any()
+
+
+def test_inner_brows_scale_only_the_target_s_vertical_move_of_the_inner_brows(model):
+    points, labels, _, _ = synthetic(seed=5, people=1)
+    neutral = points[labels == NEUTRAL].repeat(2, 0)
+    targets = ["sad", "angry"]
+
+    def goal(**inner_brows):
+        return target_landmarks(model, neutral, targets, settings=replace(model.settings, inner_brows=inner_brows))
+
+    base, kept, flat, raised = goal(), goal(sad=1.0), goal(sad=0.0), goal(sad=-1.0)
+    np.testing.assert_array_equal(kept, base)
+    np.testing.assert_allclose(flat[1], base[1])  # angry, in the same batch, is untouched
+    moved = np.abs(flat[0] - base[0]).sum(1) > 1e-12
+    brows = inner_brow_weights(model.mean.reshape(POINTS, 2)) > 0
+    assert moved.any() and not (moved & ~brows).any()
+    np.testing.assert_allclose(raised - base, 2.0 * (flat - base), atol=1e-12)  # -1: the move reversed
+
+
 def test_model_file_round_trips(model, tmp_path):
-    model = type(model)(**{**model.__dict__, "settings": FitSettings(noise=3.0, scales={"happy": 1.5})})
+    model = type(model)(**{**model.__dict__, "settings": FitSettings(noise=3.0, scales={"happy": 1.5},
+                                                                         inner_brows={"sad": -1.5})})
     save_model(tmp_path / "shape.safetensors", model)
     loaded = load_model(tmp_path / "shape.safetensors")
     for name in ("mean", "nuisance_modes", "displacements", "speech", "style_var"):
