@@ -50,10 +50,8 @@ class FitSettings:
     floor; spread: variance of an expression's strength around its mean; bound: largest removed component, in
     units of that expression's mean displacement; the removal's confidence falls from 1 at the fit's distance
     conf_low to 0 at conf_high, the target's from 1 at conf_high to 0 at twice it (the landmarks themselves are
-    then implausible: a profile, an occlusion); scales: per-target multiple of the mean displacement;
-    inner_brows: per target, a multiple of the vertical move of the brows' inner halves (inner_brow_weights) on top
-    of scales: above 1 exaggerates it, 0 leaves them in place, below 0 moves them the other way (sad's inner brows
-    raised, the prototype's AU 1, where the photos' mean lowers them)."""
+    then implausible: a profile, an occlusion); scales: per-target multiple of the mean displacement; inner_brows:
+    per target, a multiple of the brows' inner halves' vertical move (inner_brow_weights), below 0 reversing it."""
 
     noise: float = 1.0
     spread: float = 0.25
@@ -272,9 +270,8 @@ def inner_brow_weights(mean: NDArray) -> NDArray:
     """(106,) per landmark of a mean shape (106, 2): 1 on each brow's inner quarter, falling to 0 at 60% of the way
     to its outer end, 0 off the brows."""
     weights = np.zeros(POINTS)
-    centre = mean[list(NOSE), 0].mean()
     for brow in (LEFT_BROW, RIGHT_BROW):
-        distance = np.abs(mean[list(brow), 0] - centre)
+        distance = np.abs(mean[list(brow), 0] - mean[list(NOSE), 0].mean())
         along = (distance - distance.min()) / max(np.ptp(distance), 1e-9)  # 0 at the inner end, 1 at the outer
         weights[list(brow)] = np.clip((0.6 - along) / 0.35, 0.0, 1.0)
     return weights
