@@ -10,8 +10,7 @@ expressions that open the mouth the median donor mouth (RGB) with its alpha (the
 TextureLayer applies it in the batched graph after the warp, with only ops that export to ONNX: the per-face mix of
 the maps is warped from the canonical frame onto each face's target landmarks (usgan.tps), the luminance ratio
 multiplies the crop, and the donor mouth, colour-matched to the face's own lip ring (its light teeth kept light), is
-composited inside the target's inner lip. Where the target closes a mouth the source showed open, the face's own lip
-colour, with a darker seam, covers the inside of the target's inner lip instead (the closed mouth).
+composited inside the target's inner lip.
 """
 
 from __future__ import annotations
@@ -44,11 +43,6 @@ ARRAY_SHAPES = {"canonical": (106, 2), "log_ratio": (7, "S", "S"), "mouth": (7, 
 ARRAYS = tuple(ARRAY_SHAPES)
 LUMA = (0.299, 0.587, 0.114)  # RGB -> luminance (Rec. 601)
 SHADE_RANGE = (-0.7, 0.25)  # the applied log ratio's bounds: darker folds are real, a brighter patch is a glare
-# A target whose mouth opening (mouth_opening) is below the first is closed, above the second open: lips cover what a
-# source's wider opening showed there (a smile's teeth squeezed into a strip), fading between the two.
-CLOSED_OPENING = (0.06, 0.12)
-SEAM_DEPTH = 0.5  # how much darker the closed lips' meeting line is than the lips
-NEUTRAL = EXPRESSIONS.index("neutral")
 
 
 class TextureError(UserError):
@@ -134,43 +128,24 @@ def load_texture(path: str | Path) -> TextureModel:
 def face_weights(model: TextureModel, targets: NDArray, intensity: NDArray, posterior: NDArray,
                  confidence: NDArray, source_opening: NDArray, goal_opening: NDArray,
                  validity: NDArray | None = None) -> tuple[NDArray, NDArray]:
-    """Per face, the (N, 7) weights of the log-ratio maps and of the mouths.
+    """Per face, the (N, 7) weights of the log-ratio maps and of the donor mouths.
 
     Ratio: the targets' mix times each one's gain, less the source's own expression texture (the fit's posterior
     times its confidence, at the same gains: a smiling face turned sad loses its smile's folds first), all scaled
-    by intensity. Mouth: the donor mouths, only of the opening expressions, and only the share of the target's
-    opening that the source does not already have (a face that opens its mouth itself keeps its own mouth; video
-    keeps the speaker's); its neutral column is the closed mouth's weight: a source open wider than CLOSED_OPENING
-    whose target is closed (below it) gets its lips over the inside. validity: the fit's (N,), scaling the target's
-    texture as it scales the target's shape (a profile gets none)."""
+    by intensity. Mouth: only the opening expressions, and only the share of the target's opening that the source
+    does not already have (a face that opens its mouth itself keeps its own mouth; video keeps the speaker's).
+    validity: the fit's (N,), scaling the target's texture as it scales the target's shape (a profile gets none)."""
     gains = np.array([model.gain_of(name) for name in EXPRESSIONS], np.float32)
     scale = np.asarray(intensity, np.float32)[:, None]
     valid = np.ones((len(scale), 1), np.float32) if validity is None else np.asarray(validity, np.float32)[:, None]
     own = posterior * np.asarray(confidence, np.float32)[:, None]
     ratio = (np.asarray(targets, np.float32) * valid - own) * gains[None] * scale
-    ratio[:, NEUTRAL] = 0.0
-    source_opening, goal_opening = np.asarray(source_opening), np.asarray(goal_opening)
-    fill = np.clip(1.0 - source_opening / np.maximum(goal_opening, 1e-6), 0.0, 1.0)
-    fill = np.where(goal_opening > 0.05, fill, 0.0)
+    ratio[:, EXPRESSIONS.index("neutral")] = 0.0
+    fill = np.clip(1.0 - np.asarray(source_opening) / np.maximum(np.asarray(goal_opening), 1e-6), 0.0, 1.0)
+    fill = np.where(np.asarray(goal_opening) > 0.05, fill, 0.0)
     opens = np.array([name in MOUTH_EXPRESSIONS for name in EXPRESSIONS], np.float32)
-    strength = np.clip(scale, 0.0, 1.0) * valid
-    mouth = np.asarray(targets, np.float32) * opens[None] * fill[:, None] * strength
-    low, high = CLOSED_OPENING
-    shut = np.clip((high - goal_opening) / (high - low), 0.0, 1.0) * (source_opening > high)
-    mouth[:, NEUTRAL] = shut * strength[:, 0]
+    mouth = np.asarray(targets, np.float32) * opens[None] * (fill[:, None] * np.clip(scale, 0.0, 1.0)) * valid
     return ratio.astype(np.float32), mouth.astype(np.float32)
-
-
-def closed_mouth(canonical: NDArray, size: int = SIZE) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-    """(size, size) twice, in the canonical frame: the closed mouth's alpha (the inner lip outline grown by 2 px,
-    feathered) and its seam, the line midway between the upper and the lower inner lip."""
-    alpha = polygon_mask(canonical, INNER_LIP, size, dilate=2.0, feather=1.0)
-    upper, lower = INNER_LIP[1:4], INNER_LIP[7:4:-1]  # left to right
-    middle = [canonical[INNER_LIP[0]], *((canonical[a] + canonical[b]) / 2 for a, b in zip(upper, lower)),
-              canonical[INNER_LIP[4]]]
-    seam = np.zeros((size, size), np.float32)
-    cv2.polylines(seam, [np.round(np.array(middle) * size * 16).astype(np.int32)], False, 1.0, 2, cv2.LINE_AA, shift=4)
-    return alpha, np.clip(cv2.GaussianBlur(seam, (0, 0), 1.0) * 2.0, 0.0, 1.0) * alpha
 
 
 def fitted_weights(model: TextureModel, fit: Fit, points: NDArray, goal: NDArray, targets: NDArray,
@@ -220,22 +195,17 @@ class TextureLayer(nn.Module):
             self.register_buffer(name, torch.from_numpy(np.asarray(getattr(model, name), np.float32)))
         self.register_buffer("ring", torch.from_numpy(np.asarray(model.ring, np.float32))[None, None])
         self.register_buffer("luma", torch.tensor(LUMA).view(1, 3, 1, 1))
-        frame = closed_mouth(np.asarray(model.canonical), np.shape(model.ring)[-1])
-        self.register_buffer("closed", torch.from_numpy(np.stack(frame)))
-        self.register_buffer("donors", torch.tensor([[0.0 if k == NEUTRAL else 1.0 for k in range(len(EXPRESSIONS))]]))
 
     def forward(self, crops: torch.Tensor, small: torch.Tensor, field: torch.Tensor, ratio_weights: torch.Tensor,
                 mouth_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        donors = mouth_weights * self.donors                                      # the donor mouths' weights
-        mix = donors / donors.sum(1, keepdim=True).clamp_min(1e-6)               # their blend
+        mix = mouth_weights / mouth_weights.sum(1, keepdim=True).clamp_min(1e-6)  # the donor mouth's blend
         canonical = torch.cat([
             torch.einsum("nk,khw->nhw", ratio_weights, self.log_ratio)[:, None],
             torch.einsum("nk,kchw->nchw", mix, self.mouth),
-            torch.einsum("nk,khw->nhw", donors, self.alpha)[:, None],
+            torch.einsum("nk,khw->nhw", mouth_weights, self.alpha)[:, None],
             self.ring.expand(small.shape[0], 1, -1, -1),
-            self.closed[None].expand(small.shape[0], -1, -1, -1),
         ], 1)
-        maps = resample(canonical, field_grid(field, small))                      # (N, 8, s, s) on the faces
+        maps = resample(canonical, field_grid(field, small))                      # (N, 6, s, s) on the faces
         shade = maps[:, :1].clamp(*SHADE_RANGE).exp()
         lit = (small + 1.0) * 0.5 * shade
         ring = maps[:, 5:6]
@@ -243,12 +213,7 @@ class TextureLayer(nn.Module):
         scale = (lips / (mix @ self.ring_colour).clamp_min(1e-3)).clamp(0.2, 5.0)[..., None, None]
         mouth = maps[:, 1:4]
         mouth = mouth * scale.pow(1.0 - (mouth * self.luma).sum(1, keepdim=True).clamp(0.0, 1.0))
-        opened = maps[:, 4:5].clamp(0.0, 1.0)
-        shut = maps[:, 6:7].clamp(0.0, 1.0) * mouth_weights[:, NEUTRAL, None, None, None]
-        closed = lips[..., None, None] * (1.0 - SEAM_DEPTH * maps[:, 7:8].clamp(0.0, 1.0))
-        alpha = (opened + shut).clamp(0.0, 1.0)
-        mouth = (opened * mouth + shut * closed) / (opened + shut).clamp_min(1e-6)
-        layers = torch.cat([shade, mouth, alpha], 1)                              # (N, 5, s, s)
+        layers = torch.cat([shade, mouth, maps[:, 4:5].clamp(0.0, 1.0)], 1)      # (N, 5, s, s)
         return composite(crops, upsample(layers, crops)), composite(small, layers)
 
 
