@@ -34,7 +34,7 @@ from pipeline.faces.align import crop_template
 from pipeline.faces.landmarks import LandmarkDetector
 from usgan.checkpoint import load_generator
 from usgan.dataset import parse_identities
-from usgan.expressions import EXPRESSIONS
+from usgan.expressions import EXPRESSIONS, UnknownExpressionError, parse_expression
 from usgan.geometry import load_model, target_landmarks, with_settings
 from usgan.inference import apply_generator
 from usgan.texture import load_texture
@@ -88,7 +88,12 @@ def main(data: Path, identities: str, limit: int, texture_path: Path, weights: P
          warp_scales: str, inner_brows: str, generator_gains: str, min_identity: float,
          min_identity_generator: float) -> None:
     """Print, per target, the judge rate and identity at each gain and the chosen gains (JSON on the last line)."""
-    unknown = sorted(set(targets.split(",")) - set(EXPRESSIONS))
+    names, unknown = [], []
+    for name in targets.split(","):
+        try:
+            names.append(parse_expression(name))
+        except UnknownExpressionError:
+            unknown.append(name)
     if unknown:
         raise click.BadParameter(f"not an expression: {', '.join(unknown)}", param_hint="--targets")
     samples = select_sources(data, parse_identities(identities), limit)
@@ -101,7 +106,7 @@ def main(data: Path, identities: str, limit: int, texture_path: Path, weights: P
     judges = (ExpressionJudge(), IdentityJudge())
     x = bgr_to_tensor(crops)
     chosen: dict[str, dict[str, float]] = {}
-    for target in targets.split(","):
+    for target in names:
         names = [target] * len(crops)
         by_texture, images = {}, {}
         for scale, brows in itertools.product(floats(warp_scales), floats(inner_brows)):

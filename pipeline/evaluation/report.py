@@ -148,9 +148,9 @@ def geometry_section(metrics: dict[str, Any]) -> list[str]:
         "", *conditions_table(metrics["conditions"]), "",
         "Judge: how often the fer judge names the target. Identity: ArcFace cosine to the source, mean / 5th "
         "percentile. The mean row averages the four targets' judge rates and pools their edits' identities. "
-        f"Artefacts: the share of edits with more than {FLAG_SHARE:.0%} of the mouth's surroundings painted darker in another "
-        "colour than the source (blobs at the corners, a band over the lips, a second mouth); the unchanged input "
-        "scores 0.", "",
+        f"Artefacts: the share of edits with more than {FLAG_SHARE:.0%} of the mouth's surroundings painted darker "
+        "in another colour than the source (blobs at the corners, a band over the lips, a second mouth); the "
+        "unchanged input scores 0.", "",
         "![warp + generator](grid_warp.png)", "",
     ]
 
