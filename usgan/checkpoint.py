@@ -17,7 +17,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from usgan.config import ConfigError, from_mapping
-from usgan.expressions import EXPRESSIONS, parse_expression
+from usgan.expressions import EXPRESSIONS, check_expression_numbers, parse_expression
 from usgan.files import atomic_write, safetensors_write
 from usgan.model import Generator, GeneratorConfig
 
@@ -64,19 +64,9 @@ class WeightsInfo:
     def __post_init__(self) -> None:
         if not 0 < self.edit_gain <= MAX_EDIT_GAIN:
             raise ConfigError(f"edit_gain must be in (0, {MAX_EDIT_GAIN}], got {self.edit_gain}")
-        if not isinstance(self.expression_gains, dict):
-            raise ConfigError(f"expression_gains must be a mapping expression -> gain, got {self.expression_gains!r}")
-        for name, gain in self.expression_gains.items():
-            if name not in EXPRESSIONS:
-                raise ConfigError(f"expression_gains: unknown expression {name!r}; valid: {', '.join(EXPRESSIONS)}")
-            if not isinstance(gain, (int, float)) or not 0 < gain <= MAX_EDIT_GAIN:
-                raise ConfigError(f"expression_gains.{name} must be in (0, {MAX_EDIT_GAIN}], got {gain!r}")
-        if not isinstance(self.refine_gains, dict):
-            raise ConfigError(f"refine_gains must be a mapping expression -> gain, got {self.refine_gains!r}")
-        for name, gain in self.refine_gains.items():
-            if name not in EXPRESSIONS or not isinstance(gain, (int, float)) or not 0 <= gain <= MAX_EDIT_GAIN:
-                raise ConfigError(f"refine_gains.{name}: an expression and a gain in [0, {MAX_EDIT_GAIN}], "
-                                  f"got {gain!r}")
+        check_expression_numbers(self.expression_gains, "expression_gains", ConfigError, 0, MAX_EDIT_GAIN,
+                                 open_low=True)
+        check_expression_numbers(self.refine_gains, "refine_gains", ConfigError, 0, MAX_EDIT_GAIN)
 
     def gain_of(self, expression: str, refine: bool = False) -> float:
         """The edit gain for edits towards expression (its override, else edit_gain); refine: on textured input."""

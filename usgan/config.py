@@ -7,6 +7,7 @@ naming the file (or the option) and the dotted key, before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -87,7 +88,9 @@ def convert(value: Any, hint: Any) -> Any:
 def plain_type_fits(value: Any, hint: type) -> bool:
     if isinstance(value, bool):
         return hint is bool
-    return isinstance(value, (int, float)) if hint is float else isinstance(value, hint)
+    if hint is float:  # a number a config or a file header holds is finite: NaN and infinity are a mistake
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    return isinstance(value, hint)
 
 
 def convert_tuple(value: Any, args: tuple) -> Any:

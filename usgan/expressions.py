@@ -76,3 +76,19 @@ def one_hot(name: str) -> np.ndarray:
     vector = np.zeros(len(EXPRESSIONS), dtype=np.float32)
     vector[expression_index(name)] = 1.0
     return vector
+
+
+def check_expression_numbers(table: object, name: str, error: type[Exception], low: float = -np.inf,
+                             high: float = np.inf, open_low: bool = False) -> None:
+    """Raise error (one line, naming the setting) unless table maps canonical expression names to finite numbers in
+    [low, high] ((low, high] with open_low): the one rule for every per-expression setting of a file or a config."""
+    if not isinstance(table, dict):
+        raise error(f"{name} must be a mapping expression -> number, got {table!r}")
+    for key, value in table.items():
+        if key not in EXPRESSIONS:
+            raise error(f"{name}: unknown expression {key!r}; valid: {', '.join(EXPRESSIONS)}")
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
+        if not number or value < low or value > high or (open_low and value == low):
+            wanted = ("a number" if np.isinf(low) else f"{'above' if open_low else 'at least'} {low:g}"
+                      if np.isinf(high) else f"in {'(' if open_low else '['}{low:g}, {high:g}]")
+            raise error(f"{name}.{key} must be {wanted}, got {value!r}")

@@ -20,6 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 from safetensors.numpy import save_file
 
+from usgan.config import from_mapping
 from usgan.errors import UserError
 from usgan.expressions import EXPRESSIONS
 from usgan.files import atomic_write, check_arrays, read_model_file, safetensors_write
@@ -36,11 +37,10 @@ CONTOUR = tuple(range(33))
 MOUTH_CORNERS = (52, 61)
 NEUTRAL = EXPRESSIONS.index("neutral")
 OPENING_EXPRESSIONS = (EXPRESSIONS.index("happy"), EXPRESSIONS.index("surprised"))  # their opening is theirs
-ARRAY_SHAPES: dict[str, tuple[str | int, ...]] = {
+ARRAY_SHAPES: dict[str, tuple[str | int, ...]] = {  # a geometry file's arrays; a letter: a count they share
     "mean": (212,), "nuisance_modes": ("K", 212), "nuisance_var": ("K",), "speech": (212,),
     "style_modes": ("M", 212), "style_var": ("M",), "displacements": (len(EXPRESSIONS), 212),
 }
-"""The arrays of a geometry file and their shapes; letters are counts that must agree between arrays."""
 ARRAYS = tuple(ARRAY_SHAPES)
 
 
@@ -80,6 +80,11 @@ class ShapeModel:
     sources: dict = field(default_factory=dict)
     # Per fit settings, the class precisions (class_precisions): derived from the arrays, computed once per model.
     precision_cache: dict = field(default_factory=dict, compare=False, repr=False)
+
+
+def with_settings(model: ShapeModel, **changes) -> ShapeModel:
+    """The model with some fit settings replaced."""
+    return replace(model, settings=replace(model.settings, **changes))
 
 
 def stable_points(points: NDArray) -> NDArray:
@@ -160,8 +165,9 @@ def load_model(path: str | Path) -> ShapeModel:
     arrays = {name: value.astype(np.float64) for name, value in stored.items()}
     check_arrays(arrays, ARRAY_SHAPES, Path(path).expanduser(), GeometryError)
     try:
-        return ShapeModel(**arrays, noise_floor=float(header["noise_floor"]),
-                          settings=FitSettings(**json.loads(header["settings"])), sources=json.loads(header["sources"]))
+        settings = from_mapping(FitSettings, json.loads(header["settings"]), "settings")  # every value's type
+        return ShapeModel(**arrays, noise_floor=float(header["noise_floor"]), settings=settings,
+                          sources=json.loads(header["sources"]))
     except (ValueError, KeyError, TypeError) as error:
         raise GeometryError(f"{Path(path).expanduser()}: not a readable geometry file ({error})") from error
 
@@ -291,10 +297,3 @@ def speech_kept(model: ShapeModel, component: NDArray, posterior: NDArray | None
     opening = np.clip(posterior[:, list(OPENING_EXPRESSIONS)].sum(1), 0.0, 1.0)[:, None, None]
     return kept + opening * (component - kept)
 
-
-# --- settings -----------------------------------------------------------------------------------------------
-
-
-def with_settings(model: ShapeModel, **changes) -> ShapeModel:
-    """The model with some fit settings replaced."""
-    return replace(model, settings=replace(model.settings, **changes))

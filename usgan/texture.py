@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from usgan.errors import UserError
-from usgan.expressions import EXPRESSIONS
+from usgan.expressions import EXPRESSIONS, check_expression_numbers
 from usgan.files import atomic_write, check_arrays, read_model_file
 from usgan.geometry import Fit
 from usgan.tps import coarse_field, field_grid, resample
@@ -62,6 +62,9 @@ class TextureModel:
     ring_colour: NDArray  # (7, 3) each donor mouth's own lip-ring colour
     gains: dict[str, float] = field(default_factory=dict)
     sources: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:  # a hand-edited header fails at load, naming the gain
+        check_expression_numbers(self.gains, "gains", ValueError, 0.0)
 
     def gain_of(self, expression: str) -> float:
         return float(self.gains.get(expression, 1.0))

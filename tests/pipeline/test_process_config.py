@@ -75,7 +75,7 @@ def test_bad_settings_are_config_errors(change, name):
 def test_a_bad_override_names_its_option_not_the_file():
     with pytest.raises(ConfigError) as caught:
         load_process_config(overrides={"intensity": float("nan")}, option_names={"intensity": "--intensity"})
-    assert str(caught.value) == "--intensity: must be a finite number in [0, 1], got nan"
+    assert str(caught.value) == "--intensity: must be a number, got nan"  # NaN fails the type check, before its bound
     with pytest.raises(ConfigError, match=r"^override batch_size: must be a whole number in \[1, 512\], got 0$"):
         load_process_config(overrides={"batch_size": 0})
 

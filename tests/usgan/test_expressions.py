@@ -13,6 +13,7 @@ from usgan.expressions import (
     PAPER_CODES,
     Expression,
     UnknownExpressionError,
+    check_expression_numbers,
     expression_index,
     one_hot,
     parse_expression,
@@ -66,3 +67,15 @@ def test_unknown_name_lists_the_valid_names(name):
     assert isinstance(raised.value, UserError)
     assert "\n" not in message and repr(name) in message
     assert all(valid in message for valid in EXPRESSIONS)
+
+
+def test_check_expression_numbers_is_one_rule_for_every_per_expression_table():
+    check_expression_numbers({"happy": 1.5, "sad": 0}, "gains", ValueError, 0.0)  # in range: no error
+    for table, message in [({"happy": True}, "gains.happy must be at least 0, got True"),
+                           ({"happy": float("inf")}, "gains.happy must be at least 0, got inf"),
+                           ({"happy": 0}, r"gains.happy must be above 0, got 0"),
+                           ({"Happy": 1}, "gains: unknown expression 'Happy'")]:
+        with pytest.raises(ValueError, match=message):
+            check_expression_numbers(table, "gains", ValueError, 0.0, open_low=table == {"happy": 0})
+    with pytest.raises(UserError, match=r"gains.sad must be in \(0, 4\], got 5"):
+        check_expression_numbers({"sad": 5}, "gains", UserError, 0.0, 4.0, open_low=True)

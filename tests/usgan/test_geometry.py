@@ -135,6 +135,30 @@ def test_model_file_round_trips(model, tmp_path):
     assert loaded.settings == model.settings and loaded.noise_floor == pytest.approx(model.noise_floor)
 
 
+@pytest.mark.parametrize("name, value, message", [
+    ("scales", {"angry": "x"}, "scales.angry must be a number, got 'x'"),
+    ("scales", {"angry": float("nan")}, "scales.angry must be a number, got nan"),
+    ("inner_brows", [1, 2], r"inner_brows must be a mapping, got \[1, 2\]"),
+    ("noise", "abc", "noise must be a number, got 'abc'"),
+    ("keep_opening", 1, "keep_opening must be true or false, got 1"),
+    ("smoothing", 2, "unknown key[(]s[)] smoothing"),
+])
+def test_a_hand_edited_setting_is_one_line_at_load(model, tmp_path, name, value, message):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    save_model(tmp_path / "shape.safetensors", model)
+    with safe_open(str(tmp_path / "shape.safetensors"), "np") as handle:
+        header = handle.metadata()
+    settings = {**json.loads(header["settings"]), name: value}
+    save_file(load_file(str(tmp_path / "shape.safetensors")), str(tmp_path / "bad.safetensors"),
+              metadata={**header, "settings": json.dumps(settings)})
+    with pytest.raises(GeometryError, match=f"bad.safetensors: not a readable geometry file [(]settings: {message}"):
+        load_model(tmp_path / "bad.safetensors")
+
+
 def test_loading_another_file_names_it(tmp_path):
     from safetensors.numpy import save_file
 

@@ -66,6 +66,27 @@ def test_a_damaged_file_is_refused_with_one_line_naming_it(tmp_path: Path, damag
         load_texture(path)
 
 
+@pytest.mark.parametrize("gains, message", [
+    ('{"sad": "strong"}', "gains.sad must be at least 0, got 'strong'"),
+    ('{"sad": NaN}', "gains.sad must be at least 0, got nan"),
+    ('{"sad": -1}', "gains.sad must be at least 0, got -1"),
+    ('{"joy": 1}', "gains: unknown expression 'joy'"),
+    ('[1, 2]', r"gains must be a mapping expression -> number, got \[1, 2\]"),
+])
+def test_a_hand_edited_gain_is_one_line_at_load(tmp_path: Path, gains: str, message: str):
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    save_texture(tmp_path / "t.safetensors", tiny_model())
+    with safe_open(str(tmp_path / "t.safetensors"), "np") as handle:
+        header = handle.metadata()
+    save_file(load_file(str(tmp_path / "t.safetensors")), str(tmp_path / "bad.safetensors"),
+              metadata={**header, "gains": gains})
+    with pytest.raises(TextureError, match=f"bad.safetensors: not a readable texture file [(]{message}") as caught:
+        load_texture(tmp_path / "bad.safetensors")
+    assert "\n" not in str(caught.value)
+
+
 def test_a_missing_or_foreign_file_is_refused(tmp_path: Path):
     with pytest.raises(TextureError, match="no such texture file"):
         load_texture(tmp_path / "none.safetensors")
