@@ -43,9 +43,6 @@ ARRAY_SHAPES = {"canonical": (106, 2), "log_ratio": (7, "S", "S"), "mouth": (7, 
 ARRAYS = tuple(ARRAY_SHAPES)
 LUMA = (0.299, 0.587, 0.114)  # RGB -> luminance (Rec. 601)
 SHADE_RANGE = (-0.7, 0.25)  # the applied log ratio's bounds: darker folds are real, a brighter patch is a glare
-# The most a source's own expression texture taken out may brighten (its negative weights): undoing a smile's folds
-# by the mean smile's ratio brightens a face's own folds beyond their depth, a glowing patch beside the nose.
-REMOVAL_BRIGHTEN = 0.1
 
 
 class TextureError(UserError):
@@ -206,22 +203,20 @@ class TextureLayer(nn.Module):
                 mouth_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mix = mouth_weights / mouth_weights.sum(1, keepdim=True).clamp_min(1e-6)  # the donor mouth's blend
         canonical = torch.cat([
-            torch.einsum("nk,khw->nhw", ratio_weights.clamp(min=0.0), self.log_ratio)[:, None],  # the target's
-            torch.einsum("nk,khw->nhw", ratio_weights.clamp(max=0.0), self.log_ratio)[:, None],  # the removal
+            torch.einsum("nk,khw->nhw", ratio_weights, self.log_ratio)[:, None],
             torch.einsum("nk,kchw->nchw", mix, self.mouth),
             torch.einsum("nk,khw->nhw", mouth_weights, self.alpha)[:, None],
             self.ring.expand(small.shape[0], 1, -1, -1),
         ], 1)
-        maps = resample(canonical, field_grid(field, small))                      # (N, 7, s, s) on the faces
-        removal = maps[:, 1:2].clamp(SHADE_RANGE[0], REMOVAL_BRIGHTEN)
-        shade = (maps[:, :1] + removal).clamp(*SHADE_RANGE).exp()
+        maps = resample(canonical, field_grid(field, small))                      # (N, 6, s, s) on the faces
+        shade = maps[:, :1].clamp(*SHADE_RANGE).exp()
         lit = (small + 1.0) * 0.5 * shade
-        ring = maps[:, 6:7]
+        ring = maps[:, 5:6]
         lips = (lit * ring).sum((2, 3)) / ring.sum((2, 3)).clamp_min(1e-6)       # (N, 3) the face's lip colour
         scale = (lips / (mix @ self.ring_colour).clamp_min(1e-3)).clamp(0.2, 5.0)[..., None, None]
-        mouth = maps[:, 2:5]
+        mouth = maps[:, 1:4]
         mouth = mouth * scale.pow(1.0 - (mouth * self.luma).sum(1, keepdim=True).clamp(0.0, 1.0))
-        layers = torch.cat([shade, mouth, maps[:, 5:6].clamp(0.0, 1.0)], 1)      # (N, 5, s, s)
+        layers = torch.cat([shade, mouth, maps[:, 4:5].clamp(0.0, 1.0)], 1)      # (N, 5, s, s)
         return composite(crops, upsample(layers, crops)), composite(small, layers)
 
 
