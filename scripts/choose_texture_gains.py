@@ -88,10 +88,10 @@ def main(data: Path, identities: str, limit: int, texture_path: Path, weights: P
          warp_scales: str, inner_brows: str, generator_gains: str, min_identity: float,
          min_identity_generator: float) -> None:
     """Print, per target, the judge rate and identity at each gain and the chosen gains (JSON on the last line)."""
-    names, unknown = [], []
+    chosen_targets, unknown = [], []
     for name in targets.split(","):
         try:
-            names.append(parse_expression(name))
+            chosen_targets.append(parse_expression(name))
         except UnknownExpressionError:
             unknown.append(name)
     if unknown:
@@ -106,7 +106,7 @@ def main(data: Path, identities: str, limit: int, texture_path: Path, weights: P
     judges = (ExpressionJudge(), IdentityJudge())
     x = bgr_to_tensor(crops)
     chosen: dict[str, dict[str, float]] = {}
-    for target in names:
+    for target in chosen_targets:
         names = [target] * len(crops)
         by_texture, images = {}, {}
         for scale, brows in itertools.product(floats(warp_scales), floats(inner_brows)):

@@ -88,7 +88,12 @@ def check_expression_numbers(table: object, name: str, error: type[Exception], l
         if key not in EXPRESSIONS:
             raise error(f"{name}: unknown expression {key!r}; valid: {', '.join(EXPRESSIONS)}")
         number = isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
-        if not number or value < low or value > high or (open_low and value == low):
-            wanted = ("a number" if np.isinf(low) else f"{'above' if open_low else 'at least'} {low:g}"
-                      if np.isinf(high) else f"in {'(' if open_low else '['}{low:g}, {high:g}]")
-            raise error(f"{name}.{key} must be {wanted}, got {value!r}")
+        if number and low <= value <= high and not (open_low and value == low):
+            continue
+        if np.isinf(low):
+            wanted = "a number"
+        elif np.isinf(high):
+            wanted = f"{'above' if open_low else 'at least'} {low:g}"
+        else:
+            wanted = f"in {'(' if open_low else '['}{low:g}, {high:g}]"
+        raise error(f"{name}.{key} must be {wanted}, got {value!r}")
